@@ -1,0 +1,44 @@
+"""Visage — identity-preserving face work for ComfyUI.
+
+ComfyUI imports this file. Each node family lives in ``nodes/<family>/node.py`` and exports its
+own ``NODE_CLASS_MAPPINGS`` / ``NODE_DISPLAY_NAME_MAPPINGS``. A family whose optional dependency is
+missing (or that fails to import) is left out with a logged reason; the rest of the pack loads.
+All imports are relative, so the folder works under any name in ``custom_nodes/``.
+"""
+import importlib
+import logging
+
+log = logging.getLogger("visage")
+
+# Order is the order of the node library. New families append here.
+FAMILIES = ("face", "swap", "adapters", "expression", "utils")
+
+NODE_CLASS_MAPPINGS = {}
+NODE_DISPLAY_NAME_MAPPINGS = {}
+DISABLED_FAMILIES = {}
+WEB_DIRECTORY = "./web"
+
+
+def _load_families():
+    for family in FAMILIES:
+        try:
+            mod = importlib.import_module(f".nodes.{family}.node", __name__)
+        except ModuleNotFoundError as e:
+            # a family folder that does not exist yet is not an error; a missing dependency is
+            if e.name and (e.name.endswith(f"nodes.{family}") or e.name.endswith(f"nodes.{family}.node")):
+                continue
+            DISABLED_FAMILIES[family] = f"missing dependency: {e.name}"
+            log.warning("Visage: the '%s' nodes are disabled: missing Python package '%s' (pip install it "
+                        "into ComfyUI's environment to enable them)", family, e.name)
+            continue
+        except Exception as e:  # a broken family must not take the pack down
+            DISABLED_FAMILIES[family] = f"{type(e).__name__}: {e}"
+            log.exception("Visage: the '%s' nodes are disabled: %s", family, e)
+            continue
+        NODE_CLASS_MAPPINGS.update(getattr(mod, "NODE_CLASS_MAPPINGS", {}))
+        NODE_DISPLAY_NAME_MAPPINGS.update(getattr(mod, "NODE_DISPLAY_NAME_MAPPINGS", {}))
+
+
+_load_families()
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -1,0 +1,119 @@
+"""Everything in nodes/common that touches ComfyUI. Imported only by node modules.
+
+* registers Visage's model folders with ``folder_paths`` (keeping ``extra_model_paths.yaml``
+  entries users already made for the same names),
+* installs the ComfyUI backend of the model manager: every model is wrapped in a
+  ``ModelPatcher`` and loaded through ``comfy.model_management.load_models_gpu`` right before use,
+  so ComfyUI can evict it (and ``/free`` / "unload models" frees it),
+* device helpers (ComfyUI's torch device, intermediate device) and a progress helper that
+  reports through ``comfy.utils.ProgressBar`` and honours cancel.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+
+from . import model_manager, paths
+
+log = logging.getLogger("visage")
+
+
+def _register_folders() -> None:
+    models_dir = folder_paths.models_dir
+    for name, sub in paths.FOLDERS.items():
+        default = os.path.join(models_dir, *sub.split("/"))
+        if name in folder_paths.folder_names_and_paths:
+            folder_list, exts = folder_paths.folder_names_and_paths[name]
+            if default not in folder_list:
+                folder_list.append(default)
+        else:
+            folder_paths.folder_names_and_paths[name] = ([default], set(paths.MODEL_EXTENSIONS))
+    # packs may also be configured by users as "insightface" only: derive <insightface>/models
+    ins = folder_paths.folder_names_and_paths["insightface"][0]
+    packs = folder_paths.folder_names_and_paths["insightface_packs"][0]
+    for p in ins:
+        cand = os.path.join(p, "models")
+        if cand not in packs:
+            packs.append(cand)
+
+
+def _resolver(folder_name: str):
+    return folder_paths.get_folder_paths(folder_name)
+
+
+class ComfyBackend:
+    """Model-manager backend: ModelPatcher + load_models_gpu, so ComfyUI owns GPU residency."""
+
+    name = "comfy"
+
+    def wrap(self, handle: model_manager.ModelHandle) -> None:
+        module = handle._module
+        offload = mm.unet_offload_device() if handle.device.type != "cpu" else torch.device("cpu")
+        module.to(offload)
+        patcher = comfy.model_patcher.ModelPatcher(module, load_device=handle.device, offload_device=offload,
+                                                   size=handle.nbytes)
+        handle.backend_state = patcher
+
+    def ready(self, handle: model_manager.ModelHandle):
+        patcher = handle.backend_state
+        mm.load_models_gpu([patcher])
+        return patcher.model
+
+    def evict(self, cache, keep_key) -> None:
+        # ComfyUI decides what stays on the GPU; on the host we keep every loaded file once
+        # (the same budget as outside ComfyUI applies to host memory).
+        model_manager.LocalBackend(model_manager.DEFAULT_BUDGET * 4).evict(cache, keep_key)
+
+    def release(self, handle: model_manager.ModelHandle) -> None:
+        patcher = handle.backend_state
+        if patcher is not None:
+            try:
+                patcher.detach()
+            except Exception:  # pragma: no cover - best effort
+                pass
+
+
+def install() -> None:
+    _register_folders()
+    paths.set_resolver(_resolver)
+    if model_manager.MANAGER.backend.name != "comfy":
+        model_manager.MANAGER.set_backend(ComfyBackend())
+
+
+def torch_device(choice: str = "auto") -> torch.device:
+    """'auto' = ComfyUI's device (honours --cpu); 'cpu'; 'gpu' = ComfyUI's device, must not be CPU."""
+    if choice == "cpu":
+        return torch.device("cpu")
+    dev = mm.get_torch_device()
+    if choice == "gpu" and torch.device(dev).type == "cpu":
+        log.warning("Visage: device 'gpu' asked for but ComfyUI runs on the CPU; using the CPU")
+    return torch.device(dev)
+
+
+def intermediate_device() -> torch.device:
+    return mm.intermediate_device()
+
+
+class Progress:
+    """ComfyUI progress bar + cancel check, usable as the ``progress`` callback of math code."""
+
+    def __init__(self, total: int, node_id=None):
+        self.bar = comfy.utils.ProgressBar(max(int(total), 1), node_id=node_id)
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        mm.throw_exception_if_processing_interrupted()
+        self.bar.update_absolute(done, total)
+
+    @staticmethod
+    def check_cancel() -> None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+install()

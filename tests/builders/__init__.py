@@ -1,0 +1,19 @@
+"""Builders of test models in the released formats (random weights, real signatures / key names).
+
+Each module here has ``build(models_dir, input_dir)``; :func:`build_all` runs them all so one real
+ComfyUI server sees every family's models. Builders must be quick (seconds) and deterministic.
+"""
+import importlib
+import logging
+import os
+import pkgutil
+
+log = logging.getLogger("visage.tests")
+
+
+def build_all(models_dir: str, input_dir: str) -> None:
+    here = os.path.dirname(__file__)
+    for info in sorted(pkgutil.iter_modules([here]), key=lambda m: m.name):
+        mod = importlib.import_module(f"builders.{info.name}")
+        if hasattr(mod, "build"):
+            mod.build(models_dir, input_dir)

@@ -1,0 +1,46 @@
+"""Shared test setup.
+
+The repository root is a ComfyUI custom-node folder, not an installed package. Tests import it as
+the package ``visage`` without running its root ``__init__.py`` (which registers ComfyUI nodes):
+``import visage.nodes.face.scrfd`` works anywhere, with or without ComfyUI.
+"""
+import os
+import sys
+import types
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_FIXTURES = os.path.normpath(os.path.join(REPO, "..", "shared", "fixtures"))
+if not os.path.isdir(SHARED_FIXTURES):
+    SHARED_FIXTURES = os.environ.get("VISAGE_SHARED_FIXTURES", SHARED_FIXTURES)
+
+if "visage" not in sys.modules:
+    pkg = types.ModuleType("visage")
+    pkg.__path__ = [REPO]
+    pkg.__file__ = os.path.join(REPO, "__init__.py")
+    sys.modules["visage"] = pkg
+if os.path.join(REPO, "tests") not in sys.path:
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+
+
+def fixture_path(*parts):
+    """Path under ../shared/fixtures, or pytest.skip with the reason when absent."""
+    p = os.path.join(SHARED_FIXTURES, *parts)
+    if not os.path.exists(p):
+        pytest.skip(f"real fixture not available: {p} (../shared/fixtures is absent on this machine)")
+    return p
+
+
+@pytest.fixture
+def fixtures_dir():
+    return fixture_path()
+
+
+def insightface_image(name):
+    """Images shipped inside the insightface wheel (t1.jpg, Tom_Hanks_54745.png)."""
+    import insightface
+    p = os.path.join(os.path.dirname(insightface.__file__), "data", "images", name)
+    if not os.path.isfile(p):
+        pytest.skip(f"insightface does not ship {name} in this version")
+    return p
