@@ -117,3 +117,20 @@ class Progress:
 
 
 install()
+
+
+def save_temp_images(images: torch.Tensor, prefix: str = "visage", limit: int = 16) -> list:
+    """Save the first ``limit`` images of a batch as temp PNGs; the ``ui.images`` list ComfyUI shows."""
+    import numpy as np
+    from PIL import Image
+
+    out_dir = folder_paths.get_temp_directory()
+    h, w = int(images.shape[1]), int(images.shape[2])
+    full_dir, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, out_dir, w, h)
+    results = []
+    for i in range(min(int(images.shape[0]), limit)):
+        arr = (images[i].detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        fname = f"{name}_{counter + i:05}_.png"
+        Image.fromarray(np.ascontiguousarray(arr)).save(os.path.join(full_dir, fname), compress_level=1)
+        results.append({"filename": fname, "subfolder": subfolder, "type": "temp"})
+    return results

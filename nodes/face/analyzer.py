@@ -1,0 +1,238 @@
+"""Face analysis: detection, landmarks, pose, gender/age and identity embeddings, batched in torch.
+
+One detector forward for the whole image batch, then one forward per per-face model for all faces
+of all images. The maths reproduce insightface's FaceAnalysis (the reference in tests): the same
+crops (cv2.warpAffine semantics, 8-bit rounding), the same normalisation, the same decoding.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..common.errors import VisageError
+from ..common.images import check_image
+from ..common.model_manager import MANAGER, ModelHandle
+from ..common.types import Face, FaceSet
+from .align import crop_matrix, estimate_norm, invert_affine, warp_affine
+from .onnx_torch import load_onnx_module, run_batched
+from .pack import RoutedModel, route_pack
+from .scrfd import ScrfdDetector
+
+log = logging.getLogger("visage")
+
+Progress = Optional[Callable[[int, int], None]]
+
+
+def _onnx_loader(path, device, dtype):
+    return load_onnx_module(path, "cpu", dtype)
+
+
+def _mean_shape_68() -> Optional[np.ndarray]:
+    """insightface's 68-point mean shape (ships inside the insightface package) for pose."""
+    try:
+        import insightface
+        p = os.path.join(os.path.dirname(insightface.__file__), "data", "objects", "meanshape_68.pkl")
+        with open(p, "rb") as f:
+            return np.asarray(pickle.load(f), dtype=np.float64)
+    except Exception as e:  # pragma: no cover - depends on the environment
+        log.info("Visage: no 68-point mean shape (%s); pose will not be estimated", e)
+        return None
+
+
+def pose_from_3d68(lmk: np.ndarray, mean_shape: np.ndarray) -> np.ndarray:
+    """(pitch, yaw, roll) in degrees from 68 3D landmarks, as insightface computes it."""
+    X = np.hstack([mean_shape, np.ones((mean_shape.shape[0], 1))])
+    P = np.linalg.lstsq(X, lmk.astype(np.float64), rcond=None)[0].T
+    R1, R2 = P[0:1, :3], P[1:2, :3]
+    r1 = R1 / np.linalg.norm(R1)
+    r2 = R2 / np.linalg.norm(R2)
+    r3 = np.cross(r1, r2)
+    R = np.concatenate([r1, r2, r3], 0)
+    sy = np.sqrt(R[0, 0] ** 2 + R[1, 0] ** 2)
+    if sy >= 1e-6:
+        x = np.arctan2(R[2, 1], R[2, 2]); y = np.arctan2(-R[2, 0], sy); z = np.arctan2(R[1, 0], R[0, 0])
+    else:
+        x = np.arctan2(-R[1, 2], R[1, 1]); y = np.arctan2(-R[2, 0], sy); z = 0.0
+    return np.degrees(np.array([x, y, z])).astype(np.float32)
+
+
+class FaceAnalyzer:
+    """A loaded face-analysis pack (the VISAGE_ANALYZER payload). Holds model handles only."""
+
+    def __init__(self, name: str, routed: Dict[str, RoutedModel], handles: Dict[str, ModelHandle],
+                 det_size=(640, 640), det_thresh: float = 0.5):
+        self.name = name
+        self.routed = routed
+        self.handles = handles
+        self.detector = ScrfdDetector(handles["detection"], routed["detection"].signature, det_size, det_thresh)
+        self.device = handles["detection"].device
+        self._mean68 = _mean_shape_68() if "landmark_3d_68" in routed else None
+
+    @property
+    def tasks(self) -> Tuple[str, ...]:
+        return tuple(self.routed)
+
+    @property
+    def encoder(self) -> Optional[str]:
+        r = self.routed.get("recognition")
+        return r.name if r else None
+
+    def __repr__(self):
+        return f"FaceAnalyzer({self.name}, tasks={list(self.routed)}, device={self.device})"
+
+    # ----------------------------------------------------------------------------- helpers
+    def _run(self, task: str, crops255: torch.Tensor) -> np.ndarray:
+        """crops255 [N,S,S,3] RGB 0..255 -> model output [N, D] (float32 numpy)."""
+        r = self.routed[task]
+        h = self.handles[task]
+        x = crops255
+        if r.bgr:
+            x = x.flip(-1)
+        x = ((x - r.mean) / r.std).permute(0, 3, 1, 2).contiguous().to(h.device, h.dtype)
+        with torch.inference_mode():
+            out = run_batched(h.model(), x, chunk=64)[0]
+        return out.float().reshape(out.shape[0], -1).cpu().numpy()
+
+    @staticmethod
+    def _box_crop_matrices(dets: Sequence[np.ndarray], size: int, factor: float) -> np.ndarray:
+        mats = []
+        for bbox in dets:
+            w, h = bbox[2] - bbox[0], bbox[3] - bbox[1]
+            center = ((bbox[2] + bbox[0]) / 2, (bbox[3] + bbox[1]) / 2)
+            scale = size / (max(w, h) * factor)
+            mats.append(crop_matrix(center, size, scale, 0.0))
+        return np.stack(mats).astype(np.float32)
+
+    # ----------------------------------------------------------------------------- main
+    def analyze(self, images: torch.Tensor, max_num: int = 0, det_thresh: Optional[float] = None,
+                progress: Progress = None, tasks: Optional[Sequence[str]] = None, chunk: int = 16) -> FaceSet:
+        """images [B,H,W,C] float 0..1 -> FaceSet (faces in detector order per image).
+
+        Images are processed ``chunk`` at a time (one detector forward per chunk, one forward per
+        per-face model for all faces of the chunk); ``progress(done_images, total)`` is called after
+        each chunk (it may raise to cancel).
+        """
+        images = check_image(images)
+        B = images.shape[0]
+        faces: List[Tuple[Face, ...]] = []
+        for s in range(0, B, chunk):
+            part = self._analyze_chunk(images[s:s + chunk], max_num, det_thresh, tasks)
+            faces += [tuple(f.with_(image_index=f.image_index + s) for f in per) for per in part.faces]
+            if progress:
+                progress(min(s + chunk, B), B)
+        H, W = images.shape[1], images.shape[2]
+        return FaceSet(faces=tuple(faces), image_sizes=((H, W),) * B, analyzer=self.name)
+
+    def _analyze_chunk(self, images, max_num, det_thresh, tasks) -> FaceSet:
+        B, H, W, _ = images.shape
+        want = set(tasks) if tasks is not None else set(self.routed)
+        img255 = (images.to(self.device, torch.float32).clamp(0, 1) * 255.0).round()
+        dets = self.detector.detect(img255, det_thresh=det_thresh, max_num=max_num)
+        boxes, kpss, owners = [], [], []
+        for b, (det, kps) in enumerate(dets):
+            for k in range(det.shape[0]):
+                boxes.append(det[k])
+                kpss.append(kps[k] if kps is not None else None)
+                owners.append(b)
+        n = len(boxes)
+        extra: Dict[str, List] = {}
+        owner_t = torch.tensor(owners, dtype=torch.long)
+        if n:
+            for task in self.routed:
+                if task == "detection" or task not in want:
+                    continue
+                r = self.routed[task]
+                if task == "recognition":
+                    if any(k is None for k in kpss):
+                        raise VisageError("The face detector of this pack gives no keypoints",
+                                          expected="an SCRFD detector with 5 keypoints (…_bnkps / det_10g)",
+                                          got=os.path.basename(self.routed['detection'].path),
+                                          fix="use a pack whose detector outputs keypoints")
+                    mats = np.stack([estimate_norm(k, r.input_size) for k in kpss]).astype(np.float32)
+                elif task == "landmark_2d_68":
+                    mats = self._box_crop_matrices(boxes, r.input_size, 1.1)
+                else:
+                    mats = self._box_crop_matrices(boxes, r.input_size, 1.5)
+                crops = warp_affine(img255, torch.from_numpy(mats).to(self.device), owner_t, r.input_size,
+                                    round_output=True)
+                out = self._run(task, crops)
+                extra[task] = self._decode(task, r, out, mats)
+        per_image: List[List[Face]] = [[] for _ in range(B)]
+        for i in range(n):
+            kw = {}
+            if "recognition" in extra:
+                emb = torch.from_numpy(extra["recognition"][i].copy())
+                kw.update(embedding=emb, normed_embedding=emb / emb.norm().clamp_min(1e-12),
+                          encoder=self.routed["recognition"].name)
+            if "landmark_2d_106" in extra:
+                kw["landmarks_2d_106"] = torch.from_numpy(extra["landmark_2d_106"][i])
+            if "landmark_3d_68" in extra:
+                l3 = extra["landmark_3d_68"][i]
+                kw["landmarks_3d_68"] = torch.from_numpy(l3)
+                if self._mean68 is not None:
+                    kw["pose"] = torch.from_numpy(pose_from_3d68(l3, self._mean68))
+            if "landmark_2d_68" in extra:
+                kw["landmarks_2d_68"] = torch.from_numpy(extra["landmark_2d_68"][i])
+            if "genderage" in extra:
+                g, a = extra["genderage"][i]
+                kw.update(gender="M" if g == 1 else "F", age=int(a))
+            box = boxes[i]
+            kps = kpss[i] if kpss[i] is not None else np.zeros((5, 2), np.float32)
+            per_image[owners[i]].append(Face(image_index=owners[i], bbox=torch.from_numpy(box[:4].copy()),
+                                             score=float(box[4]), kps=torch.from_numpy(kps.copy()), **kw))
+        return FaceSet(faces=tuple(tuple(f) for f in per_image), image_sizes=((H, W),) * B, analyzer=self.name)
+
+    def _decode(self, task: str, r: RoutedModel, out: np.ndarray, mats: np.ndarray):
+        if task == "recognition":
+            return out
+        if task == "genderage":
+            return [(int(np.argmax(o[:2])), int(np.round(o[2] * 100))) for o in out]
+        if task == "landmark_2d_68":  # PFLD: crop-relative 0..1
+            res = []
+            for o, m in zip(out, mats):
+                pts = o.reshape(-1, 2) * r.input_size
+                res.append(_apply(pts, invert_affine(m)))
+            return res
+        res = []
+        half = r.input_size // 2
+        for o, m in zip(out, mats):
+            pred = o.reshape(-1, 3) if o.shape[0] >= 3000 else o.reshape(-1, 2)
+            num = 68 if task == "landmark_3d_68" else pred.shape[0]
+            pred = pred[-num:].astype(np.float32).copy()
+            pred[:, 0:2] += 1
+            pred[:, 0:2] *= half
+            if pred.shape[1] == 3:
+                pred[:, 2] *= half
+            im = invert_affine(m)
+            xy = _apply(pred[:, :2], im)
+            if pred.shape[1] == 3:
+                scale = np.sqrt(im[0, 0] ** 2 + im[0, 1] ** 2)
+                res.append(np.concatenate([xy, pred[:, 2:3] * scale], 1).astype(np.float32))
+            else:
+                res.append(xy.astype(np.float32))
+        return res
+
+
+def _apply(pts: np.ndarray, m: np.ndarray) -> np.ndarray:
+    return (pts.astype(np.float32) @ m[:, :2].T.astype(np.float32) + m[:, 2].astype(np.float32)).astype(np.float32)
+
+
+def load_analyzer(pack_dir: str, device="cpu", dtype: torch.dtype = torch.float32, det_size=(640, 640),
+                  det_thresh: float = 0.5, tasks: Optional[Sequence[str]] = None) -> FaceAnalyzer:
+    """Route a pack folder and load its models through the model manager."""
+    routed = route_pack(pack_dir)
+    if tasks is not None:
+        routed = {k: v for k, v in routed.items() if k == "detection" or k in tasks}
+    handles = {}
+    for task, r in routed.items():
+        # detection stays fp32 (box precision); per-face models follow the asked dtype
+        dt = torch.float32 if task == "detection" else dtype
+        handles[task] = MANAGER.get(f"face:{task}", r.path, _onnx_loader, device=device, dtype=dt,
+                                    name=f"{task}:{os.path.basename(r.path)}")
+    name = os.path.basename(os.path.normpath(pack_dir))
+    return FaceAnalyzer(name, routed, handles, det_size=det_size, det_thresh=det_thresh)

@@ -1,0 +1,44 @@
+"""Save / load identity embeddings as safetensors with metadata."""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..common.errors import ModelFileInvalid
+from ..common.types import FaceEmbeds
+
+FORMAT = "visage.embeds"
+VERSION = "1"
+
+
+def save_embeds(embeds: FaceEmbeds, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    meta = {"format": FORMAT, "version": VERSION, "encoder": embeds.encoder, "dim": str(embeds.dim),
+            "count": str(embeds.count), "normalised": "normed tensor is L2-normalised; raw is the recognizer output",
+            "fusion": embeds.fusion, "sources": json.dumps(list(embeds.sources))}
+    save_file({"raw": embeds.raw.contiguous().float().cpu(), "normed": embeds.normed.contiguous().float().cpu()},
+              path, metadata=meta)
+    return path
+
+
+def load_embeds(path: str) -> FaceEmbeds:
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            keys = set(f.keys())
+            if meta.get("format") != FORMAT or not {"raw", "normed"} <= keys:
+                raise ModelFileInvalid(path, f"not a Visage embeddings file (format={meta.get('format')!r}, "
+                                             f"tensors={sorted(keys)})",
+                                       "a .safetensors file written by Save Face Embeds")
+            raw, normed = f.get_tensor("raw"), f.get_tensor("normed")
+    except ModelFileInvalid:
+        raise
+    except Exception as e:
+        raise ModelFileInvalid(path, f"unreadable ({type(e).__name__}: {e})", "a .safetensors file written by Save Face Embeds")
+    sources = tuple(json.loads(meta.get("sources", "[]"))) or (1,) * raw.shape[0]
+    return FaceEmbeds(raw=raw.float(), normed=normed.float(), encoder=meta.get("encoder", "unknown"),
+                      sources=sources, fusion=meta.get("fusion", "none"))

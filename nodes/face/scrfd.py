@@ -1,0 +1,164 @@
+"""SCRFD detection in torch: letterbox, batched forward, anchor decoding, NMS.
+
+The maths follow insightface's SCRFD (the reference our tests compare against): the image is
+resized keeping its aspect ratio into the top-left of a ``det_size`` canvas, normalised
+(x - 127.5) / 128 in RGB, and each stride's outputs decode as distances from anchor centres.
+NMS is greedy with the "+1" pixel-area convention at IoU 0.4.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .onnx_torch import OnnxSignature, run_batched
+
+
+@dataclass(frozen=True)
+class ScrfdLayout:
+    fmc: int
+    strides: Tuple[int, ...]
+    num_anchors: int
+    use_kps: bool
+
+    @staticmethod
+    def from_outputs(n_outputs: int) -> "ScrfdLayout":
+        table = {6: (3, (8, 16, 32), 2, False), 9: (3, (8, 16, 32), 2, True),
+                 10: (5, (8, 16, 32, 64, 128), 1, False), 15: (5, (8, 16, 32, 64, 128), 1, True)}
+        if n_outputs not in table:
+            raise ValueError(f"not an SCRFD output layout: {n_outputs} outputs (expected 6, 9, 10 or 15)")
+        return ScrfdLayout(*table[n_outputs])
+
+
+def letterbox_size(h: int, w: int, det_w: int, det_h: int) -> Tuple[int, int, float]:
+    """insightface's resize rule: (new_h, new_w, det_scale)."""
+    im_ratio = float(h) / w
+    model_ratio = float(det_h) / det_w
+    if im_ratio > model_ratio:
+        new_h = det_h
+        new_w = int(new_h / im_ratio)
+    else:
+        new_w = det_w
+        new_h = int(new_w * im_ratio)
+    new_w, new_h = max(new_w, 1), max(new_h, 1)
+    return new_h, new_w, float(new_h) / h
+
+
+def letterbox(images255: torch.Tensor, det_size: Tuple[int, int]) -> Tuple[torch.Tensor, float]:
+    """images255 [B,H,W,3] float 0..255 (RGB) -> canvas [B,3,det_h,det_w] float 0..255, det_scale."""
+    B, H, W, _ = images255.shape
+    det_w, det_h = det_size
+    new_h, new_w, scale = letterbox_size(H, W, det_w, det_h)
+    x = images255.permute(0, 3, 1, 2)
+    if (new_h, new_w) != (H, W):
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)
+        x = torch.floor(x + 0.5).clamp(0, 255)  # cv2.resize on uint8 rounds half up
+    canvas = torch.zeros((B, 3, det_h, det_w), dtype=x.dtype, device=x.device)
+    canvas[:, :, :new_h, :new_w] = x
+    return canvas, scale
+
+
+def anchor_centers(height: int, width: int, stride: int, num_anchors: int, device) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
+    c = torch.stack([xs, ys], -1).reshape(-1, 2).float() * stride
+    if num_anchors > 1:
+        c = c.repeat_interleave(num_anchors, dim=0)
+    return c
+
+
+def nms(dets: np.ndarray, thresh: float) -> List[int]:
+    """Greedy NMS on [K,5] (x1,y1,x2,y2,score), insightface's '+1' area convention."""
+    x1, y1, x2, y2, scores = dets[:, 0], dets[:, 1], dets[:, 2], dets[:, 3], dets[:, 4]
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size > 0:
+        i = order[0]
+        keep.append(int(i))
+        xx1 = np.maximum(x1[i], x1[order[1:]])
+        yy1 = np.maximum(y1[i], y1[order[1:]])
+        xx2 = np.minimum(x2[i], x2[order[1:]])
+        yy2 = np.minimum(y2[i], y2[order[1:]])
+        w = np.maximum(0.0, xx2 - xx1 + 1)
+        h = np.maximum(0.0, yy2 - yy1 + 1)
+        inter = w * h
+        ovr = inter / (areas[i] + areas[order[1:]] - inter)
+        order = order[np.where(ovr <= thresh)[0] + 1]
+    return keep
+
+
+class ScrfdDetector:
+    """Batched SCRFD on a torch module (from the model manager)."""
+
+    def __init__(self, handle, signature: OnnxSignature, det_size: Tuple[int, int] = (640, 640),
+                 det_thresh: float = 0.5, nms_thresh: float = 0.4):
+        self.handle = handle
+        self.signature = signature
+        self.layout = ScrfdLayout.from_outputs(len(signature.outputs))
+        h, w = signature.input_hw()
+        # a detector exported with a fixed input size runs only at that size
+        self.det_size = (w, h) if (h and w) else tuple(int(v) for v in det_size)
+        self.det_thresh = det_thresh
+        self.nms_thresh = nms_thresh
+
+    def detect(self, images255: torch.Tensor, det_thresh: Optional[float] = None, max_num: int = 0
+               ) -> List[Tuple[np.ndarray, Optional[np.ndarray]]]:
+        """images255 [B,H,W,3] RGB 0..255 on the model's device -> per image (det [K,5], kps [K,5,2])."""
+        thresh = self.det_thresh if det_thresh is None else float(det_thresh)
+        model = self.handle.model()
+        dev, dtype = self.handle.device, self.handle.dtype
+        canvas, det_scale = letterbox(images255.to(dev, torch.float32), self.det_size)
+        blob = ((canvas - 127.5) / 128.0).to(dtype)
+        with torch.inference_mode():
+            outs = run_batched(model, blob, chunk=16)
+        outs = [o.float() for o in outs]
+        B = images255.shape[0]
+        L = self.layout
+        det_h, det_w = blob.shape[2], blob.shape[3]
+        results = []
+        per_scores, per_boxes, per_kps = [[] for _ in range(B)], [[] for _ in range(B)], [[] for _ in range(B)]
+        for idx, stride in enumerate(L.strides):
+            scores = outs[idx].reshape(B, -1)
+            boxes = outs[idx + L.fmc].reshape(B, -1, 4) * stride
+            centers = anchor_centers(det_h // stride, det_w // stride, stride, L.num_anchors, scores.device)
+            x1y1 = centers[None] - boxes[..., :2]
+            x2y2 = centers[None] + boxes[..., 2:]
+            bb = torch.cat([x1y1, x2y2], -1)
+            if L.use_kps:
+                k = outs[idx + 2 * L.fmc].reshape(B, scores.shape[1], -1, 2) * stride
+                kp = centers[None, :, None, :] + k
+            for b in range(B):
+                pos = (scores[b] >= thresh).nonzero().flatten()
+                per_scores[b].append(scores[b, pos])
+                per_boxes[b].append(bb[b, pos])
+                if L.use_kps:
+                    per_kps[b].append(kp[b, pos])
+        H, W = images255.shape[1], images255.shape[2]
+        for b in range(B):
+            s = torch.cat(per_scores[b]).cpu().numpy()
+            if s.size == 0:
+                results.append((np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32) if L.use_kps else None))
+                continue
+            bx = torch.cat(per_boxes[b]).cpu().numpy() / det_scale
+            order = np.argsort(-s, kind="stable")
+            pre = np.hstack([bx, s[:, None]]).astype(np.float32)[order]
+            kps = None
+            if L.use_kps:
+                kps = (torch.cat(per_kps[b]).cpu().numpy() / det_scale).astype(np.float32)[order]
+            keep = nms(pre, self.nms_thresh)
+            det = pre[keep]
+            if kps is not None:
+                kps = kps[keep]
+            if max_num > 0 and det.shape[0] > max_num:
+                area = (det[:, 2] - det[:, 0]) * (det[:, 3] - det[:, 1])
+                cy, cx = H // 2, W // 2
+                off = ((det[:, 0] + det[:, 2]) / 2 - cx) ** 2 + ((det[:, 1] + det[:, 3]) / 2 - cy) ** 2
+                pick = np.argsort(area - off * 2.0)[::-1][:max_num]
+                det = det[pick]
+                if kps is not None:
+                    kps = kps[pick]
+            results.append((det, kps))
+        return results
