@@ -16,6 +16,13 @@ MAX_PIXELS = 8192 * 8192 + 1  # 8K square and below; above we refuse (memory) wi
 
 def check_image(image, name: str = "image") -> torch.Tensor:
     """Validate an IMAGE batch and return it as RGB float [B,H,W,3] (alpha dropped)."""
+    if isinstance(image, (list, tuple)) and image and all(isinstance(i, torch.Tensor) for i in image):
+        shapes = {tuple(i.shape[-3:]) for i in image}
+        if len(shapes) > 1:
+            raise VisageError(f"The images of '{name}' differ in size", expected="one size for every image of a batch",
+                              got=f"sizes {sorted(shapes)}",
+                              fix="resize them to one size first (e.g. Upscale Image), or analyse them in separate runs")
+        image = torch.cat([i if i.ndim == 4 else i.unsqueeze(0) for i in image])
     if not isinstance(image, torch.Tensor):
         raise VisageError(f"'{name}' is not an IMAGE", expected="a ComfyUI IMAGE tensor [B,H,W,C]",
                           got=type(image).__name__, fix="connect an IMAGE output (e.g. Load Image)")

@@ -131,8 +131,9 @@ class FaceAnalyzer:
     def _analyze_chunk(self, images, max_num, det_thresh, tasks) -> FaceSet:
         B, H, W, _ = images.shape
         want = set(tasks) if tasks is not None else set(self.routed)
-        img255 = (images.to(self.device, torch.float32).clamp(0, 1) * 255.0).round()
+        img255 = (images.float().clamp(0, 1) * 255.0).round()
         dets = self.detector.detect(img255, det_thresh=det_thresh, max_num=max_num)
+        img255 = img255.to(self.device)
         boxes, kpss, owners = [], [], []
         for b, (det, kps) in enumerate(dets):
             for k in range(det.shape[0]):

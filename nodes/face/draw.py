@@ -121,6 +121,6 @@ def face_mask(faceset: FaceSet, shape: str = "hull", grow: int = 0, feather: int
         mf = m.astype(np.float32) / 255.0
         if feather > 0:
             ks = 2 * int(feather) + 1
-            mf = cv2.GaussianBlur(mf, (ks, ks), feather / 2.0)
+            mf = np.clip(cv2.GaussianBlur(mf, (ks, ks), feather / 2.0), 0.0, 1.0)
         masks.append(torch.from_numpy(mf))
     return torch.stack(masks)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -52,10 +53,18 @@ def letterbox(images255: torch.Tensor, det_size: Tuple[int, int]) -> Tuple[torch
     B, H, W, _ = images255.shape
     det_w, det_h = det_size
     new_h, new_w, scale = letterbox_size(H, W, det_w, det_h)
-    x = images255.permute(0, 3, 1, 2)
-    if (new_h, new_w) != (H, W):
-        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)
-        x = torch.floor(x + 0.5).clamp(0, 255)  # cv2.resize on uint8 rounds half up
+    if (new_h, new_w) == (H, W):
+        x = images255.permute(0, 3, 1, 2)
+    elif images255.device.type == "cpu":
+        # frames on the host: cv2's 8-bit resize, bit-exact with the reference pipeline
+        arr = images255.to(torch.uint8).numpy()
+        x = torch.from_numpy(np.stack([cv2.resize(a, (new_w, new_h), interpolation=cv2.INTER_LINEAR) for a in arr]))
+        x = x.permute(0, 3, 1, 2).to(images255.dtype)
+    else:
+        # frames already on the GPU stay there; bilinear + round-half-up differs from cv2's
+        # fixed-point resize by at most one 8-bit level
+        x = F.interpolate(images255.permute(0, 3, 1, 2), size=(new_h, new_w), mode="bilinear", align_corners=False)
+        x = torch.floor(x + 0.5).clamp(0, 255)
     canvas = torch.zeros((B, 3, det_h, det_w), dtype=x.dtype, device=x.device)
     canvas[:, :, :new_h, :new_w] = x
     return canvas, scale
@@ -110,8 +119,8 @@ class ScrfdDetector:
         thresh = self.det_thresh if det_thresh is None else float(det_thresh)
         model = self.handle.model()
         dev, dtype = self.handle.device, self.handle.dtype
-        canvas, det_scale = letterbox(images255.to(dev, torch.float32), self.det_size)
-        blob = ((canvas - 127.5) / 128.0).to(dtype)
+        canvas, det_scale = letterbox(images255.float(), self.det_size)
+        blob = ((canvas.to(dev) - 127.5) / 128.0).to(dtype)
         with torch.inference_mode():
             outs = run_batched(model, blob, chunk=16)
         outs = [o.float() for o in outs]

@@ -1,0 +1,119 @@
+"""The one model cache: keyed by file identity + device + dtype, thread-safe, LRU budget, never downloads."""
+import os
+import threading
+import time
+
+import pytest
+import torch
+
+from visage.nodes.common import paths
+from visage.nodes.common.errors import ModelFileMissing
+from visage.nodes.common.model_manager import LocalBackend, ModelManager, file_identity, resolve_dtype
+
+
+def _loader(calls):
+    def load(path, device, dtype):
+        calls.append((path, str(device), dtype))
+        time.sleep(0.05)
+        return torch.nn.Linear(64, 64).to(dtype)
+    return load
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    p = tmp_path / "m.bin"
+    p.write_bytes(b"x" * 100)
+    return str(p)
+
+
+def test_loads_once_per_identity_device_dtype(model_file):
+    mm, calls = ModelManager(), []
+    h1 = mm.get("k", model_file, _loader(calls))
+    h2 = mm.get("k", model_file, _loader(calls))
+    assert h1 is h2 and len(calls) == 1 and mm.stats.hits == 1
+    h3 = mm.get("k", model_file, _loader(calls), dtype=torch.float64)
+    assert h3 is not h1 and len(calls) == 2
+    h4 = mm.get("other-kind", model_file, _loader(calls))
+    assert h4 is not h1 and len(calls) == 3
+    assert isinstance(h1.model(), torch.nn.Module) and not h1.model().training
+
+
+def test_changed_file_is_reloaded(model_file):
+    mm, calls = ModelManager(), []
+    h1 = mm.get("k", model_file, _loader(calls))
+    before = file_identity(model_file)
+    with open(model_file, "ab") as f:
+        f.write(b"more")
+    assert file_identity(model_file) != before
+    h2 = mm.get("k", model_file, _loader(calls))
+    assert h2 is not h1 and len(calls) == 2
+
+
+def test_concurrent_requests_load_once(model_file):
+    mm, calls = ModelManager(), []
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(mm.get("k", model_file, _loader(calls)))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len({id(h) for h in got}) == 1
+
+
+def test_lru_budget_drops_least_recently_used(tmp_path):
+    one = 64 * 64 * 4 + 64 * 4
+    mm = ModelManager(LocalBackend(budget_bytes=int(one * 2.5)))
+    files = []
+    for i in range(3):
+        p = tmp_path / f"m{i}.bin"
+        p.write_bytes(bytes([i]) * 10)
+        files.append(str(p))
+    calls = []
+    a = mm.get("k", files[0], _loader(calls))
+    mm.get("k", files[1], _loader(calls))
+    mm.get("k", files[0], _loader(calls))          # a is now most recent
+    mm.get("k", files[2], _loader(calls))          # over budget: drops files[1]
+    names = {h.key[1][0] for h in mm.cached()}
+    assert os.path.realpath(files[1]) not in names and os.path.realpath(files[0]) in names
+    assert mm.get("k", files[0], _loader(calls)) is a
+
+
+def test_missing_file_error_names_file_folders_and_source(tmp_path, monkeypatch):
+    paths.clear_extra_folders()
+    paths.add_folder("insightface", str(tmp_path / "a"))
+    paths.add_folder("insightface", str(tmp_path / "b"))
+    with pytest.raises(ModelFileMissing) as e:
+        paths.find_file("insightface", "glintr100.onnx")
+    msg = str(e.value)
+    assert "glintr100.onnx" in msg and "antelopev2" in msg and str(tmp_path / "a") in msg and str(tmp_path / "b") in msg
+    assert "never downloads" in msg and "Users get it from" in msg
+    paths.clear_extra_folders()
+
+
+def test_missing_file_in_manager(tmp_path):
+    with pytest.raises(ModelFileMissing) as e:
+        ModelManager().get("k", str(tmp_path / "nope.onnx"), _loader([]))
+    assert "nope.onnx" in str(e.value)
+
+
+def test_precision_policy():
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError):
+        resolve_dtype("int8", torch.device("cpu"))
+
+
+def test_manifest_lists_known_files_and_checker(tmp_path):
+    entries = paths.manifest()
+    names = {(e["folder"], e["name"]) for e in entries}
+    assert ("insightface/models/antelopev2", "glintr100.onnx") in names
+    assert ("insightface/models/buffalo_l", "det_10g.onnx") in names
+    for e in entries:
+        assert e["source"] and e["licence"] and "folder" in e
+    d = tmp_path / "insightface" / "models" / "antelopev2" / "antelopev2"
+    d.mkdir(parents=True)
+    (d / "glintr100.onnx").write_bytes(b"123")
+    rows = {(r["folder"], r["name"]): r for r in paths.check_against_manifest(str(tmp_path))}
+    assert rows[("insightface/models/antelopev2", "glintr100.onnx")]["status"] in ("present", "size-mismatch", "sha256-mismatch")
+    assert rows[("insightface/models/buffalo_l", "det_10g.onnx")]["status"] == "missing"

@@ -1,0 +1,98 @@
+"""Rules every family follows, checked over the whole source tree (see docs/DESIGN.md)."""
+import ast
+import os
+import re
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+COMFY_MODULES = ("comfy", "folder_paths", "server", "comfy_execution", "comfy_api", "nodes", "execution")
+GLUE_FILES = {"node.py", "comfy_glue.py"}
+
+
+def source_files(*roots):
+    for root in roots:
+        for dirpath, _dirs, files in os.walk(os.path.join(REPO, root)):
+            if "__pycache__" in dirpath:
+                continue
+            for f in files:
+                if f.endswith(".py"):
+                    yield os.path.join(dirpath, f)
+
+
+def imports(path):
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield node, a.name, 0
+        elif isinstance(node, ast.ImportFrom):
+            yield node, node.module or "", node.level
+
+
+def test_math_files_import_no_comfyui():
+    offenders = []
+    for p in source_files("nodes", "kernels"):
+        if os.path.basename(p) in GLUE_FILES:
+            continue
+        for node, mod, level in imports(p):
+            if level == 0 and mod.split(".")[0] in COMFY_MODULES:
+                offenders.append(f"{os.path.relpath(p, REPO)}:{node.lineno} imports {mod}")
+    assert not offenders, "math files must not import ComfyUI:\n" + "\n".join(offenders)
+
+
+def test_internal_imports_are_relative():
+    offenders = []
+    for p in list(source_files("nodes", "kernels")) + [os.path.join(REPO, "__init__.py")]:
+        for node, mod, level in imports(p):
+            if level == 0 and mod.split(".")[0] in ("visage", "kernels") :
+                offenders.append(f"{os.path.relpath(p, REPO)}:{node.lineno} imports {mod} absolutely")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_no_print_and_safe_torch_load():
+    offenders = []
+    for p in list(source_files("nodes", "kernels")) + [os.path.join(REPO, "__init__.py")]:
+        tree = ast.parse(open(p, encoding="utf-8").read(), p)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                fn = node.func
+                if isinstance(fn, ast.Name) and fn.id == "print":
+                    offenders.append(f"{os.path.relpath(p, REPO)}:{node.lineno} print()")
+                if isinstance(fn, ast.Attribute) and fn.attr == "load" and isinstance(fn.value, ast.Name) \
+                        and fn.value.id == "torch":
+                    ok = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                             for k in node.keywords)
+                    if not ok:
+                        offenders.append(f"{os.path.relpath(p, REPO)}:{node.lineno} torch.load without weights_only=True")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_no_runtime_downloads():
+    pat = re.compile(r"hf_hub_download|snapshot_download|urlretrieve|requests\.get\(|load_file_from_url|download_url")
+    offenders = []
+    for p in list(source_files("nodes", "kernels")) + [os.path.join(REPO, "__init__.py")]:
+        for i, line in enumerate(open(p, encoding="utf-8"), 1):
+            if pat.search(line):
+                offenders.append(f"{os.path.relpath(p, REPO)}:{i}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def _node_modules():
+    for p in source_files("nodes"):
+        if os.path.basename(p) == "node.py":
+            yield p
+
+
+def test_node_ids_are_visage_prefixed():
+    """Every node ID in every family's NODE_CLASS_MAPPINGS starts with 'Visage' (IDs are permanent)."""
+    checked = 0
+    for p in _node_modules():
+        src = open(p, encoding="utf-8").read()
+        tree = ast.parse(src)
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "NODE_CLASS_MAPPINGS" for t in node.targets):
+                for k in node.value.keys:
+                    assert k.value.startswith("Visage"), f"{p}: node id {k.value} must start with 'Visage'"
+                    checked += 1
+    assert checked > 0
