@@ -55,6 +55,8 @@ class ComfyBackend:
 
     def wrap(self, handle: model_manager.ModelHandle) -> None:
         module = handle._module
+        if not isinstance(module, torch.nn.Module):
+            return  # a CPU-only runtime session (e.g. onnxruntime on the CPU): no GPU memory to manage
         offload = mm.unet_offload_device() if handle.device.type != "cpu" else torch.device("cpu")
         module.to(offload)
         patcher = comfy.model_patcher.ModelPatcher(module, load_device=handle.device, offload_device=offload,
@@ -63,6 +65,8 @@ class ComfyBackend:
 
     def ready(self, handle: model_manager.ModelHandle):
         patcher = handle.backend_state
+        if patcher is None:
+            return handle._module
         mm.load_models_gpu([patcher])
         return patcher.model
 

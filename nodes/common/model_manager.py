@@ -109,7 +109,8 @@ class LocalBackend:
         self.budget_bytes = budget_bytes
 
     def wrap(self, handle: ModelHandle) -> None:
-        handle._module.to(handle.device)
+        if isinstance(handle._module, torch.nn.Module):
+            handle._module.to(handle.device)
 
     def ready(self, handle: ModelHandle):
         m = handle._module

@@ -19,7 +19,7 @@ from ..common.images import check_image
 from ..common.model_manager import MANAGER, ModelHandle
 from ..common.types import Face, FaceSet
 from .align import crop_matrix, estimate_norm, invert_affine, warp_affine
-from .onnx_torch import load_onnx_module, run_batched
+from .onnx_torch import OrtCpuModule, load_onnx_module, run_batched
 from .pack import RoutedModel, route_pack
 from .scrfd import ScrfdDetector
 
@@ -28,8 +28,27 @@ log = logging.getLogger("visage")
 Progress = Optional[Callable[[int, int], None]]
 
 
+ENGINES = ("auto", "torch", "onnxruntime")
+
+
 def _onnx_loader(path, device, dtype):
     return load_onnx_module(path, "cpu", dtype)
+
+
+def _ort_loader(path, device, dtype):
+    return OrtCpuModule(path)
+
+
+def pick_engine(engine: str, device) -> str:
+    """'auto': torch modules on a GPU (ComfyUI manages them), onnxruntime on the CPU (faster there)."""
+    if engine not in ENGINES:
+        raise VisageError(f"Unknown engine '{engine}'", expected=" / ".join(ENGINES), got=engine)
+    if engine == "auto":
+        return "onnxruntime" if torch.device(device).type == "cpu" else "torch"
+    if engine == "onnxruntime" and torch.device(device).type != "cpu":
+        raise VisageError("The onnxruntime engine runs on the CPU only", expected="device 'cpu' with engine 'onnxruntime'",
+                          got=f"device {device}", fix="use engine 'torch' (or 'auto') on the GPU")
+    return engine
 
 
 def _mean_shape_68() -> Optional[np.ndarray]:
@@ -224,8 +243,14 @@ def _apply(pts: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 
 def load_analyzer(pack_dir: str, device="cpu", dtype: torch.dtype = torch.float32, det_size=(640, 640),
-                  det_thresh: float = 0.5, tasks: Optional[Sequence[str]] = None) -> FaceAnalyzer:
-    """Route a pack folder and load its models through the model manager."""
+                  det_thresh: float = 0.5, tasks: Optional[Sequence[str]] = None, engine: str = "torch") -> FaceAnalyzer:
+    """Route a pack folder and load its models through the model manager.
+
+    engine 'torch' converts each ONNX file to a torch module on ``device``; 'onnxruntime' runs CPU
+    sessions (CPU only); 'auto' picks onnxruntime on the CPU and torch elsewhere.
+    """
+    engine = pick_engine(engine, device)
+    loader = _ort_loader if engine == "onnxruntime" else _onnx_loader
     routed = route_pack(pack_dir)
     if tasks is not None:
         routed = {k: v for k, v in routed.items() if k == "detection" or k in tasks}
@@ -233,7 +258,9 @@ def load_analyzer(pack_dir: str, device="cpu", dtype: torch.dtype = torch.float3
     for task, r in routed.items():
         # detection stays fp32 (box precision); per-face models follow the asked dtype
         dt = torch.float32 if task == "detection" else dtype
-        handles[task] = MANAGER.get(f"face:{task}", r.path, _onnx_loader, device=device, dtype=dt,
+        if engine == "onnxruntime":
+            dt = torch.float32
+        handles[task] = MANAGER.get(f"face:{engine}:{task}", r.path, loader, device=device, dtype=dt,
                                     name=f"{task}:{os.path.basename(r.path)}")
     name = os.path.basename(os.path.normpath(pack_dir))
     return FaceAnalyzer(name, routed, handles, det_size=det_size, det_thresh=det_thresh)

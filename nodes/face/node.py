@@ -14,7 +14,7 @@ from ..common.model_manager import resolve_dtype
 from ..common.types import (VISAGE_ALIGNED, VISAGE_ANALYZER, VISAGE_EMBEDS, VISAGE_FACES, AlignedFaces,
                             FaceEmbeds, FaceSet)
 from .align import TEMPLATES, align_faces
-from .analyzer import FaceAnalyzer, load_analyzer
+from .analyzer import ENGINES, FaceAnalyzer, load_analyzer
 from .draw import MASK_SHAPES, face_mask, keypoints_image, preview
 from .embeds_io import load_embeds, save_embeds
 from .pack import list_packs
@@ -77,12 +77,17 @@ class VisageFaceAnalyzerLoader:
                                                                         "fp32 on CPU. Detection always runs in fp32."}),
             "det_threshold": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01,
                                         "tooltip": "Detector confidence threshold."}),
+            "engine": (list(ENGINES), {"default": "auto",
+                                       "tooltip": "auto: torch modules on the GPU (under ComfyUI's memory management), "
+                                                  "onnxruntime on the CPU (several times faster there); torch: always "
+                                                  "torch; onnxruntime: CPU sessions."}),
         }}
 
-    def load(self, pack, det_size, device, precision, det_threshold):
+    def load(self, pack, det_size, device, precision, det_threshold, engine="auto"):
         dev = comfy_glue.torch_device(device)
         dtype = resolve_dtype(precision, dev)
-        return (load_analyzer(_find_pack(pack), dev, dtype, det_size=(det_size, det_size), det_thresh=det_threshold),)
+        return (load_analyzer(_find_pack(pack), dev, dtype, det_size=(det_size, det_size), det_thresh=det_threshold,
+                              engine=engine),)
 
 
 class VisageAnalyzeFaces:

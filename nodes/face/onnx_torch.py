@@ -172,3 +172,52 @@ def _unfold(o: torch.Tensor, b: int) -> torch.Tensor:
     if o.ndim >= 1 and o.shape[0] % b == 0:
         return o.reshape(b, o.shape[0] // b, *o.shape[1:])
     raise _NotBatched()
+
+
+class OrtCpuModule:
+    """An onnxruntime CPU session behind the same call as a converted torch module.
+
+    Used only when the analysis runs on the CPU (engine 'auto' on a CPU device, or 'onnxruntime'):
+    there onnxruntime's kernels are several times faster than torch's for these small convnets,
+    and a CPU session holds no GPU memory ComfyUI cannot see.
+    """
+
+    def __init__(self, path: str, threads: int = 0):
+        import onnxruntime as ort
+
+        _load_proto(path)  # same clear errors for truncated / non-ONNX files
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ModelFileInvalid(path, f"onnxruntime cannot load it ({type(e).__name__}: {str(e)[:160]})",
+                                   "an ONNX model onnxruntime can run")
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        self.nbytes = os.path.getsize(path)
+        self.training = False
+
+    def to(self, *args, **kwargs):
+        return self
+
+    def eval(self):
+        return self
+
+    def requires_grad_(self, *_):
+        return self
+
+    def __call__(self, x: torch.Tensor):
+        arr = x.detach().float().cpu().numpy()
+        if self.fixed_batch == 1 and arr.shape[0] > 1:
+            per = [self.session.run(None, {self.input_name: arr[i:i + 1]}) for i in range(arr.shape[0])]
+            outs = []
+            for j in range(len(per[0])):
+                parts = [torch.from_numpy(p[j]) for p in per]
+                # folded-batch exports ([K, C] per image) concatenate along their first axis
+                outs.append(torch.cat(parts, 0))
+            return outs
+        return [torch.from_numpy(o) for o in self.session.run(None, {self.input_name: arr})]

@@ -152,3 +152,26 @@ def test_real_recognizer_tells_identities_apart(tmp_path):
     names = [max(means, key=lambda p: means[p] @ f.normed_embedding.numpy())
              for f in sorted(t1, key=lambda f: f.center[0])]
     assert names == ["Rachel", "Monica", "Ross", "Chandler", "Joey", "Phoebe"]
+
+
+def test_onnxruntime_engine_matches_torch_engine(tmp_path, t1_bgr):
+    pack = build_face_pack(str(tmp_path / "pack"), batched_detector=False)
+    batch = bgr_to_batch(t1_bgr, t1_bgr[:, ::-1].copy())
+    a = load_analyzer(pack, "cpu", torch.float32, engine="torch").analyze(batch)
+    b = load_analyzer(pack, "cpu", torch.float32, engine="auto").analyze(batch)   # auto on CPU = onnxruntime
+    assert a.counts() == b.counts() and a.count > 0
+    for fa, fb in zip(a.flat(), b.flat()):
+        assert torch.allclose(fa.bbox, fb.bbox, atol=1e-2)
+        assert cosine(fa.embedding, fb.embedding) > 0.99999
+        assert np.abs(fa.landmarks_2d_106.numpy() - fb.landmarks_2d_106.numpy()).max() < 0.05
+
+
+def test_engine_choice_is_validated():
+    from visage.nodes.common.errors import VisageError
+    from visage.nodes.face.analyzer import pick_engine
+    assert pick_engine("auto", torch.device("cpu")) == "onnxruntime"
+    assert pick_engine("auto", torch.device("cuda")) == "torch"
+    with pytest.raises(VisageError, match="CPU only"):
+        pick_engine("onnxruntime", torch.device("cuda"))
+    with pytest.raises(VisageError):
+        pick_engine("tensorrt", torch.device("cpu"))

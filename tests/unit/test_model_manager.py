@@ -117,3 +117,14 @@ def test_manifest_lists_known_files_and_checker(tmp_path):
     rows = {(r["folder"], r["name"]): r for r in paths.check_against_manifest(str(tmp_path))}
     assert rows[("insightface/models/antelopev2", "glintr100.onnx")]["status"] in ("present", "size-mismatch", "sha256-mismatch")
     assert rows[("insightface/models/buffalo_l", "det_10g.onnx")]["status"] == "missing"
+
+
+def test_check_models_tool(tmp_path):
+    import subprocess, sys
+    d = tmp_path / "insightface" / "models" / "buffalo_s"
+    d.mkdir(parents=True)
+    (d / "det_500m.onnx").write_bytes(b"not the real file")
+    r = subprocess.run([sys.executable, os.path.join(os.path.dirname(paths.__file__), "..", "..", "tools", "check_models.py"),
+                        str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "size-mismatch" in r.stdout and "det_500m.onnx" in r.stdout and "missing" in r.stdout
