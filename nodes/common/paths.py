@@ -25,6 +25,9 @@ FOLDERS: Dict[str, str] = {
     "ipadapter": "ipadapter",
     "liveportrait": "liveportrait",
     "arc2face": "arc2face",
+    "reswapper": "reswapper",
+    "hyperswap": "hyperswap",
+    "reactor_faces": "reactor/faces",
     "visage_embeds": "visage/embeds",
     "visage_faces": "visage/faces",
 }

@@ -1,0 +1,271 @@
+"""Face swap per frame: detect + swap + paste-back, ours vs insightface's pipeline on the same inputs.
+
+``run(args) -> rows`` (op, shape, ours_ms, ref_ms, ratio, reference, bytes, memory_bound, note) for
+``bench/run.py``; also runs alone: ``.venv/bin/python bench/bench_swap.py [--quick] [--device cpu|cuda]``.
+
+Inputs: insightface's t1.jpg group photo resized to 1280x720 and 1920x1080; faces limited to the
+first 1 or 4 detections (max_num) in both pipelines. Models (built here, released signatures):
+the detector of the real fixture pack when ../shared/fixtures is present (det_500m.onnx, SCRFD-500M),
+else the test-built SCRFD; an inswapper_128-layout swapper with ``--swap-channels`` channels
+(random weights; the released model is much wider, so the swap network's own cost is not
+representative: this measures the pipeline around it).
+
+* ours: ``FaceAnalyzer.analyze`` (detection only) + ``pipeline.swap_frames`` (torch align, batched
+  swapper, feathered box-only paste-back, frame mask) on a float IMAGE tensor on the device, with the
+  nodes' engine 'auto' (detector and swapper in onnxruntime on the CPU, torch modules on a GPU).
+* reference: insightface ``FaceAnalysis(allowed_modules=['detection'])`` (onnxruntime) +
+  ``INSwapper.get(img, face, source, paste_back=True)`` per face, on a uint8 BGR frame
+  (what ReActor runs).
+Timing: both pipelines in one process, interleaved rep by rep (a shared machine's load hits both
+alike); median and min reported. Peak memory: each pipeline alone in its own process (peak resident
+memory on the CPU, peak CUDA allocation on a GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def _import_visage():
+    if "visage" not in sys.modules:
+        import types
+        pkg = types.ModuleType("visage")
+        pkg.__path__ = [REPO]
+        sys.modules["visage"] = pkg
+    if os.path.join(REPO, "tests") not in sys.path:
+        sys.path.insert(0, os.path.join(REPO, "tests"))
+
+
+def _frame(w, h):
+    import cv2
+    import insightface
+    p = os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg")
+    return cv2.resize(cv2.imread(p), (w, h), interpolation=cv2.INTER_AREA)  # BGR uint8
+
+
+def prepare_models(workdir: str, swap_channels: int) -> dict:
+    _import_visage()
+    from builders.face import build_face_pack
+    from builders.swap import make_inswapper
+    pack = os.path.join(workdir, "pack")
+    build_face_pack(pack, with_recognizer=False, with_landmarks=False, with_genderage=False)
+    real = os.path.normpath(os.path.join(REPO, "..", "shared", "fixtures", "models", "det_500m.onnx"))
+    det = "test-built SCRFD"
+    if os.path.isfile(real):
+        os.remove(os.path.join(pack, "det_10g.onnx"))
+        shutil.copy(real, os.path.join(pack, "det_500m.onnx"))
+        det = "det_500m (real SCRFD-500M)"
+    swapper = make_inswapper(os.path.join(workdir, "inswapper_128.onnx"), 128, channels=swap_channels)
+    return {"pack": pack, "swapper": swapper, "detector": det}
+
+
+def _peak_mb(device):
+    import torch
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _limit_threads(n: int) -> None:
+    """Same CPU thread budget for torch and onnxruntime (0 = each library's default)."""
+    if n <= 0:
+        return
+    import onnxruntime
+    import torch
+    torch.set_num_threads(n)
+    cls = onnxruntime.InferenceSession
+    if getattr(cls, "_visage_threads", None) == n:
+        return
+    orig_init = getattr(cls, "_visage_orig_init", cls.__init__)
+
+    def init(self, path_or_bytes, sess_options=None, providers=None, provider_options=None, **kw):
+        so = sess_options or onnxruntime.SessionOptions()
+        so.intra_op_num_threads = n
+        so.inter_op_num_threads = 1
+        orig_init(self, path_or_bytes, so, providers, provider_options, **kw)
+
+    cls._visage_orig_init = orig_init
+    cls._visage_threads = n
+    cls.__init__ = init  # insightface subclasses it at import time: patch the base class itself
+
+
+def _pipelines(kinds, models, w, h, faces, device, threads=0):
+    """{kind: step()} for 'ours' / 'ref' on the same frame, source and face limit."""
+    import numpy as np
+    import torch
+    if not device.startswith("cuda"):
+        _limit_threads(threads)
+    img = _frame(w, h)
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal(512).astype(np.float32)
+    emb /= np.linalg.norm(emb)
+    steps = {}
+    if "ours" in kinds or "ours_sp" in kinds:
+        _import_visage()
+        from visage.nodes.common.model_manager import MANAGER
+        from visage.nodes.face.analyzer import load_analyzer
+        from visage.nodes.swap import pipeline as PL
+        from visage.nodes.swap.models import load_swapper
+        dev = torch.device(device)
+        an = load_analyzer(models["pack"], dev, torch.float32, engine="auto")  # as the node: onnxruntime on CPU, torch on GPU
+        eng = "onnxruntime" if dev.type == "cpu" else "torch"  # the nodes' engine 'auto'
+        sw = MANAGER.get(f"swap:swapper:{eng}", models["swapper"], lambda p, d, t: load_swapper(p, "cpu", t, engine=eng),
+                         device=dev)
+        frame = torch.from_numpy(img[:, :, ::-1].copy()).to(dev).float().div_(255.0)[None]
+        src = [torch.from_numpy(emb)[None]]
+
+        def ours():
+            fs = an.analyze(frame, max_num=faces, tasks=[])
+            plan = PL.plan(fs, [1], "by_order")
+            _out, _mask, n = PL.swap_frames(frame, plan, sw, src)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            return n
+        steps["ours"] = ours
+        fixed = PL.plan(an.analyze(frame, max_num=faces, tasks=[]), [1], "by_order")
+
+        def ours_sp():
+            _out, _mask, n = PL.swap_frames(frame, fixed, sw, src)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            return n
+        steps["ours_sp"] = ours_sp
+    if "ref" in kinds or "ref_sp" in kinds:
+        import contextlib
+        import io
+        from insightface.app import FaceAnalysis
+        from insightface.app.common import Face
+        from insightface.model_zoo.inswapper import INSwapper
+        with contextlib.redirect_stdout(io.StringIO()):
+            prov = ["CUDAExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+            app = FaceAnalysis(name=models["pack"], allowed_modules=["detection"], providers=prov)
+            app.prepare(ctx_id=0 if device.startswith("cuda") else -1, det_size=(640, 640))
+            swapper = INSwapper(models["swapper"])
+        source = Face(embedding=emb * 20.0)
+
+        def ref():
+            dets = app.get(img, max_num=faces)
+            res = img
+            for f in dets:
+                res = swapper.get(res, f, source, paste_back=True)
+            return len(dets)
+        steps["ref"] = ref
+        fixed_dets = app.get(img, max_num=faces)
+
+        def ref_sp():
+            res = img
+            for f in fixed_dets:
+                res = swapper.get(res, f, source, paste_back=True)
+            return len(fixed_dets)
+        steps["ref_sp"] = ref_sp
+    return steps
+
+
+def _child(kinds, models, w, h, faces, reps, device, threads, q):
+    """Times the pipelines interleaved (ours, ref, ours, ref, ...) so load changes on a shared machine hit
+    both alike; with a single kind it also reports that pipeline's peak memory."""
+    try:
+        import warnings
+        warnings.simplefilter("ignore")
+        steps = {k: v for k, v in _pipelines(kinds, models, w, h, faces, device, threads).items() if k in kinds}
+        res = {k: {"faces": fn(), "times": []} for k, fn in steps.items()}  # warm-up
+        for _ in range(reps):
+            for k, fn in steps.items():
+                t0 = time.perf_counter()
+                fn()
+                res[k]["times"].append((time.perf_counter() - t0) * 1000.0)
+        for k in res:
+            t = sorted(res[k]["times"])
+            res[k].update(ms=t[len(t) // 2], min_ms=t[0])
+        if len(kinds) == 1:
+            res[kinds[0]]["peak_mb"] = _peak_mb(device)
+        q.put(res)
+    except Exception as e:  # pragma: no cover - reported in the row
+        import traceback
+        q.put({"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}"})
+
+
+def _measure(kinds, models, w, h, faces, reps, device, threads=0):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(list(kinds), models, w, h, faces, reps, device, threads, q))
+    p.start()
+    res = q.get(timeout=1800)
+    p.join()
+    return res
+
+
+def run(args=None):
+    quick = bool(getattr(args, "quick", False))
+    device = str(getattr(args, "device", None) or "cpu")
+    if device == "auto":
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    reps = int(getattr(args, "reps", None) or (2 if quick else 5))
+    channels = int(getattr(args, "swap_channels", None) or 64)
+    threads = int(getattr(args, "threads", None) or (1 if device == "cpu" else 0))
+    sizes = [(1280, 720)] if quick else [(1280, 720), (1920, 1080)]
+    workdir = tempfile.mkdtemp(prefix="visage_bench_swap_")
+    rows = []
+    try:
+        models = prepare_models(workdir, channels)
+        for (w, h) in sizes:
+            for faces in (1, 4):
+                both = _measure(("ours", "ref", "ours_sp", "ref_sp"), models, w, h, faces, reps, device, threads)
+                mem_o = _measure(("ours",), models, w, h, faces, 1, device, threads)
+                mem_r = _measure(("ref",), models, w, h, faces, 1, device, threads)
+                err = both.get("error") or mem_o.get("error") or mem_r.get("error")
+                if err:
+                    rows.append({"op": "swap detect+swap+paste", "shape": f"{w}x{h} {faces} face(s)",
+                                 "ours_ms": None, "ref_ms": None, "ratio": None, "reference": "insightface",
+                                 "bytes": None, "memory_bound": False, "note": err[:400]})
+                    continue
+                ours, ref = both["ours"], both["ref"]
+                po, pr = mem_o["ours"]["peak_mb"], mem_r["ref"]["peak_mb"]
+                note = (f"faces ours/ref {ours['faces']}/{ref['faces']}; min ms ours {ours['min_ms']:.1f} / ref "
+                        f"{ref['min_ms']:.1f}; peak MB ours {po:.0f} / ref {pr:.0f} "
+                        f"({'CUDA alloc' if device.startswith('cuda') else 'process RSS'}); "
+                        f"detector {models['detector']}; swapper inswapper_128 layout, {channels} ch; "
+                        f"CPU threads {threads or 'default'} (torch and onnxruntime alike)")
+                rows.append({"op": "swap detect+swap+paste", "shape": f"{w}x{h} {faces} face(s)",
+                             "ours_ms": ours["ms"], "ref_ms": ref["ms"], "ratio": ref["ms"] / ours["ms"],
+                             "reference": "insightface INSwapper.get(paste_back=True)", "bytes": None,
+                             "memory_bound": False, "note": note, "peak_mb_ours": po, "peak_mb_ref": pr})
+                os_, rs = both["ours_sp"], both["ref_sp"]
+                rows.append({"op": "swap+paste (faces given)", "shape": f"{w}x{h} {faces} face(s)",
+                             "ours_ms": os_["ms"], "ref_ms": rs["ms"], "ratio": rs["ms"] / os_["ms"],
+                             "reference": "insightface INSwapper.get(paste_back=True)", "bytes": None,
+                             "memory_bound": False,
+                             "note": f"no detection: align + swap net + paste-back (+ mask) only; min ms ours "
+                                     f"{os_['min_ms']:.1f} / ref {rs['min_ms']:.1f}"})
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--reps", type=int, default=0)
+    ap.add_argument("--swap-channels", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads for both pipelines (default 1 on CPU)")
+    args = ap.parse_args(argv)
+    for r in run(args):
+        ratio = f"{r['ratio']:.2f}x" if r.get("ratio") else "-"
+        ours = f"{r['ours_ms']:.1f}" if r.get("ours_ms") is not None else "-"
+        ref = f"{r['ref_ms']:.1f}" if r.get("ref_ms") is not None else "-"
+        print(f"{r['op']} | {r['shape']} | ours {ours} ms | ref {ref} ms | {ratio} | {r['note']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Paste-back front shared by the swap and expression families.
+
+What it adds over ``kernels.ops.paste_back`` (which does the warp + blend, only inside each face's box):
+
+* the feathered mask, built in CROP space so its size follows the face: a box mask eroded by
+  ``erode`` x crop side and blurred by a Gaussian of radius ``blur`` x crop side (both with a zero
+  border outside the crop), or a landmark mask (convex hull of the face's landmarks in crop space,
+  then the same erosion/blur, intersected with the box mask so the crop edge never shows);
+* optional colour transfer: mean/std in CIE LAB of the new crop and of the original crop under the
+  mask (``kernels.ops.lab_stats``), handed to the kernel which transfers before blending;
+* a frame-space MASK of what was pasted (for the node's mask output).
+
+Exact maths (the cv2 reference in tests/unit/test_paste.py reproduces it):
+    erode: 1 - maxpool(1 - m) with a (2r+1)^2 square, r = max(round(erode * S / 2), blur radius + 1),
+           outside = 0 (so the feathered mask is exactly 0 on the crop border: no seam)
+    blur:  separable Gaussian, ksize k = 2 * round(blur * S) + 1,
+           sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8 (OpenCV's rule for sigma = 0), zero border
+    paste: out = frame * (1 - w * m) + transfer(crop) * (w * m), crop/m sampled bilinearly.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+try:  # the one dispatch point (fused kernels on CUDA, torch twins elsewhere)
+    from ..kernels import ops as _kops
+except ImportError:  # pragma: no cover - until kernels/ops.py exists the twins are the spec
+    from ..kernels import reference as _kops
+
+from .common.errors import VisageError, describe_tensor
+
+log = logging.getLogger("visage")
+
+
+def gaussian_kernel1d(ksize: int, device=None) -> torch.Tensor:
+    sigma = 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
+    x = torch.arange(ksize, dtype=torch.float64) - (ksize - 1) / 2.0
+    k = torch.exp(-(x * x) / (2.0 * sigma * sigma))
+    return (k / k.sum()).to(device=device, dtype=torch.float32)
+
+
+def erode(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """[N,S,S] -> erosion by a (2r+1)^2 square; everything outside the crop counts as 0."""
+    if radius <= 0:
+        return masks
+    x = F.pad(masks.unsqueeze(1), (radius,) * 4, value=0.0)
+    return (-F.max_pool2d(-x, 2 * radius + 1, stride=1)).squeeze(1)
+
+
+def blur(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """[N,S,S] -> separable Gaussian (ksize 2r+1, OpenCV sigma rule), zero border."""
+    if radius <= 0:
+        return masks
+    k = gaussian_kernel1d(2 * radius + 1, masks.device)
+    x = masks.unsqueeze(1).float()
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0)), k.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius)), k.view(1, 1, -1, 1))
+    return x.squeeze(1)
+
+
+def mask_radii(size: int, erode_frac: float, blur_frac: float):
+    """(erosion radius, blur radius) in crop pixels. The erosion is at least blur radius + 1, so the
+    blurred mask is exactly 0 on the crop's border: the crop edge can never show as a seam."""
+    r_b = int(round(max(blur_frac, 0.0) * size))
+    r_e = int(round(max(erode_frac, 0.0) * size / 2.0))
+    if r_b > 0:
+        r_e = max(r_e, r_b + 1)
+    return r_e, r_b
+
+
+_BOX_CACHE: dict = {}
+
+
+def box_masks(n: int, size: int, erode_frac: float = 0.1, blur_frac: float = 0.1, device=None) -> torch.Tensor:
+    """[n,S,S] feathered box masks (the whole crop, eroded then blurred). Cached per size/radii/device."""
+    r_e, r_b = mask_radii(size, erode_frac, blur_frac)
+    key = (int(size), r_e, r_b, str(torch.device(device or "cpu")))
+    m = _BOX_CACHE.get(key)
+    if m is None:
+        m = torch.ones((1, size, size), device=device)
+        m = blur(erode(m, r_e), r_b).clamp(0, 1)
+        if len(_BOX_CACHE) > 64:
+            _BOX_CACHE.clear()
+        _BOX_CACHE[key] = m
+    return m.expand(n, size, size).contiguous()
+
+
+def hull_masks(points_crop: Sequence, size: int) -> torch.Tensor:
+    """[N,S,S] filled convex hulls of per-face landmark sets given in crop pixels (cv2, CPU)."""
+    import cv2
+
+    out = np.zeros((len(points_crop), size, size), np.float32)
+    for i, pts in enumerate(points_crop):
+        if pts is None:
+            out[i] = 1.0
+            continue
+        p = np.asarray(pts.detach().cpu() if isinstance(pts, torch.Tensor) else pts, np.float64)[:, :2]
+        hull = cv2.convexHull(np.round(p * 16).astype(np.int32))
+        m = np.zeros((size, size), np.uint8)
+        cv2.fillConvexPoly(m, hull, 255, lineType=cv2.LINE_8, shift=4)
+        out[i] = m / 255.0
+    return torch.from_numpy(out)
+
+
+def landmark_masks(points_crop: Sequence, size: int, erode_frac: float = 0.1, blur_frac: float = 0.1,
+                   device=None) -> torch.Tensor:
+    """Landmark hull masks, eroded + blurred like the box mask, intersected with the box mask."""
+    r_e, r_b = mask_radii(size, erode_frac, blur_frac)
+    hull = hull_masks(points_crop, size).to(device)
+    # the hull is only eroded a little (a third of the box erosion): landmarks already sit inside the face
+    m = blur(erode(hull, r_e // 3), r_b)
+    box = box_masks(len(points_crop), size, erode_frac, blur_frac, device)
+    return torch.minimum(m, box).clamp(0, 1)
+
+
+def to_crop_points(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """[K,2] image px -> crop px with one [2,3] matrix."""
+    m = torch.as_tensor(matrix, dtype=torch.float32)
+    p = torch.as_tensor(points, dtype=torch.float32)[:, :2]
+    return p @ m[:, :2].T + m[:, 2]
+
+
+def color_stats(new_crops: torch.Tensor, original_crops: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """[N,2,2,3] ((new mean, new std), (original mean, original std)) in LAB under the masks."""
+    a = _kops.lab_stats(new_crops, masks)
+    b = _kops.lab_stats(original_crops.to(new_crops.device), masks)
+    return torch.stack((a, b), 1)
+
+
+def paste_faces(frames: torch.Tensor, crops: torch.Tensor, matrix: torch.Tensor, frame_index: torch.Tensor,
+                masks: Optional[torch.Tensor] = None, *, erode_frac: float = 0.1, blur_frac: float = 0.1,
+                landmarks_crop: Optional[Sequence] = None, color_transfer: bool = False,
+                original_crops: Optional[torch.Tensor] = None, strength=1.0, want_mask: bool = True):
+    """Blend crops [N,S,S,3] (0..1) back into frames [B,H,W,3].
+
+    masks: optional [N,S,S] extra crop-space masks (e.g. a swapper's own mask), multiplied into the
+    feathered mask. strength: float or [N] opacity. Returns (frames, frame_mask [B,H,W] or None).
+    """
+    if crops.ndim != 4 or crops.shape[1] != crops.shape[2]:
+        raise VisageError("paste_faces: crops must be [N,S,S,C]", expected="square crops", got=describe_tensor(crops))
+    n, s = crops.shape[0], crops.shape[1]
+    dev = frames.device
+    if n == 0:
+        fm = torch.zeros(frames.shape[:3], device=dev) if want_mask else None
+        return frames.clone(), fm
+    if landmarks_crop is not None:
+        feather = landmark_masks(landmarks_crop, s, erode_frac, blur_frac, dev)
+    else:
+        feather = box_masks(n, s, erode_frac, blur_frac, dev)
+    if masks is not None:
+        feather = feather * masks.to(dev).float().clamp(0, 1)
+    w = torch.as_tensor(strength, dtype=torch.float32, device=dev).reshape(-1)
+    feather = feather * (w.view(-1, 1, 1) if w.numel() == n else w.view(1, 1, 1))
+    crops = crops.to(dev)
+    stats = None
+    if color_transfer:
+        if original_crops is None:
+            raise VisageError("colour transfer needs the original crops", expected="original_crops [N,S,S,3]",
+                              got="None")
+        stats = color_stats(crops.float(), original_crops.float(), feather)
+    idx = torch.as_tensor(frame_index, dtype=torch.long)
+    out = _kops.paste_back(frames, crops.to(frames.dtype) if frames.is_floating_point() else crops,
+                           matrix, feather, idx.to(dev), stats)
+    frame_mask = None
+    if want_mask:
+        ones = torch.ones((n, s, s, 1), device=dev)
+        zero = torch.zeros((frames.shape[0], frames.shape[1], frames.shape[2], 1), device=dev)
+        frame_mask = _kops.paste_back(zero, ones, matrix, feather, idx.to(dev), None)[..., 0]
+    return out, frame_mask

@@ -1,0 +1,1 @@
+"""Face swap family: inswapper-layout and HyperSwap swappers, face restoration, tracking, nodes."""

@@ -1,0 +1,49 @@
+"""Face models: a blended identity saved as safetensors (the VISAGE_EMBEDS payload on disk).
+
+Visage writes the shared embeddings format (nodes/face/embeds_io.py: tensors ``raw``/``normed``,
+metadata format/encoder/fusion/sources) plus ``kind = face_model``. It also reads ReActor's face
+models (``models/reactor/faces/*.safetensors``: an insightface Face saved as tensors, of which
+``embedding`` [512] is the identity), so users keep the face models they built with ReActor.
+"""
+from __future__ import annotations
+
+import os
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..common.errors import ModelFileInvalid, VisageError
+from ..common.types import FaceEmbeds
+from ..face.embeds_io import FORMAT, VERSION, load_embeds
+
+
+def save_face_model(embeds: FaceEmbeds, path: str, name: str = "") -> str:
+    if embeds.count < 1:
+        raise VisageError("Nothing to save", expected="an identity", got="0 rows")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    import json
+    meta = {"format": FORMAT, "version": VERSION, "kind": "face_model", "name": name or os.path.basename(path),
+            "encoder": embeds.encoder, "dim": str(embeds.dim), "count": str(embeds.count), "fusion": embeds.fusion,
+            "sources": json.dumps(list(embeds.sources))}
+    save_file({"raw": embeds.raw.contiguous().float().cpu(), "normed": embeds.normed.contiguous().float().cpu()},
+              path, metadata=meta)
+    return path
+
+
+def load_face_model(path: str) -> FaceEmbeds:
+    """Visage face model / embeddings file, or a ReActor face model."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            keys = set(f.keys())
+            reactor = meta.get("format") != FORMAT and "embedding" in keys
+            emb = f.get_tensor("embedding") if reactor else None
+    except Exception as e:
+        raise ModelFileInvalid(path, f"unreadable ({type(e).__name__}: {str(e)[:120]})",
+                               "a .safetensors face model (Visage or ReActor)")
+    if reactor:
+        emb = emb.float().reshape(1, -1)
+        if emb.shape[-1] != 512:
+            raise ModelFileInvalid(path, f"its embedding has {emb.shape[-1]} values", "a 512-d ReActor face model")
+        return FaceEmbeds.from_raw(emb, "reactor(buffalo_l)", (1,), "reactor")
+    return load_embeds(path)

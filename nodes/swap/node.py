@@ -1,0 +1,392 @@
+"""ComfyUI nodes of the swap family (the only file here that imports ComfyUI)."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import torch
+
+import folder_paths
+
+from ..common import comfy_glue, paths
+from ..common.errors import NoFaceError, VisageError
+from ..common.images import check_image
+from ..common.model_manager import MANAGER, resolve_dtype
+from ..common.types import VISAGE_ANALYZER, VISAGE_EMBEDS
+from ..face.select import FUSIONS, ORDERS, embeds_from_faces, order_faces
+from .facemodel import load_face_model, save_face_model
+from ..face.analyzer import pick_engine
+from .models import ENGINES, load_swapper
+from .pipeline import MAPPINGS, MASK_TYPES, restore_pass, swap_batch
+from .restore import Restorer, load_restorer
+
+log = logging.getLogger("visage")
+
+VISAGE_SWAPPER = "VISAGE_SWAPPER"
+VISAGE_RESTORER = "VISAGE_RESTORER"
+CATEGORY = "Visage/swap"
+
+# Where ReActor users keep the 256-px swappers and their face models.
+_EXTRA_FOLDERS = {"reswapper": "reswapper", "hyperswap": "hyperswap", "reactor_faces": "reactor/faces"}
+for _name, _sub in _EXTRA_FOLDERS.items():
+    if _name not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[_name] = ([os.path.join(folder_paths.models_dir, *_sub.split("/"))],
+                                                      {".onnx", ".safetensors"})
+
+_SWAP_FOLDERS = (("insightface", ""), ("reswapper", "reswapper/"), ("hyperswap", "hyperswap/"))
+_ORDER_CHOICES = [o for o in ORDERS if o != "most_similar"]
+
+
+def _swap_files():
+    names = []
+    for folder, prefix in _SWAP_FOLDERS:
+        for n in paths.list_files(folder, {".onnx"}):
+            if folder == "insightface" and "/" in n:  # analysis packs live in insightface/models/<pack>/
+                continue
+            names.append(prefix + n)
+    return names or ["inswapper_128.onnx"]
+
+
+def _resolve_swap_file(name: str) -> str:
+    for folder, prefix in _SWAP_FOLDERS:
+        if prefix and name.startswith(prefix):
+            return paths.find_file(folder, name[len(prefix):])
+    return paths.find_file("insightface", name)
+
+
+def _restore_files():
+    return paths.list_files("facerestore_models", {".pth", ".pt", ".safetensors", ".ckpt"}) or ["GFPGANv1.4.pth"]
+
+
+def _face_model_files():
+    names = [n for n in paths.list_files("visage_faces", {".safetensors"})]
+    names += ["reactor/" + n for n in paths.list_files("reactor_faces", {".safetensors"})]
+    return names or ["(none)"]
+
+
+def _swapper_loader(path, device, dtype):
+    return load_swapper(path, "cpu", dtype, engine="torch")
+
+
+def _swapper_loader_ort(path, device, dtype):
+    return load_swapper(path, "cpu", torch.float32, engine="onnxruntime")
+
+
+def _restorer_loader(path, device, dtype):
+    return load_restorer(path, "cpu", dtype)
+
+
+def _device_inputs():
+    return {
+        "device": (["auto", "cpu", "gpu"], {"default": "auto",
+                                            "tooltip": "auto = ComfyUI's device (the GPU unless ComfyUI runs --cpu)."}),
+        "precision": (["auto", "fp32", "fp16", "bf16"], {"default": "auto",
+                                                         "tooltip": "auto = fp16 on CUDA, fp32 on the CPU."}),
+    }
+
+
+class VisageSwapModelLoader:
+    DESCRIPTION = ("Loads a face-swap model: inswapper_128.onnx (models/insightface), reswapper_128/256 "
+                   "(models/reswapper) or hyperswap_1a/1b/1c_256 (models/hyperswap). The layout is read from the "
+                   "file's ONNX signature; it runs as a torch module on ComfyUI's device, batched over faces.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "swap_model": (_swap_files(), {"tooltip": "Face-swap ONNX file. Visage never downloads models."}),
+            **_device_inputs(),
+            "engine": (list(ENGINES), {"default": "auto", "tooltip": "auto: a torch module on the GPU (under "
+                                       "ComfyUI's memory management), onnxruntime on the CPU (faster there); torch: "
+                                       "always torch; onnxruntime: a CPU session."}),
+        }}
+
+    RETURN_TYPES = (VISAGE_SWAPPER,)
+    RETURN_NAMES = ("swapper",)
+    OUTPUT_TOOLTIPS = ("The loaded swap model (for Swap Faces).",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, swap_model, device="auto", precision="auto", engine="auto"):
+        path = _resolve_swap_file(swap_model)
+        dev = comfy_glue.torch_device(device)
+        engine = pick_engine(engine, dev)
+        if engine == "onnxruntime":
+            return (MANAGER.get("swap:swapper:onnxruntime", path, _swapper_loader_ort, device=dev,
+                                dtype=torch.float32),)
+        dt = resolve_dtype(precision, dev)
+        return (MANAGER.get("swap:swapper", path, _swapper_loader, device=dev, dtype=dt),)
+
+
+class VisageRestoreModelLoader:
+    DESCRIPTION = ("Loads a face-restoration model (GFPGAN, CodeFormer, GPEN, RestoreFormer) from "
+                   "models/facerestore_models through spandrel. Other architectures (upscalers) are refused.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "restore_model": (_restore_files(), {"tooltip": "Face-restoration file in models/facerestore_models."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                   "tooltip": "Blend of the restored face over the unrestored one (1 = fully restored)."}),
+            "fidelity": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
+                                   "tooltip": "CodeFormer only: 0 = strongest restoration, 1 = closest to the input."}),
+            **_device_inputs(),
+        }}
+
+    RETURN_TYPES = (VISAGE_RESTORER,)
+    RETURN_NAMES = ("restorer",)
+    OUTPUT_TOOLTIPS = ("The loaded restoration model with its strength/fidelity.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, restore_model, strength=1.0, fidelity=0.5, device="auto", precision="auto"):
+        path = paths.find_file("facerestore_models", restore_model)
+        dev = comfy_glue.torch_device(device)
+        dt = resolve_dtype(precision, dev)
+        h = MANAGER.get("swap:restorer", path, _restorer_loader, device=dev, dtype=dt)
+        return (Restorer(handle=h, name=restore_model, strength=float(strength), fidelity=float(fidelity)),)
+
+
+def _mask_inputs():
+    return {
+        "mask_type": (list(MASK_TYPES), {"default": "box", "tooltip": "box = the aligned square, feathered; "
+                                          "landmarks = the face outline from the 106/68 landmarks, feathered."}),
+        "mask_erode": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.5, "step": 0.01,
+                                 "tooltip": "Shrink the paste mask by this fraction of the face crop."}),
+        "mask_blur": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.3, "step": 0.01,
+                                "tooltip": "Feather width as a fraction of the face crop (no hard seam at 0.03+)."}),
+    }
+
+
+class VisageSwapFaces:
+    DESCRIPTION = ("Swaps faces in an image or a batch of video frames. The source identity comes from "
+                   "source_image (analysed with the same analyzer) or source_embeds (Face Embeds / Load Face Model). "
+                   "Frames without a face pass through unchanged and in order. Outputs the images, a mask of the "
+                   "pasted faces, and how many faces were swapped.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "analyzer": (VISAGE_ANALYZER, {"tooltip": "Face analyzer (Face Analyzer Loader)."}),
+                "swapper": (VISAGE_SWAPPER, {"tooltip": "Swap model (Swap Model Loader)."}),
+                "image": ("IMAGE", {"tooltip": "Target image(s) / video frames whose faces are replaced."}),
+                "mapping": (list(MAPPINGS), {"default": "by_order", "tooltip":
+                            "by_order: target face k gets source face k (one source face goes onto every face); "
+                            "by_index: pairs source_indexes with target_indexes; by_identity: each target face "
+                            "most like target_references row k gets source face k."}),
+                "order": (_ORDER_CHOICES, {"default": "left_to_right",
+                                           "tooltip": "How faces are numbered in the source and the target."}),
+                "source_indexes": ("STRING", {"default": "0", "tooltip": "by_index: source face numbers, e.g. '0' or '1,0'."}),
+                "target_indexes": ("STRING", {"default": "", "tooltip": "by_index: target face numbers, e.g. '0,1' (empty = all)."}),
+                "blend": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                    "tooltip": "Opacity of the swapped face (1 = fully swapped)."}),
+                **_mask_inputs(),
+                "color_transfer": ("BOOLEAN", {"default": False,
+                                               "tooltip": "Match the swapped face's colour (LAB mean/std) to the original skin."}),
+                "temporal_smoothing": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
+                                                 "tooltip": "Video: track faces across frames and smooth their keypoints so a "
+                                                            "still head does not jitter (0 = off)."}),
+                "on_no_face": (["passthrough", "error"], {"default": "passthrough",
+                               "tooltip": "A target frame without a face: pass it through unchanged, or stop with an error."}),
+            },
+            "optional": {
+                "source_image": ("IMAGE", {"tooltip": "Photo(s) of the new face: 1 image, or 1 per target frame."}),
+                "source_embeds": (VISAGE_EMBEDS, {"tooltip": "Identities instead of a source image (row k = source face k)."}),
+                "restorer": (VISAGE_RESTORER, {"tooltip": "Optional face restoration applied to each swapped face."}),
+                "target_references": (VISAGE_EMBEDS, {"tooltip": "by_identity: who to replace (row k is replaced by source face k)."}),
+                "min_similarity": ("FLOAT", {"default": 0.3, "min": -1.0, "max": 1.0, "step": 0.01,
+                                             "tooltip": "by_identity: a target face less similar than this to every "
+                                                        "reference stays unchanged."}),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE", "MASK", "INT")
+    RETURN_NAMES = ("image", "mask", "count")
+    OUTPUT_TOOLTIPS = ("The images with swapped faces (same count and order as the input).",
+                       "Where swapped faces were pasted (feathered), per image.",
+                       "How many faces were swapped in total.")
+    FUNCTION = "swap"
+    CATEGORY = CATEGORY
+
+    def swap(self, analyzer, swapper, image, mapping="by_order", order="left_to_right", source_indexes="0",
+             target_indexes="", blend=1.0, mask_type="box", mask_erode=0.1, mask_blur=0.1, color_transfer=False,
+             temporal_smoothing=0.5, on_no_face="passthrough", source_image=None, source_embeds=None,
+             restorer=None, target_references=None, min_similarity=0.3):
+        image = check_image(image, "image")
+        src = check_image(source_image, "source_image") if source_image is not None else None
+        embs = [source_embeds.normed] if source_embeds is not None else None
+        progress = comfy_glue.Progress(2 * image.shape[0])
+        inter = comfy_glue.intermediate_device()
+        out, mask, count = swap_batch(
+            analyzer, image, swapper, source_embeddings=embs, source_image=src, mapping=mapping, order=order,
+            source_indexes=source_indexes, target_indexes=target_indexes, references=target_references,
+            min_similarity=min_similarity, blend=blend, mask_type=mask_type, erode=mask_erode, blur=mask_blur,
+            color_transfer=color_transfer, temporal_smoothing=temporal_smoothing, on_no_face=on_no_face,
+            restorer=restorer, progress=progress, out_device=inter)
+        return (out.to(inter), mask.to(inter), int(count))
+
+
+class VisageRestoreFaces:
+    DESCRIPTION = ("Restores every face (or the faces picked by order/max_faces) on its aligned crop with a "
+                   "GFPGAN / CodeFormer / GPEN / RestoreFormer model and pastes it back inside the face's box.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "analyzer": (VISAGE_ANALYZER, {"tooltip": "Face analyzer (Face Analyzer Loader)."}),
+            "restorer": (VISAGE_RESTORER, {"tooltip": "Restoration model (Restore Model Loader)."}),
+            "image": ("IMAGE", {"tooltip": "Image(s) whose faces are restored."}),
+            "order": (_ORDER_CHOICES, {"default": "largest", "tooltip": "Which faces come first for max_faces."}),
+            "max_faces": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Restore at most this many faces per image (0 = all)."}),
+            "mask_erode": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.5, "step": 0.01,
+                                     "tooltip": "Shrink the paste mask by this fraction of the crop."}),
+            "mask_blur": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.3, "step": 0.01,
+                                    "tooltip": "Feather width as a fraction of the crop."}),
+            "on_no_face": (["passthrough", "error"], {"default": "passthrough",
+                           "tooltip": "An image without a face: pass it through unchanged, or stop with an error."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE", "INT")
+    RETURN_NAMES = ("image", "count")
+    OUTPUT_TOOLTIPS = ("The images with restored faces.", "How many faces were restored.")
+    FUNCTION = "restore"
+    CATEGORY = CATEGORY
+
+    def restore(self, analyzer, restorer, image, order="largest", max_faces=0, mask_erode=0.1, mask_blur=0.1,
+                on_no_face="passthrough"):
+        image = check_image(image, "image")
+        B = image.shape[0]
+        progress = comfy_glue.Progress(B)
+        dev = restorer.handle.device
+        frames = image.to(dev)
+        fs = analyzer.analyze(frames, tasks=[])
+        missing = fs.images_without_face()
+        if missing and on_no_face == "error":
+            raise NoFaceError(missing, where="the image batch")
+        out = frames.clone()
+        count = 0
+        for i in range(B):
+            faces = order_faces(fs.faces[i], order)
+            if max_faces > 0:
+                faces = faces[:max_faces]
+            if faces:
+                idx = torch.zeros(len(faces), dtype=torch.long, device=dev)
+                out[i:i + 1] = restore_pass(frames[i:i + 1], faces, idx, restorer, mask_erode, mask_blur)
+                count += len(faces)
+            progress(i + 1, B)
+        return (out.to(comfy_glue.intermediate_device()), count)
+
+
+class VisageBuildFaceModel:
+    DESCRIPTION = ("Builds one blended identity (a face model) from several photos of the same person: the "
+                   "chosen face of every image, fused into one embedding. Save it with Save Face Model.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "analyzer": (VISAGE_ANALYZER, {"tooltip": "Face analyzer with a recognizer."}),
+            "images": ("IMAGE", {"tooltip": "Photos of one person (any number)."}),
+            "order": (_ORDER_CHOICES, {"default": "largest", "tooltip": "Which face of each photo is used (the first)."}),
+            "fusion": ([f for f in FUSIONS if f != "none"], {"default": "norm_mean",
+                       "tooltip": "How the faces are blended into one identity."}),
+            "on_no_face": (["skip", "error"], {"default": "skip",
+                           "tooltip": "A photo without a face: leave it out of the blend, or stop with an error."}),
+        }}
+
+    RETURN_TYPES = (VISAGE_EMBEDS,)
+    RETURN_NAMES = ("face_model",)
+    OUTPUT_TOOLTIPS = ("The blended identity (connect to Swap Faces source_embeds or Save Face Model).",)
+    FUNCTION = "build"
+    CATEGORY = CATEGORY
+
+    def build(self, analyzer, images, order="largest", fusion="norm_mean", on_no_face="skip"):
+        from ..common.types import FaceSet
+        images = check_image(images, "images")
+        fs = analyzer.analyze(images, tasks=["recognition"])
+        missing = fs.images_without_face()
+        if missing and (on_no_face == "error" or len(missing) == fs.batch_size):
+            raise NoFaceError(missing, where="the face-model photos")
+        picked = tuple(tuple(order_faces(f, order)[:1]) for f in fs.faces)
+        return (embeds_from_faces(FaceSet(faces=picked, image_sizes=fs.image_sizes, analyzer=fs.analyzer), fusion),)
+
+
+def _safe_name(name: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.\- ]+", "_", (name or "").strip()).strip(". ")
+    if not name:
+        raise VisageError("The face model needs a name", expected="a file name, e.g. 'alice'", got=repr(name))
+    return name if name.endswith(".safetensors") else name + ".safetensors"
+
+
+class VisageSaveFaceModel:
+    DESCRIPTION = "Saves a face model (VISAGE_EMBEDS) as safetensors with metadata into models/visage/faces."
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "face_model": (VISAGE_EMBEDS, {"tooltip": "Identity from Build Face Model or Face Embeds."}),
+            "name": ("STRING", {"default": "my_face", "tooltip": "File name (saved under models/visage/faces)."}),
+            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace a file of the same name."}),
+        }}
+
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    OUTPUT_TOOLTIPS = ("Where the face model was written.",)
+    FUNCTION = "save"
+    CATEGORY = CATEGORY
+
+    def save(self, face_model, name="my_face", overwrite=False):
+        fname = _safe_name(name)
+        folders = paths.folders("visage_faces")
+        if not folders:
+            raise VisageError("No folder for face models is configured", expected="models/visage/faces",
+                              got="none", fix="check extra_model_paths.yaml")
+        path = os.path.join(folders[0], fname)
+        if os.path.exists(path) and not overwrite:
+            raise VisageError(f"A face model named '{fname}' exists already", expected="a new name or overwrite on",
+                              got=path, fix="change the name or switch overwrite on")
+        save_face_model(face_model, path, name=fname)
+        return {"ui": {"text": [path]}, "result": (path,)}
+
+
+class VisageLoadFaceModel:
+    DESCRIPTION = ("Loads a face model: Visage's (models/visage/faces) or ReActor's (models/reactor/faces, "
+                   "shown as reactor/...).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"face_model": (_face_model_files(), {"tooltip": "Saved face model file."})}}
+
+    RETURN_TYPES = (VISAGE_EMBEDS,)
+    RETURN_NAMES = ("face_model",)
+    OUTPUT_TOOLTIPS = ("The identity (connect to Swap Faces source_embeds).",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, face_model):
+        if face_model.startswith("reactor/"):
+            path = paths.find_file("reactor_faces", face_model[len("reactor/"):])
+        else:
+            path = paths.find_file("visage_faces", face_model)
+        return (load_face_model(path),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "VisageSwapModelLoader": VisageSwapModelLoader,
+    "VisageRestoreModelLoader": VisageRestoreModelLoader,
+    "VisageSwapFaces": VisageSwapFaces,
+    "VisageRestoreFaces": VisageRestoreFaces,
+    "VisageBuildFaceModel": VisageBuildFaceModel,
+    "VisageSaveFaceModel": VisageSaveFaceModel,
+    "VisageLoadFaceModel": VisageLoadFaceModel,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "VisageSwapModelLoader": "Swap Model Loader (Visage)",
+    "VisageRestoreModelLoader": "Restore Model Loader (Visage)",
+    "VisageSwapFaces": "Swap Faces (Visage)",
+    "VisageRestoreFaces": "Restore Faces (Visage)",
+    "VisageBuildFaceModel": "Build Face Model (Visage)",
+    "VisageSaveFaceModel": "Save Face Model (Visage)",
+    "VisageLoadFaceModel": "Load Face Model (Visage)",
+}

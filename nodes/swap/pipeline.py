@@ -1,0 +1,338 @@
+"""Swap pipeline: which source goes onto which target face, then align -> swap -> (restore) -> paste.
+
+Everything stays on the frames' device; per chunk of frames all faces run through the swapper in one
+batch. Pure torch/numpy (no ComfyUI): node.py wires it to the ports.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..common.errors import NoFaceError, VisageError
+from ..common.types import Face, FaceEmbeds, FaceSet
+from ..face.align import estimate_norm
+from ..face.select import order_faces
+from .. import paste as P
+from .models import SwapperModule, run_swapper, source_latent
+from .restore import Restorer, restore_crops
+
+try:
+    from ...kernels import ops as _kops
+except ImportError:  # pragma: no cover
+    from ...kernels import reference as _kops
+
+log = logging.getLogger("visage")
+
+MAPPINGS = ("by_order", "by_index", "by_identity")
+MASK_TYPES = ("box", "landmarks")
+Progress = Optional[Callable[[int, int], None]]
+
+
+@dataclass(frozen=True)
+class Assignment:
+    image_index: int
+    face: Face
+    source_set: int     # which source set (source image) the identity comes from
+    source: int         # identity index inside that set
+
+
+def parse_indexes(text: str, name: str) -> List[int]:
+    """'0, 2,3' -> [0, 2, 3]; '' -> []."""
+    text = (text or "").strip()
+    if not text:
+        return []
+    out = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            v = int(part)
+        except ValueError:
+            raise VisageError(f"'{name}' must be a comma-separated list of face numbers",
+                              expected="e.g. '0' or '0,1,2' (0 = first face in the chosen order)", got=repr(text),
+                              fix=f"write numbers only in '{name}'")
+        if v < 0:
+            raise VisageError(f"'{name}' holds a negative face number", expected="numbers >= 0", got=repr(text))
+        out.append(v)
+    return out
+
+
+def source_sets_from_faces(faceset: FaceSet, order: str = "largest") -> List[List[Face]]:
+    """Identities per source image, in ``order``; a source image without a face is an error."""
+    empty = faceset.images_without_face()
+    if empty:
+        raise NoFaceError(empty, where="the source image batch")
+    sets = []
+    for faces in faceset.faces:
+        ordered = order_faces(faces, order)
+        if any(f.normed_embedding is None for f in ordered):
+            raise VisageError("The source faces have no identity embedding",
+                              expected="an analyzer pack with a recognizer (antelopev2 / buffalo_l)",
+                              got="faces without embeddings", fix="load a full pack in Face Analyzer Loader")
+        sets.append(ordered)
+    return sets
+
+
+def embeddings_of(sets: Sequence[Sequence[Face]]) -> List[torch.Tensor]:
+    return [torch.stack([f.normed_embedding.float().cpu() for f in s]) for s in sets]
+
+
+def check_batches(n_source_sets: int, n_targets: int) -> None:
+    if n_source_sets not in (1, n_targets):
+        raise VisageError("The source and target batch sizes do not match",
+                          expected=f"1 source image (used for every target) or {n_targets} (one per target frame)",
+                          got=f"{n_source_sets} source images for {n_targets} target images",
+                          fix="pass one source image, one per target frame, or fuse several photos of one person "
+                              "with 'Build Face Model' and connect it to source_embeds")
+
+
+def plan(targets: FaceSet, source_counts: Sequence[int], mapping: str = "by_order", order: str = "left_to_right",
+         source_indexes: str = "0", target_indexes: str = "", references: Optional[FaceEmbeds] = None,
+         min_similarity: float = 0.3, track_ids: Optional[List[List[int]]] = None) -> List[Assignment]:
+    """Who goes where. ``source_counts[s]`` = identities in source set s (1 set, or 1 per target image)."""
+    if mapping not in MAPPINGS:
+        raise VisageError(f"Unknown mapping '{mapping}'", expected=" / ".join(MAPPINGS), got=mapping)
+    check_batches(len(source_counts), targets.batch_size)
+    src_idx = parse_indexes(source_indexes, "source_indexes")
+    tgt_idx = parse_indexes(target_indexes, "target_indexes")
+    out: List[Assignment] = []
+    if mapping == "by_identity":
+        if references is None:
+            raise VisageError("Mapping 'by_identity' needs the identities to replace",
+                              expected="a VISAGE_EMBEDS on 'target_references' (one row per person in the target, "
+                                       "row k is replaced by source face k)",
+                              got="nothing connected", fix="connect Face Embeds (fusion 'none') of the people to "
+                                                           "replace, or use mapping 'by_order' / 'by_index'")
+        ref = references.normed.float()
+        sims: Dict[tuple, np.ndarray] = {}
+        for i, faces in enumerate(targets.faces):
+            for j, f in enumerate(faces):
+                if f.normed_embedding is None:
+                    raise VisageError("Target faces have no identity embedding", expected="an analyzer with a "
+                                      "recognizer", got="faces without embeddings", fix="load a full pack")
+                e = f.normed_embedding.float().cpu()
+                if e.shape[-1] != ref.shape[-1]:
+                    raise VisageError("target_references come from another recognizer",
+                                      expected=f"{e.shape[-1]}-d embeddings", got=f"{ref.shape[-1]}-d")
+                sims[(i, j)] = (ref @ e).numpy()
+        if track_ids is not None:  # one decision per track: the mean similarity over its frames
+            per_track: Dict[int, List[np.ndarray]] = {}
+            for (i, j), s in sims.items():
+                per_track.setdefault(track_ids[i][j], []).append(s)
+            sims = {(i, j): np.mean(per_track[track_ids[i][j]], 0) for (i, j) in sims}
+        for i, faces in enumerate(targets.faces):
+            si = 0 if len(source_counts) == 1 else i
+            for j, f in enumerate(faces):
+                s = sims[(i, j)]
+                k = int(np.argmax(s))
+                if s[k] < min_similarity:
+                    continue
+                src = k if source_counts[si] > 1 else 0
+                if src >= source_counts[si]:
+                    raise VisageError("A target reference has no matching source face",
+                                      expected=f"at least {k + 1} source faces (reference row {k} -> source face {k})",
+                                      got=f"{source_counts[si]} source face(s)", fix="add source faces or references")
+                out.append(Assignment(i, f, si, src))
+        return out
+    for i, faces in enumerate(targets.faces):
+        si = 0 if len(source_counts) == 1 else i
+        n_src = source_counts[si]
+        ordered = order_faces(faces, order)
+        if mapping == "by_order":
+            for k, f in enumerate(ordered):
+                if n_src == 1:
+                    out.append(Assignment(i, f, si, 0))
+                elif k < n_src:
+                    out.append(Assignment(i, f, si, k))
+            continue
+        # by_index
+        tl = tgt_idx or list(range(len(ordered)))
+        sl = src_idx or [0]
+        if len(sl) == 1:
+            sl = sl * len(tl)
+        if len(sl) != len(tl):
+            raise VisageError("source_indexes and target_indexes pair up one to one",
+                              expected=f"as many source numbers as target numbers ({len(tl)}), or a single source",
+                              got=f"source_indexes={source_indexes!r}, target_indexes={target_indexes!r}",
+                              fix="write e.g. source_indexes '1,0' with target_indexes '0,1'")
+        for s, t in zip(sl, tl):
+            if s >= n_src:
+                raise VisageError(f"source_indexes asks for source face {s}",
+                                  expected=f"a number below {n_src} (faces found in the source)",
+                                  got=str(s), fix="lower the number or check the source image")
+            if t < len(ordered):  # a frame with fewer faces keeps the missing ones unchanged
+                out.append(Assignment(i, ordered[t], si, s))
+    return out
+
+
+def _crop_points(face: Face, M: np.ndarray) -> Optional[torch.Tensor]:
+    pts = face.landmarks_2d_106 if face.landmarks_2d_106 is not None else face.landmarks_68
+    if pts is None:
+        return None
+    return P.to_crop_points(pts[:, :2].float().cpu(), torch.from_numpy(M))
+
+
+@torch.no_grad()
+def swap_frames(frames: torch.Tensor, assignments: Sequence[Assignment], swapper_handle,
+                source_embeddings: Sequence[torch.Tensor], *, blend: float = 1.0, mask_type: str = "box",
+                erode: float = 0.1, blur: float = 0.1, color_transfer: bool = False, use_model_mask: bool = True,
+                restorer: Optional[Restorer] = None, progress: Progress = None, faces_per_chunk: int = 8):
+    """frames [B,H,W,3] float 0..1 (any device) -> (frames, mask [B,H,W], count)."""
+    if mask_type not in MASK_TYPES:
+        raise VisageError(f"Unknown mask type '{mask_type}'", expected=" / ".join(MASK_TYPES), got=mask_type)
+    B = frames.shape[0]
+    dev = frames.device
+    outs, masks = [], []  # per chunk; chunks without a face keep (a view of) their input frames
+    by_frame: Dict[int, List[Assignment]] = {}
+    for a in assignments:
+        by_frame.setdefault(a.image_index, []).append(a)
+    mod: SwapperModule = swapper_handle.model()
+    latents = [source_latent(mod, e).to(dev) for e in source_embeddings]
+    S = mod.spec.size
+    count = 0
+    f0 = 0
+    while f0 < B:
+        f1, nfaces = f0, 0
+        while f1 < B and (f1 == f0 or nfaces + len(by_frame.get(f1, [])) <= faces_per_chunk):
+            nfaces += len(by_frame.get(f1, []))
+            f1 += 1
+        A = [a for f in range(f0, f1) for a in by_frame.get(f, [])]
+
+        def tick(f0=f0):
+            if progress is not None:
+                progress(f0, B)
+
+        if A:
+            mats = np.stack([estimate_norm(a.face.kps, S, "arcface") for a in A]).astype(np.float32)
+            M = torch.from_numpy(mats)
+            idx = torch.tensor([a.image_index - f0 for a in A], dtype=torch.long, device=dev)
+            sub = frames[f0:f1]
+            mod = swapper_handle.model()  # right before use (ComfyUI may have moved it)
+            x = _kops.align_crops(sub, M, idx, S, mean=mod.spec.mean, std=mod.spec.std, layout="NCHW")
+            lat = torch.stack([latents[a.source_set][a.source] for a in A])
+            faces01, mmask = run_swapper(mod, x, lat)
+            tick()  # cancel is honoured between the stages of a chunk, not only between chunks
+            crops = faces01.to(dev).permute(0, 2, 3, 1).contiguous()
+            originals = None
+            if color_transfer:
+                originals = _kops.align_crops(sub, M, idx, S, mean=0.0, std=255.0, layout="NHWC")
+            lms = None
+            if mask_type == "landmarks":
+                lms = [_crop_points(a.face, m) for a, m in zip(A, mats)]
+                if all(p is None for p in lms):
+                    log.warning("Visage: mask_type 'landmarks' but the faces have no landmarks; using the box mask")
+                    lms = None
+            res, fm = P.paste_faces(sub, crops, M, idx, masks=mmask if use_model_mask else None, erode_frac=erode,
+                                    blur_frac=blur, landmarks_crop=lms, color_transfer=color_transfer,
+                                    original_crops=originals, strength=blend)
+            if restorer is not None:
+                tick()
+                res = restore_pass(res, [a.face for a in A], idx, restorer, erode, blur)
+            outs.append(res)
+            masks.append(fm)
+            count += len(A)
+        else:
+            outs.append(frames[f0:f1])
+            masks.append(torch.zeros((f1 - f0,) + tuple(frames.shape[1:3]), device=dev, dtype=torch.float32))
+        if progress is not None:
+            progress(f1, B)
+        f0 = f1
+    if len(outs) == 1:
+        out = outs[0] if outs[0].data_ptr() != frames.data_ptr() else frames.clone()
+        return out, masks[0], count
+    return torch.cat(outs, 0), torch.cat(masks, 0), count
+
+
+@torch.no_grad()
+def restore_pass(frames: torch.Tensor, faces: Sequence[Face], frame_index: torch.Tensor, restorer: Restorer,
+                 erode: float = 0.1, blur: float = 0.1) -> torch.Tensor:
+    """Restore every face on its FFHQ-aligned crop and paste it back (inside the face's box)."""
+    if not faces:
+        return frames
+    S = restorer.size
+    mats = np.stack([estimate_norm(f.kps, S, "ffhq_512") for f in faces]).astype(np.float32)
+    M = torch.from_numpy(mats)
+    crops = _kops.align_crops(frames, M, frame_index, S, mean=0.0, std=255.0, layout="NHWC")
+    restored = restore_crops(restorer, crops)
+    res, _ = P.paste_faces(frames, restored, M, frame_index, erode_frac=erode, blur_frac=blur, want_mask=False)
+    return res
+
+
+def analyze_in_chunks(analyzer, image: torch.Tensor, device, tasks, chunk: int = 16,
+                      progress: Progress = None, total: Optional[int] = None) -> FaceSet:
+    """Analyse a (long) IMAGE batch chunk by chunk on ``device``; one FaceSet with global image indices."""
+    B, H, W = image.shape[0], image.shape[1], image.shape[2]
+    rows = []
+    name = ""
+    for s in range(0, B, chunk):
+        fs = analyzer.analyze(image[s:s + chunk].to(device), tasks=tasks)
+        name = fs.analyzer
+        rows += [tuple(f.with_(image_index=s + i) for f in faces) for i, faces in enumerate(fs.faces)]
+        if progress is not None:
+            progress(min(s + chunk, B), total or B)
+    return FaceSet(faces=tuple(rows), image_sizes=((H, W),) * B, analyzer=name)
+
+
+def swap_batch(analyzer, image: torch.Tensor, swapper_handle, *, source_embeddings=None, source_image=None,
+               mapping: str = "by_order", order: str = "left_to_right", source_indexes: str = "0",
+               target_indexes: str = "", references: Optional[FaceEmbeds] = None, min_similarity: float = 0.3,
+               blend: float = 1.0, mask_type: str = "box", erode: float = 0.1, blur: float = 0.1,
+               color_transfer: bool = False, temporal_smoothing: float = 0.0, on_no_face: str = "passthrough",
+               restorer: Optional[Restorer] = None, progress: Progress = None, frames_per_chunk: int = 16,
+               out_device=None):
+    """The Swap Faces node without ComfyUI: image [B,H,W,3] (any device) -> (image, mask, count).
+
+    Frames move to the swapper's device one chunk at a time (analysis pass, then swap pass), so a long
+    video never has to fit on the GPU at once; within a chunk every stage stays on the device.
+    progress(done, 2*B): B steps of analysis, then B of swapping.
+    """
+    from dataclasses import replace
+    from .tracking import smooth_faceset, track_faces
+
+    if (source_image is None) == (source_embeddings is None):
+        raise VisageError("Swap Faces needs exactly one source", expected="source_image OR source_embeds connected",
+                          got="both connected" if source_image is not None else "neither connected",
+                          fix="connect a photo of the new face to source_image, or a face model to source_embeds")
+    if on_no_face not in ("passthrough", "error"):
+        raise VisageError(f"Unknown on_no_face '{on_no_face}'", expected="passthrough / error", got=on_no_face)
+    B = image.shape[0]
+    dev = swapper_handle.device
+    out_device = torch.device(out_device) if out_device is not None else image.device
+    total = 2 * B
+    tasks = ["recognition"] if mapping == "by_identity" else []
+    if mask_type == "landmarks":
+        tasks.append("landmark_2d_106")
+    targets = analyze_in_chunks(analyzer, image, dev, tasks, frames_per_chunk, progress, total)
+    missing = targets.images_without_face()
+    if missing and on_no_face == "error":
+        raise NoFaceError(missing, where="the target image batch")
+    if source_embeddings is not None:
+        embs = [e.float() for e in source_embeddings]
+    else:
+        sf = analyze_in_chunks(analyzer, source_image, dev, ["recognition"], frames_per_chunk)
+        embs = embeddings_of(source_sets_from_faces(sf, order))
+    ids = None
+    if B > 1 and (temporal_smoothing > 0 or mapping == "by_identity"):
+        ids = track_faces(targets)
+        targets = smooth_faceset(targets, temporal_smoothing, ids)
+    assignments = plan(targets, [e.shape[0] for e in embs], mapping, order, source_indexes, target_indexes,
+                       references, min_similarity, ids)
+    out = torch.empty(image.shape, dtype=torch.float32, device=out_device)
+    mask = torch.zeros(image.shape[:3], dtype=torch.float32, device=out_device)
+    count = 0
+    for s in range(0, B, frames_per_chunk):
+        e = min(s + frames_per_chunk, B)
+        A = [replace(a, image_index=a.image_index - s) for a in assignments if s <= a.image_index < e]
+        sub = image[s:e].to(dev).float()
+        step = (lambda d, t, s=s: progress(B + s + d, total)) if progress is not None else None
+        o, m, n = swap_frames(sub, A, swapper_handle, embs, blend=blend, mask_type=mask_type, erode=erode, blur=blur,
+                              color_transfer=color_transfer, restorer=restorer, progress=step)
+        out[s:e] = o.to(out_device)
+        mask[s:e] = m.to(out_device)
+        count += n
+    return out, mask, count
