@@ -150,9 +150,10 @@ class FaceAnalyzer:
     def _analyze_chunk(self, images, max_num, det_thresh, tasks) -> FaceSet:
         B, H, W, _ = images.shape
         want = set(tasks) if tasks is not None else set(self.routed)
-        img255 = (images.float().clamp(0, 1) * 255.0).round()
-        dets = self.detector.detect(img255, det_thresh=det_thresh, max_num=max_num)
-        img255 = img255.to(self.device)
+        # one pass to 8-bit values (what the reference pipeline sees); float only where needed
+        img_u8 = (images * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+        dets = self.detector.detect(img_u8, det_thresh=det_thresh, max_num=max_num)
+        img255 = None
         boxes, kpss, owners = [], [], []
         for b, (det, kps) in enumerate(dets):
             for k in range(det.shape[0]):
@@ -178,6 +179,8 @@ class FaceAnalyzer:
                     mats = self._box_crop_matrices(boxes, r.input_size, 1.1)
                 else:
                     mats = self._box_crop_matrices(boxes, r.input_size, 1.5)
+                if img255 is None:
+                    img255 = img_u8.to(self.device).float()
                 crops = warp_affine(img255, torch.from_numpy(mats).to(self.device), owner_t, r.input_size,
                                     round_output=True)
                 out = self._run(task, crops)

@@ -49,23 +49,23 @@ def letterbox_size(h: int, w: int, det_w: int, det_h: int) -> Tuple[int, int, fl
 
 
 def letterbox(images255: torch.Tensor, det_size: Tuple[int, int]) -> Tuple[torch.Tensor, float]:
-    """images255 [B,H,W,3] float 0..255 (RGB) -> canvas [B,3,det_h,det_w] float 0..255, det_scale."""
+    """images255 [B,H,W,3] uint8 or float 0..255 (RGB) -> canvas [B,3,det_h,det_w] float 0..255, det_scale."""
     B, H, W, _ = images255.shape
     det_w, det_h = det_size
     new_h, new_w, scale = letterbox_size(H, W, det_w, det_h)
     if (new_h, new_w) == (H, W):
-        x = images255.permute(0, 3, 1, 2)
+        x = images255.permute(0, 3, 1, 2).float()
     elif images255.device.type == "cpu":
         # frames on the host: cv2's 8-bit resize, bit-exact with the reference pipeline
         arr = images255.to(torch.uint8).numpy()
         x = torch.from_numpy(np.stack([cv2.resize(a, (new_w, new_h), interpolation=cv2.INTER_LINEAR) for a in arr]))
-        x = x.permute(0, 3, 1, 2).to(images255.dtype)
+        x = x.permute(0, 3, 1, 2).float()
     else:
         # frames already on the GPU stay there; bilinear + round-half-up differs from cv2's
         # fixed-point resize by at most one 8-bit level
-        x = F.interpolate(images255.permute(0, 3, 1, 2), size=(new_h, new_w), mode="bilinear", align_corners=False)
+        x = F.interpolate(images255.permute(0, 3, 1, 2).float(), size=(new_h, new_w), mode="bilinear", align_corners=False)
         x = torch.floor(x + 0.5).clamp(0, 255)
-    canvas = torch.zeros((B, 3, det_h, det_w), dtype=x.dtype, device=x.device)
+    canvas = torch.zeros((B, 3, det_h, det_w), dtype=torch.float32, device=x.device)
     canvas[:, :, :new_h, :new_w] = x
     return canvas, scale
 
@@ -119,7 +119,7 @@ class ScrfdDetector:
         thresh = self.det_thresh if det_thresh is None else float(det_thresh)
         model = self.handle.model()
         dev, dtype = self.handle.device, self.handle.dtype
-        canvas, det_scale = letterbox(images255.float(), self.det_size)
+        canvas, det_scale = letterbox(images255, self.det_size)
         blob = ((canvas.to(dev) - 127.5) / 128.0).to(dtype)
         with torch.inference_mode():
             outs = run_batched(model, blob, chunk=16)
