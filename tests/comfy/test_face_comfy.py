@@ -53,9 +53,10 @@ def test_every_visage_input_has_a_tooltip(object_info):
     assert not missing, f"inputs without tooltip: {missing}"
 
 
-def _wf(pack, image="t1.jpg", **analyze):
+def _wf(pack, image="t1.jpg", engine="auto", **analyze):
     wf = ch.load_api_workflow("face_analysis.json")
     wf["2"]["inputs"]["pack"] = pack
+    wf["2"]["inputs"]["engine"] = engine
     wf["1"]["inputs"]["image"] = image
     wf["3"]["inputs"].update(analyze)
     for node in wf.values():
@@ -64,8 +65,9 @@ def _wf(pack, image="t1.jpg", **analyze):
     return wf
 
 
-def test_face_analysis_workflow_runs_and_writes_outputs(comfy_server):
-    entry = comfy_server.run(_wf("visage_test"), timeout=600)
+@pytest.mark.parametrize("engine", ["auto", "torch"])
+def test_face_analysis_workflow_runs_and_writes_outputs(comfy_server, engine):
+    entry = comfy_server.run(_wf("visage_test", engine=engine), timeout=600)
     faces = entry["outputs"]["3"]["visage_faces"][0]
     assert len(faces) >= 1 and all(f["selected"] for f in faces)
     files = comfy_server.output_files(entry)
@@ -105,11 +107,11 @@ def test_missing_pack_is_a_clear_error(comfy_server):
 
 
 def test_free_unloads_our_models_and_they_reload(comfy_server):
-    wf = _wf("visage_test")
+    wf = _wf("visage_test", engine="torch")  # torch modules are what ComfyUI's model management holds
     comfy_server.run(wf, timeout=300)
     before = comfy_server.log().count("Requested to load GraphModule")
     comfy_server.post("/free", {"unload_models": True, "free_memory": True})
-    wf2 = _wf("visage_test", min_score=0.01)  # a changed input so the analysis node runs again
+    wf2 = _wf("visage_test", engine="torch", min_score=0.01)  # a changed input so the analysis node runs again
     comfy_server.run(wf2, timeout=300)
     after = comfy_server.log().count("Requested to load GraphModule")
     assert after > before, "after /free our models must be loaded again through ComfyUI's model management"
