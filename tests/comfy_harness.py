@@ -23,17 +23,15 @@ PACK_NAME = "visage"
 
 
 def find_comfyui() -> Optional[str]:
-    """COMFYUI_PATH, else the ComfyUI this pack sits in (custom_nodes/..), else /opt/ComfyUI."""
-    cands = []
-    if os.environ.get("COMFYUI_PATH"):
-        cands.append(os.environ["COMFYUI_PATH"])
-    parent = os.path.dirname(REPO)
-    if os.path.basename(parent) == "custom_nodes":
-        cands.append(os.path.dirname(parent))
-    cands.append("/opt/ComfyUI")
-    for c in cands:
-        if os.path.isfile(os.path.join(c, "main.py")) and os.path.isfile(os.path.join(c, "folder_paths.py")):
-            return os.path.abspath(c)
+    """COMFYUI_PATH, else the ComfyUI this pack sits in (custom_nodes/..), else /opt/ComfyUI —
+    the same search as the headless runner (scripts/visage_run.py), which owns the rule."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("visage_run", os.path.join(REPO, "scripts", "visage_run.py"))
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    found = runner.find_comfyui(None)
+    if found and os.path.isfile(os.path.join(found, "folder_paths.py")):
+        return found
     return None
 
 

@@ -64,7 +64,7 @@ class OnnxSignature:
         return default
 
 
-def _dims(value_info) -> Tuple[Dim, ...]:
+def value_dims(value_info) -> Tuple[Dim, ...]:
     out = []
     for d in value_info.type.tensor_type.shape.dim:
         if d.HasField("dim_value"):
@@ -76,7 +76,8 @@ def _dims(value_info) -> Tuple[Dim, ...]:
     return tuple(out)
 
 
-def _load_proto(path: str):
+def load_proto(path: str):
+    """The ONNX ModelProto of ``path``; truncated / non-ONNX / empty files raise ModelFileInvalid."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -97,11 +98,11 @@ def _load_proto(path: str):
 
 def onnx_signature(path: str) -> OnnxSignature:
     """Inputs/outputs (name, shape) of an ONNX file, without building anything."""
-    model = _load_proto(path)
+    model = load_proto(path)
     inits = [i.name for i in model.graph.initializer]
     init_set = set(inits)
-    inputs = tuple((i.name, _dims(i)) for i in model.graph.input if i.name not in init_set)
-    outputs = tuple((o.name, _dims(o)) for o in model.graph.output)
+    inputs = tuple((i.name, value_dims(i)) for i in model.graph.input if i.name not in init_set)
+    outputs = tuple((o.name, value_dims(o)) for o in model.graph.output)
     nodes = model.graph.node[:8]
     return OnnxSignature(path=path, inputs=inputs, outputs=outputs, initializer_names=tuple(inits),
                          first_node_names=tuple(n.name for n in nodes),
@@ -112,7 +113,7 @@ def load_onnx_module(path: str, device="cpu", dtype: torch.dtype = torch.float32
     """Convert an ONNX file to a torch module (weights from the file) on ``device`` / ``dtype``."""
     from onnx2torch import convert
 
-    model = _load_proto(path)
+    model = load_proto(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -185,7 +186,7 @@ class OrtCpuModule:
     def __init__(self, path: str, threads: int = 0):
         import onnxruntime as ort
 
-        _load_proto(path)  # same clear errors for truncated / non-ONNX files
+        load_proto(path)  # same clear errors for truncated / non-ONNX files
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads

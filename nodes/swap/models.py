@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..common.errors import ModelFileInvalid, VisageError, describe_tensor
+from ..face.onnx_torch import load_proto, value_dims
 
 log = logging.getLogger("visage")
 
@@ -60,38 +61,6 @@ class SwapperSpec:
         return "arcface_112"
 
 
-def _dims(value_info):
-    out = []
-    for d in value_info.type.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
-            out.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
-            out.append(d.dim_param)
-        else:
-            out.append(None)
-    return tuple(out)
-
-
-def _read_proto(path: str):
-    """onnx ModelProto; unreadable/truncated files raise the shared ModelFileInvalid message."""
-    import onnx
-
-    try:
-        model = onnx.load(path)
-        if len(model.graph.node) == 0 or len(model.graph.output) == 0:
-            raise ValueError("empty graph")
-        return model
-    except Exception:
-        try:
-            from ..face.onnx_torch import onnx_signature
-            onnx_signature(path)  # raises the precise ModelFileInvalid
-        except ModelFileInvalid:
-            raise
-        except Exception:
-            pass
-        raise ModelFileInvalid(path, "not a readable ONNX file", "an intact face-swapper .onnx file")
-
-
 def _size_hint_from_name(path: str) -> Optional[int]:
     m = re.search(r"(?:^|[_\-.])(128|256|512)(?:[_\-.]|$)", os.path.basename(path))
     return int(m.group(1)) if m else None
@@ -104,8 +73,8 @@ def spec_from_proto(model, path: str = "<memory>") -> Tuple[SwapperSpec, Optiona
     g = model.graph
     inits = list(g.initializer)
     init_names = {i.name for i in inits}
-    inputs = [(i.name, _dims(i)) for i in g.input if i.name not in init_names]
-    outputs = [(o.name, _dims(o)) for o in g.output]
+    inputs = [(i.name, value_dims(i)) for i in g.input if i.name not in init_names]
+    outputs = [(o.name, value_dims(o)) for o in g.output]
     names = [n for n, _ in inputs]
     expected = ("a face swapper with inputs 'target' [1,3,S,S] and 'source' [1,512] (inswapper_128, "
                 "reswapper_128/256, hyperswap_1a/1b/1c_256)")
@@ -138,7 +107,7 @@ def spec_from_proto(model, path: str = "<memory>") -> Tuple[SwapperSpec, Optiona
 
 def detect_swapper(path: str, expected_size: Optional[int] = None) -> Tuple[SwapperSpec, Optional[np.ndarray]]:
     """Spec + emap of a swapper file. ``expected_size`` (or a size in the file name) must match."""
-    spec, emap = spec_from_proto(_read_proto(path), path)
+    spec, emap = spec_from_proto(load_proto(path), path)
     check_size(spec, path, expected_size)
     return spec, emap
 
@@ -283,7 +252,7 @@ def load_swapper(path: str, device="cpu", dtype: torch.dtype = torch.float32,
                  expected_size: Optional[int] = None, engine: str = "torch"):
     """Read + check the file, make the graph batchable, convert (torch) or open (onnxruntime, CPU only),
     verify batching. The torch build happens on the CPU; the model manager places it."""
-    model = _read_proto(path)
+    model = load_proto(path)
     spec, emap = spec_from_proto(model, path)
     check_size(spec, path, expected_size)
     n = _make_batchable(model)
