@@ -191,6 +191,8 @@ class OrtCpuModule:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
+        # no busy-waiting between runs: our torch pre/post-processing shares these cores
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:
