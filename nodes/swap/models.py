@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..common.errors import ModelFileInvalid, VisageError, describe_tensor
-from ..face.onnx_torch import load_proto, value_dims
+from ..face.onnx_torch import load_proto, ort_cpu_session, value_dims
 
 log = logging.getLogger("visage")
 
@@ -210,18 +210,8 @@ class OrtSwapper:
     Engine 'onnxruntime' (what 'auto' picks on the CPU, like the analyzer): no GPU memory to manage."""
 
     def __init__(self, model, spec: SwapperSpec, emap: Optional[np.ndarray], path: str, threads: int = 0):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(model.SerializeToString(), sess_options=opts,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise ModelFileInvalid(path, f"onnxruntime cannot load it ({type(e).__name__}: {str(e)[:160]})",
-                                   "a face-swapper ONNX model onnxruntime can run")
+        self.session = ort_cpu_session(model.SerializeToString(), path,
+                                       "a face-swapper ONNX model onnxruntime can run", threads)
         self.spec = spec
         self.emap = torch.from_numpy(emap).float() if emap is not None else None
         self.batched = True
