@@ -35,10 +35,9 @@ def discover():
 
 
 def load(name, path):
-    spec = importlib.util.spec_from_file_location(f"visage_bench_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    # imported by its own module name (bench/ is on sys.path) so that multiprocessing children
+    # (bench_swap measures in separate processes) can import it again
+    return importlib.import_module(os.path.splitext(os.path.basename(path))[0])
 
 
 def main(argv=None):
