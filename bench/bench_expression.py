@@ -23,11 +23,8 @@ REPO = os.path.dirname(HERE)
 
 
 def _import():
-    if "visage" not in sys.modules:
-        import types
-        pkg = types.ModuleType("visage")
-        pkg.__path__ = [REPO]
-        sys.modules["visage"] = pkg
+    import common
+    common.ensure_package()
     from visage.nodes.common.types import Face, FaceSet
     from visage.nodes.expression import networks as N
     from visage.nodes.expression import pipeline as PL

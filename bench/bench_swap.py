@@ -36,11 +36,8 @@ REPO = os.path.dirname(HERE)
 
 
 def _import_visage():
-    if "visage" not in sys.modules:
-        import types
-        pkg = types.ModuleType("visage")
-        pkg.__path__ = [REPO]
-        sys.modules["visage"] = pkg
+    import common
+    common.ensure_package()
     if os.path.join(REPO, "tests") not in sys.path:
         sys.path.insert(0, os.path.join(REPO, "tests"))
 

@@ -15,11 +15,13 @@ FORMAT = "visage.embeds"
 VERSION = "1"
 
 
-def save_embeds(embeds: FaceEmbeds, path: str) -> str:
+def save_embeds(embeds: FaceEmbeds, path: str, extra_metadata: dict = None) -> str:
+    """Write ``embeds`` as safetensors (tensors raw/normed; format, encoder, dim, fusion, sources metadata)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     meta = {"format": FORMAT, "version": VERSION, "encoder": embeds.encoder, "dim": str(embeds.dim),
             "count": str(embeds.count), "normalised": "normed tensor is L2-normalised; raw is the recognizer output",
             "fusion": embeds.fusion, "sources": json.dumps(list(embeds.sources))}
+    meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
     save_file({"raw": embeds.raw.contiguous().float().cpu(), "normed": embeds.normed.contiguous().float().cpu()},
               path, metadata=meta)
     return path

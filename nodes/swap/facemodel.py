@@ -10,24 +10,16 @@ from __future__ import annotations
 import os
 
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..common.errors import ModelFileInvalid, VisageError
 from ..common.types import FaceEmbeds
-from ..face.embeds_io import FORMAT, VERSION, load_embeds
+from ..face.embeds_io import FORMAT, load_embeds, save_embeds
 
 
 def save_face_model(embeds: FaceEmbeds, path: str, name: str = "") -> str:
     if embeds.count < 1:
         raise VisageError("Nothing to save", expected="an identity", got="0 rows")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    import json
-    meta = {"format": FORMAT, "version": VERSION, "kind": "face_model", "name": name or os.path.basename(path),
-            "encoder": embeds.encoder, "dim": str(embeds.dim), "count": str(embeds.count), "fusion": embeds.fusion,
-            "sources": json.dumps(list(embeds.sources))}
-    save_file({"raw": embeds.raw.contiguous().float().cpu(), "normed": embeds.normed.contiguous().float().cpu()},
-              path, metadata=meta)
-    return path
+    return save_embeds(embeds, path, {"kind": "face_model", "name": name or os.path.basename(path)})
 
 
 def load_face_model(path: str) -> FaceEmbeds:

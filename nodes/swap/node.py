@@ -28,12 +28,6 @@ VISAGE_RESTORER = "VISAGE_RESTORER"
 CATEGORY = "Visage/swap"
 
 # Where ReActor users keep the 256-px swappers and their face models.
-_EXTRA_FOLDERS = {"reswapper": "reswapper", "hyperswap": "hyperswap", "reactor_faces": "reactor/faces"}
-for _name, _sub in _EXTRA_FOLDERS.items():
-    if _name not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[_name] = ([os.path.join(folder_paths.models_dir, *_sub.split("/"))],
-                                                      {".onnx", ".safetensors"})
-
 _SWAP_FOLDERS = (("insightface", ""), ("reswapper", "reswapper/"), ("hyperswap", "hyperswap/"))
 _ORDER_CHOICES = [o for o in ORDERS if o != "most_similar"]
 
