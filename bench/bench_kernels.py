@@ -187,6 +187,13 @@ def bench_paste(args, dev, q):
     cp = common.timeit(lambda: tf.clone(), dev, q)
     rows.append(common.row("paste_back", shape, ours, cp, "copy of the whole frame", nb, True,
                            note="ratio vs copy: goal >= 1/1.5 = 0.67x on GPU" if cuda else ""))
+    # in place (callers that own their frames): no frame copy at all, only the face box is touched
+    work = tf.clone()
+    inpl = common.timeit(lambda: ops.paste_back(work, tc, tm, tk, ti, inplace=True), dev, q)
+    nb_in = nb - 2 * tf.numel() * tf.element_size()
+    rows.append(common.row("paste_back inplace", shape, inpl, cp, "copy of the whole frame", nb_in, True))
+    if cuda:
+        rows.append(common.row("paste_back inplace", shape, inpl, tw, "torch twin (same GPU)", nb_in, True))
 
     # float32 frames (ComfyUI IMAGE), one face, and a batch of frames
     for B in ([1, 64] if cuda else [1, 2 if q else 4]):
@@ -263,6 +270,38 @@ def bench_attention(args, dev, q):
         rows.append(common.row("decoupled_attention", shape, ours, two, "text SDPA + identity SDPA", nb, True))
         rows.append(common.row("decoupled_attention", shape, ours, one, "ONE text-only SDPA", nb, True,
                                note="goal on GPU: ours <= 1.1x one text SDPA, i.e. ratio >= 0.91x" if cuda else ""))
+        if cuda and ops.use_fused("decoupled_attention", qq) and (Lq, dt) == (4096, torch.float16):
+            rows += attention_sweep(qq, k, v, kid, vid, shape, nb, one, two, dev, q)
+    return rows
+
+
+# launch configurations tried on a GPU (each compiles without spills for sm_80..sm_120:
+# tools/kernel_compile.py); the default is kernels.triton_attention.launch_config
+SWEEP = [(64, 64, 4, 3), (64, 64, 8, 2), (128, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2), (128, 32, 8, 2),
+         (64, 128, 8, 2), (128, 128, 8, 1)]
+
+
+def attention_sweep(qq, k, v, kid, vid, shape, nb, one, two, dev, q):
+    """Time alternative launch configurations of the fused attention (checked against the twin)."""
+    from visage.kernels import triton_attention as ta
+    rows = []
+    want = reference.decoupled_attention(qq, k, v, kid, vid, 0.8).float()
+    default = ta.launch_config(qq.dtype, qq.shape[-1], v.shape[-1], k.shape[2], kid.shape[3])
+    for bm, bn, w, st in SWEEP:
+        cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
+        label = f"{shape} cfg M{bm} N{bn} w{w} s{st}"
+        if all(default[key] == val for key, val in cfg.items()):
+            label += " (default)"
+        try:
+            got = ta.decoupled_attention(qq, k, v, kid, vid, 0.8, config=cfg)
+            err = float((got.float() - want).abs().max())
+            ms = common.timeit(lambda: ta.decoupled_attention(qq, k, v, kid, vid, 0.8, config=cfg), dev, q)
+        except Exception as e:      # a config the card cannot run is a finding, not a crash
+            rows.append(common.row("attention sweep", label, float("nan"), one, "ONE text-only SDPA", nb, True,
+                                   note=f"failed: {type(e).__name__}: {str(e)[:120]}"))
+            continue
+        rows.append(common.row("attention sweep", label, ms, one, "ONE text-only SDPA", nb, True,
+                               note=f"max|diff| vs twin {err:.1e}" + ("  WRONG" if err > 3e-2 else "")))
     return rows
 
 

@@ -7,8 +7,8 @@ Dispatch rule: the fused Triton kernel runs only when every tensor argument is o
 imports, and ``VISAGE_DISABLE_TRITON`` is not ``1``. Otherwise the torch twin runs. Triton is
 imported lazily, on the first CUDA call: a missing or broken Triton never breaks importing the
 pack; it is logged once and the twins are used. A fused kernel that fails at launch (e.g. no
-compiler on the machine) is logged once as a warning and that op falls back to its twin for the
-rest of the process. Input errors (VisageError) are raised before dispatch and never swallowed.
+compiler on the machine, a shape the card lacks shared memory for) is logged once as a warning and
+that op's variant (dtypes / flags / widths) falls back to its twin for the rest of the process. Input errors (VisageError) are raised before dispatch and never swallowed.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ log = logging.getLogger("visage")
 
 _lock = threading.Lock()
 _modules = {}          # name -> module or None (import failed)
-_broken = set()        # op names whose fused launch failed once
+_broken = set()        # (op, variant key) whose fused launch failed once
 _triton_state = {"checked": False, "ok": False}
 
 _FUSED_MODULE = {
@@ -78,38 +78,44 @@ def use_fused(op: str, *tensors) -> bool:
     ts = [t for t in tensors if isinstance(t, torch.Tensor)]
     if not ts or not all(t.is_cuda for t in ts):
         return False
-    if triton_disabled() or op in _broken:
+    if triton_disabled():
         return False
     if not triton_available():
         return False
     return _fused_module(op) is not None
 
 
-def _run(op: str, tensors, fused_call, twin_call):
-    if use_fused(op, *tensors):
+def _run(op: str, key, tensors, fused_call, twin_call):
+    """Fused call, or the twin when the fused launch fails. A failure disables only this op's
+    variant ``key`` (dtypes / flags / widths), so one shape a card cannot run (e.g. too much shared
+    memory) does not take the fused path away from every other call."""
+    if use_fused(op, *tensors) and (op, key) not in _broken:
         try:
             return fused_call(_fused_module(op))
         except VisageError:
             raise
         except Exception as e:  # a broken toolchain must not break the pack
             with _lock:
-                first = op not in _broken
-                _broken.add(op)
+                first = (op, key) not in _broken
+                _broken.add((op, key))
             if first:
-                log.warning("Visage: fused %s failed (%s: %s); falling back to the torch twin for this process",
-                            op, type(e).__name__, e)
+                log.warning("Visage: fused %s %s failed (%s: %s); the torch twin runs this variant for the rest "
+                            "of the process", op, key, type(e).__name__, e)
     return twin_call()
 
 
 def paste_back(frames: torch.Tensor, crops: torch.Tensor, matrix: torch.Tensor, masks: torch.Tensor,
-               frame_index: torch.Tensor, lab_stats: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """See :func:`kernels.reference.paste_back`. Returns a new tensor; frames are not modified."""
-    args = (frames, crops, matrix, masks, frame_index, lab_stats)
+               frame_index: torch.Tensor, lab_stats: Optional[torch.Tensor] = None,
+               inplace: bool = False) -> torch.Tensor:
+    """See :func:`kernels.reference.paste_back`. Returns a new tensor (frames untouched) unless
+    ``inplace=True``, which writes into ``frames`` and returns it."""
+    args = (frames, crops, matrix, masks, frame_index, lab_stats, inplace)
     if not use_fused("paste_back", frames, crops, masks):
         return reference.paste_back(*args)
     m64, idx, stats = reference.check_paste_args(*args)
-    return _run("paste_back", (frames, crops, masks),
-                lambda m: m.paste_back_checked(frames, crops, masks, m64, idx, stats),
+    key = (str(frames.dtype), str(crops.dtype), frames.shape[-1], lab_stats is not None)
+    return _run("paste_back", key, (frames, crops, masks),
+                lambda m: m.paste_back_checked(frames, crops, masks, m64, idx, stats, inplace),
                 lambda: reference.paste_back(*args))
 
 
@@ -121,14 +127,18 @@ def lab_stats(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 def align_crops(frames: torch.Tensor, matrix: torch.Tensor, frame_index: torch.Tensor, size: int,
                 mean: Union[float, Sequence[float]] = 0.0, std: Union[float, Sequence[float]] = 1.0,
-                bgr: bool = False, layout: str = "NCHW", out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """See :func:`kernels.reference.align_crops`."""
-    args = (frames, matrix, frame_index, size, mean, std, bgr, layout, out_dtype)
+                bgr: bool = False, layout: str = "NCHW", out_dtype: torch.dtype = torch.float32,
+                round_to_uint8: bool = False) -> torch.Tensor:
+    """See :func:`kernels.reference.align_crops` (``round_to_uint8``: cv2-on-uint8 rounding of the
+    0..255 sample before normalisation)."""
+    args = (frames, matrix, frame_index, size, mean, std, bgr, layout, out_dtype, round_to_uint8)
     if not use_fused("align_crops", frames):
         return reference.align_crops(*args)
     m64, idx, mean_t, std_t = reference.check_align_args(*args)
-    return _run("align_crops", (frames,),
-                lambda m: m.align_crops_checked(frames, m64, idx, size, mean_t, std_t, bgr, layout, out_dtype),
+    key = (str(frames.dtype), frames.shape[-1], str(out_dtype), layout, bool(bgr), bool(round_to_uint8))
+    return _run("align_crops", key, (frames,),
+                lambda m: m.align_crops_checked(frames, m64, idx, size, mean_t, std_t, bgr, layout, out_dtype,
+                                                bool(round_to_uint8)),
                 lambda: reference.align_crops(*args))
 
 
@@ -139,7 +149,8 @@ def decoupled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_id:
     fusable = isinstance(q, torch.Tensor) and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
     if not (fusable and use_fused("decoupled_attention", q, k, v, k_id, v_id)):
         return reference.decoupled_attention(*args)
-    return _run("decoupled_attention", (q, k, v, k_id, v_id),
+    key = (str(q.dtype), q.shape[-1], v.shape[-1], region_mask is not None)
+    return _run("decoupled_attention", key, (q, k, v, k_id, v_id),
                 lambda m: m.decoupled_attention(*args),
                 lambda: reference.decoupled_attention(*args))
 

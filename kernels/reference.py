@@ -98,9 +98,11 @@ def lab_transfer(rgb: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # validation helpers (shared with ops.py and the fused wrappers)
 # --------------------------------------------------------------------------------------------
-def _require(cond: bool, what: str, expected: str, got: str, fix: Optional[str] = None) -> None:
+def _require(cond: bool, what: str, expected: str, got, fix: Optional[str] = None) -> None:
+    """Raise VisageError unless ``cond``. ``got`` may be a callable, evaluated only on failure (these
+    checks run on every kernel call; describing tensors for messages nobody reads costs microseconds)."""
     if not cond:
-        raise VisageError(what, expected=expected, got=got, fix=fix)
+        raise VisageError(what, expected=expected, got=got() if callable(got) else got, fix=fix)
 
 
 def _as_index(frame_index, n: int, batch: int) -> np.ndarray:
@@ -155,7 +157,10 @@ def face_boxes(matrix64, size: int, height: int, width: int) -> List[Optional[Tu
     The box covers the inverse image of the square [-1, size]^2 (the open support of a zero-border
     bilinear sample), floored/ceiled and clipped to the frame.
     """
-    inv = invert_affine64(matrix64)
+    m = np.asarray(matrix64, dtype=np.float64)
+    if m.shape[0] <= 16:
+        return [_face_box(row, size, height, width, i) for i, row in enumerate(m.reshape(-1, 6).tolist())]
+    inv = invert_affine64(m)
     s = float(size)
     corners = np.array([[-1.0, -1.0, 1.0], [s, -1.0, 1.0], [-1.0, s, 1.0], [s, s, 1.0]])
     pts = np.einsum("nij,kj->nki", inv, corners)  # [N, 4, 2]
@@ -171,33 +176,57 @@ def face_boxes(matrix64, size: int, height: int, width: int) -> List[Optional[Tu
     return out
 
 
+def _face_box(m6, size: int, height: int, width: int, face: int = 0) -> Optional[Tuple[int, int, int, int]]:
+    """face_boxes for one affine given as 6 Python floats (a few microseconds: no numpy on tiny arrays).
+    Same float64 arithmetic as the vectorised path."""
+    a, b, c, d, e, f = m6
+    det = a * e - b * d
+    _require(abs(det) >= 1e-12, "an affine matrix is singular (it squashes the face to a line)",
+             "invertible face transforms", f"determinant ~0 for face(s) [{face}]")
+    ia, ib, id_, ie = e / det, -b / det, -d / det, a / det
+    ic = -(ia * c + ib * f)
+    if_ = -(id_ * c + ie * f)
+    s = float(size)
+    xs = [ia * u + ib * v + ic for u, v in ((-1.0, -1.0), (s, -1.0), (-1.0, s), (s, s))]
+    ys = [id_ * u + ie * v + if_ for u, v in ((-1.0, -1.0), (s, -1.0), (-1.0, s), (s, s))]
+    x0 = max(math.floor(min(xs)), 0)
+    y0 = max(math.floor(min(ys)), 0)
+    x1 = min(math.ceil(max(xs)), width - 1)
+    y1 = min(math.ceil(max(ys)), height - 1)
+    return (x0, y0, x1, y1) if (x0 <= x1 and y0 <= y1) else None
+
+
 def _check_images(t, name: str, ndim: int = 4) -> None:
     _require(isinstance(t, torch.Tensor), f"{name} must be a torch tensor", "torch.Tensor", type(t).__name__)
     _require(t.dim() == ndim, f"{name} has the wrong number of dimensions",
-             f"{ndim} dimensions (channels-last)", describe_tensor(t))
+             f"{ndim} dimensions (channels-last)", lambda: describe_tensor(t))
     _require(t.dtype == torch.uint8 or t.is_floating_point(), f"{name} has an unsupported dtype",
-             "uint8 or a float dtype", describe_tensor(t))
+             "uint8 or a float dtype", lambda: describe_tensor(t))
 
 
-def check_paste_args(frames, crops, matrix, masks, frame_index, lab_stats):
+def check_paste_args(frames, crops, matrix, masks, frame_index, lab_stats, inplace=False):
     """Validate paste_back arguments; returns (matrix [N,2,3] float64 numpy, frame_index [N] int64
     numpy, lab_stats float32 [N,2,2,3] on the frames' device or None)."""
     _check_images(frames, "frames")
+    if inplace:
+        _require(frames.is_contiguous(), "inplace paste_back needs contiguous frames",
+                 "a contiguous [B,H,W,C] tensor", "a non-contiguous view",
+                 fix="call frames.contiguous() first, or paste with inplace=False")
     _check_images(crops, "crops")
     n, s, s2, c = crops.shape
-    _require(s == s2, "crops must be square", "crops [N, S, S, C]", describe_tensor(crops))
+    _require(s == s2, "crops must be square", "crops [N, S, S, C]", lambda: describe_tensor(crops))
     _require(c == frames.shape[-1], "crops and frames must have the same channel count",
-             f"{frames.shape[-1]} channels", describe_tensor(crops))
+             f"{frames.shape[-1]} channels", lambda: describe_tensor(crops))
     _require(isinstance(masks, torch.Tensor) and tuple(masks.shape) == (n, s, s),
-             "masks must be one crop-sized mask per face", f"shape ({n}, {s}, {s})", describe_tensor(masks))
-    _require(masks.is_floating_point(), "masks must be float 0..1", "a float tensor", describe_tensor(masks))
+             "masks must be one crop-sized mask per face", f"shape ({n}, {s}, {s})", lambda: describe_tensor(masks))
+    _require(masks.is_floating_point(), "masks must be float 0..1", "a float tensor", lambda: describe_tensor(masks))
     m64 = _as_matrix(matrix, n)
     idx = _as_index(frame_index, n, frames.shape[0])
     stats = None
     if lab_stats is not None:
         stats = torch.as_tensor(lab_stats)
         _require(tuple(stats.shape) == (n, 2, 2, 3), "lab_stats must be ((crop mean, crop std), "
-                 "(target mean, target std)) in LAB per face", f"shape ({n}, 2, 2, 3)", describe_tensor(stats))
+                 "(target mean, target std)) in LAB per face", f"shape ({n}, 2, 2, 3)", lambda: describe_tensor(stats))
         _require(c == 3, "colour transfer needs RGB images", "3 channels", f"{c} channels")
         stats = stats.to(frames.device, torch.float32)
     return m64, idx, stats
@@ -240,15 +269,18 @@ def bilinear_zero(img: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.
 # paste_back
 # --------------------------------------------------------------------------------------------
 def paste_back(frames: torch.Tensor, crops: torch.Tensor, matrix: torch.Tensor, masks: torch.Tensor,
-               frame_index: torch.Tensor, lab_stats: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Blend each aligned crop back into its frame, only inside the face's box. Returns a new tensor.
+               frame_index: torch.Tensor, lab_stats: Optional[torch.Tensor] = None,
+               inplace: bool = False) -> torch.Tensor:
+    """Blend each aligned crop back into its frame, only inside the face's box.
 
     frames [B,H,W,C] float 0..1 or uint8; crops [N,S,S,C] float 0..1 or uint8; matrix [N,2,3] frame px
     -> crop px; masks [N,S,S] float 0..1 (feathered, crop space); frame_index [N] int64; lab_stats
     optional [N,2,2,3]. out = frame * (1 - m) + transfer(crop) * m, with crop and m bilinearly sampled.
+    Returns a new tensor, or with ``inplace=True`` writes into ``frames`` (which must be contiguous;
+    only the face boxes are touched) and returns it - for callers that own their frames.
     """
-    m64, idx, stats = check_paste_args(frames, crops, matrix, masks, frame_index, lab_stats)
-    out = frames.clone()
+    m64, idx, stats = check_paste_args(frames, crops, matrix, masks, frame_index, lab_stats, inplace)
+    out = frames if inplace else frames.clone()
     n, s = crops.shape[0], crops.shape[1]
     if n == 0:
         return out
@@ -287,9 +319,9 @@ def lab_stats(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """images [N,S,S,3] 0..1 (or uint8), masks [N,S,S] 0..1 -> [N,2,3]: (mean, std) of LAB under the
     mask, the mask values being the weights. An all-zero mask gives mean 0, std 0."""
     _check_images(images, "images")
-    _require(images.shape[-1] == 3, "lab_stats needs RGB images", "3 channels", describe_tensor(images))
+    _require(images.shape[-1] == 3, "lab_stats needs RGB images", "3 channels", lambda: describe_tensor(images))
     _require(isinstance(masks, torch.Tensor) and tuple(masks.shape) == tuple(images.shape[:3]),
-             "masks must match the images", f"shape {tuple(images.shape[:3])}", describe_tensor(masks))
+             "masks must match the images", f"shape {tuple(images.shape[:3])}", lambda: describe_tensor(masks))
     lab = rgb_to_lab(_to_unit_float(images))                       # [N,S,S,3]
     w = masks.float().clamp(0.0, 1.0).unsqueeze(-1)                # [N,S,S,1]
     tot = w.sum((1, 2)).clamp_min(1e-12)                           # [N,1]
@@ -303,8 +335,10 @@ def lab_stats(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # align_crops
 # --------------------------------------------------------------------------------------------
-def check_align_args(frames, matrix, frame_index, size, mean, std, bgr, layout, out_dtype):
+def check_align_args(frames, matrix, frame_index, size, mean, std, bgr, layout, out_dtype, round_to_uint8=False):
     _check_images(frames, "frames")
+    _require(isinstance(round_to_uint8, (bool, np.bool_)), "round_to_uint8 must be True or False", "a bool",
+             lambda: repr(round_to_uint8))
     m64 = _as_matrix(matrix)
     n = m64.shape[0]
     idx = _as_index(frame_index, n, frames.shape[0])
@@ -324,50 +358,75 @@ def check_align_args(frames, matrix, frame_index, size, mean, std, bgr, layout, 
 
 def align_crops(frames: torch.Tensor, matrix: torch.Tensor, frame_index: torch.Tensor, size: int,
                 mean: Union[float, Sequence[float]] = 0.0, std: Union[float, Sequence[float]] = 1.0,
-                bgr: bool = False, layout: str = "NCHW", out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                bgr: bool = False, layout: str = "NCHW", out_dtype: torch.dtype = torch.float32,
+                round_to_uint8: bool = False) -> torch.Tensor:
     """Warp, normalise and lay out model-ready crops in one pass.
 
     Crop pixel (x, y) samples frame point inverse(matrix) @ (x, y, 1) bilinearly (zero outside the
-    frame, as cv2.warpAffine with BORDER_CONSTANT 0). value = (pixel * 255 - mean) / std, where pixel is
-    0..1 (float frames) or uint8/255. bgr=True swaps R and B first; mean/std (one or per channel) apply
-    in the output channel order. layout 'NCHW' -> [N,C,S,S]; 'NHWC' -> [N,S,S,C].
+    frame, as cv2.warpAffine with BORDER_CONSTANT 0), giving a value p in 0..255: for uint8 frames
+    the four taps are the raw 0..255 values, for float frames (0..1) the interpolated value times 255.
+    round_to_uint8=True then emulates cv2.warpAffine on a uint8 image (what insightface feeds its
+    models): p = clamp(floor(p + 0.5), 0, 255). value = (p - mean) / std. bgr=True swaps R and B
+    first; mean/std (one or per channel) apply in the output channel order. layout 'NCHW' ->
+    [N,C,S,S]; 'NHWC' -> [N,S,S,C].
     """
-    m64, idx, mean_t, std_t = check_align_args(frames, matrix, frame_index, size, mean, std, bgr, layout, out_dtype)
+    m64, idx, mean_t, std_t = check_align_args(frames, matrix, frame_index, size, mean, std, bgr, layout, out_dtype,
+                                               round_to_uint8)
     n, c = m64.shape[0], frames.shape[-1]
     dev = frames.device
     if n == 0:
         shape = (0, c, size, size) if layout == "NCHW" else (0, size, size, c)
         return torch.empty(shape, dtype=out_dtype, device=dev)
-    B, H, W = frames.shape[:3]
     inv = torch.from_numpy(invert_affine64(m64).astype(np.float32)).to(dev)   # crop px -> frame px
-    idx = torch.from_numpy(idx).to(dev)
+    mean_t, std_t = mean_t.to(dev), std_t.to(dev)
+    shape = (n, c, size, size) if layout == "NCHW" else (n, size, size, c)
+    out = torch.empty(shape, dtype=out_dtype, device=dev)
+    step = max(1, ALIGN_CHUNK_PIXELS // (size * size))             # bounded temporaries for big batches
+    for s0 in range(0, n, step):
+        _align_into(out[s0:s0 + step], frames, inv[s0:s0 + step], idx[s0:s0 + step], size, mean_t, std_t, bgr,
+                    layout, round_to_uint8)
+    return out
+
+
+ALIGN_CHUNK_PIXELS = 1 << 18   # crop pixels per chunk: some tens of MB of temporaries, cache-friendlier
+
+
+def _align_into(out, frames, inv, idx, size, mean_t, std_t, bgr, layout, round_to_uint8):
+    """align_crops for one chunk of faces, written into ``out`` (a slice of the result)."""
+    n, dev = inv.shape[0], frames.device
+    B, H, W, c = frames.shape
     g = torch.arange(size, device=dev, dtype=torch.float32)
     gy, gx = torch.meshgrid(g, g, indexing="ij")
     a = inv[:, None, None, :, :]
-    u = a[..., 0, 0] * gx + a[..., 0, 1] * gy + a[..., 0, 2]          # [N,S,S]
+    u = a[..., 0, 0] * gx + a[..., 0, 1] * gy + a[..., 0, 2]          # [n,S,S]
     v = a[..., 1, 0] * gx + a[..., 1, 1] * gy + a[..., 1, 2]
-    # batch-aware bilinear gather over the flattened frames
-    flat = frames.reshape(B * H * W, c)
     x0f, y0f = torch.floor(u), torch.floor(v)
-    fx, fy = (u - x0f).unsqueeze(-1), (v - y0f).unsqueeze(-1)
-    x0, y0 = x0f.to(torch.int64), y0f.to(torch.int64)
-    base = (idx * (H * W)).view(n, 1, 1)
-
-    def tap(yy, xx):
-        ok = ((xx >= 0) & (xx < W) & (yy >= 0) & (yy < H)).unsqueeze(-1)
-        lin = (base + yy.clamp(0, H - 1) * W + xx.clamp(0, W - 1)).reshape(-1)
-        val = _to_unit_float(flat.index_select(0, lin)).reshape(n, size, size, c)
-        return val * ok
-
-    top = tap(y0, x0) * (1.0 - fx) + tap(y0, x0 + 1) * fx
-    bot = tap(y0 + 1, x0) * (1.0 - fx) + tap(y0 + 1, x0 + 1) * fx
-    pix = (top * (1.0 - fy) + bot * fy) * 255.0                    # [N,S,S,C] in 0..255
-    if bgr:
-        pix = pix.flip(-1)
-    pix = (pix - mean_t.to(dev)) / std_t.to(dev)
-    if layout == "NCHW":
-        pix = pix.permute(0, 3, 1, 2)
-    return pix.contiguous().to(out_dtype)
+    fx, fy = u - x0f, v - y0f
+    # The zero border is folded into the weights (a tap outside the frame weighs 0), which gives the
+    # same value as zeroing the tap: ((t00*(1-fx) + t01*fx)*(1-fy) + (t10*(1-fx) + t11*fx)*fy.
+    wx0 = (1.0 - fx) * ((x0f >= 0) & (x0f < W))
+    wx1 = fx * ((x0f >= -1) & (x0f < W - 1))
+    wy0 = (1.0 - fy) * ((y0f >= 0) & (y0f < H))
+    wy1 = fy * ((y0f >= -1) & (y0f < H - 1))
+    # one batch-aware gather of the 2x2 neighbourhoods (indices clamped; the weights zero the outside)
+    base = torch.from_numpy(idx * (H * W)).to(dev).view(n, 1, 1)
+    xc0, xc1 = x0f.clamp(0, W - 1).to(torch.int64), (x0f + 1.0).clamp(0, W - 1).to(torch.int64)
+    r0 = base + y0f.clamp(0, H - 1).to(torch.int64) * W
+    r1 = base + (y0f + 1.0).clamp(0, H - 1).to(torch.int64) * W
+    lin = torch.stack((r0 + xc0, r0 + xc1, r1 + xc0, r1 + xc1), 0).reshape(-1)   # [4*P]
+    P = n * size * size
+    taps = torch.empty((c, 4, P), dtype=torch.float32, device=dev)              # channel planes
+    taps.copy_(frames.reshape(B * H * W, c).index_select(0, lin).view(4, P, c).permute(2, 0, 1))  # uint8: raw
+    wx0, wx1, wy0, wy1 = (w.reshape(P) for w in (wx0, wx1, wy0, wy1))
+    for oc in range(c):
+        t = taps[c - 1 - oc if bgr else oc]                            # [4, P]; bgr swaps R and B
+        pix = (t[0] * wx0 + t[1] * wx1) * wy0 + (t[2] * wx0 + t[3] * wx1) * wy1
+        if frames.dtype != torch.uint8:
+            pix.mul_(255.0)                                            # 0..255
+        if round_to_uint8:
+            pix.add_(0.5).floor_().clamp_(0.0, 255.0)                  # cv2 on uint8: round half up, saturate
+        val = ((pix - mean_t[oc:oc + 1]) / std_t[oc:oc + 1]).view(n, size, size)
+        (out[:, oc] if layout == "NCHW" else out[..., oc]).copy_(val)
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,25 +435,25 @@ def align_crops(frames: torch.Tensor, matrix: torch.Tensor, frame_index: torch.T
 def check_attention_args(q, k, v, k_id, v_id, scale, region_mask):
     for name, t, nd in (("q", q, 4), ("k", k, 4), ("v", v, 4), ("k_id", k_id, 5), ("v_id", v_id, 5)):
         _require(isinstance(t, torch.Tensor) and t.dim() == nd, f"{name} has the wrong shape",
-                 f"{nd} dimensions", describe_tensor(t))
+                 f"{nd} dimensions", lambda: describe_tensor(t))
     B, Hh, Lq, D = q.shape
     _require(k.shape[:2] == (B, Hh) and k.shape[3] == D and v.shape[:3] == k.shape[:3],
              "text keys/values do not match the queries", f"k [{B},{Hh},Lt,{D}], v [{B},{Hh},Lt,Dv]",
-             f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+             lambda: f"k {tuple(k.shape)}, v {tuple(v.shape)}")
     Dv = v.shape[3]
     I, T = k_id.shape[2], k_id.shape[3]
     _require(k_id.shape[:2] == (B, Hh) and k_id.shape[4] == D and tuple(v_id.shape) == (B, Hh, I, T, Dv),
              "identity keys/values do not match the queries",
-             f"k_id [{B},{Hh},I,T,{D}], v_id [{B},{Hh},I,T,{Dv}]", f"k_id {tuple(k_id.shape)}, v_id {tuple(v_id.shape)}")
+             f"k_id [{B},{Hh},I,T,{D}], v_id [{B},{Hh},I,T,{Dv}]", lambda: f"k_id {tuple(k_id.shape)}, v_id {tuple(v_id.shape)}")
     if isinstance(scale, torch.Tensor):
         st = scale.to(q.device, torch.float32)
         if st.dim() == 0:
             st = st.expand(B, I)
         elif st.dim() == 1:
-            _require(st.shape[0] == I, "scale must be a number, [I] or [B, I]", f"[{I}]", describe_tensor(st))
+            _require(st.shape[0] == I, "scale must be a number, [I] or [B, I]", f"[{I}]", lambda: describe_tensor(st))
             st = st.unsqueeze(0).expand(B, I)
         else:
-            _require(tuple(st.shape) == (B, I), "scale must be a number, [I] or [B, I]", f"[{B}, {I}]", describe_tensor(st))
+            _require(tuple(st.shape) == (B, I), "scale must be a number, [I] or [B, I]", f"[{B}, {I}]", lambda: describe_tensor(st))
     elif isinstance(scale, (list, tuple)):
         return check_attention_args(q, k, v, k_id, v_id, torch.tensor(scale, dtype=torch.float32), region_mask)
     else:
@@ -403,7 +462,7 @@ def check_attention_args(q, k, v, k_id, v_id, scale, region_mask):
     if region_mask is not None:
         _require(isinstance(region_mask, torch.Tensor) and tuple(region_mask.shape) == (B, I, Lq),
                  "region_mask must give one weight per identity and query position", f"[{B}, {I}, {Lq}]",
-                 describe_tensor(region_mask))
+                 lambda: describe_tensor(region_mask))
         mask = region_mask.to(q.device, torch.float32)
     return st.contiguous(), mask
 

@@ -1,8 +1,11 @@
 """Fused batched face alignment (Triton). Same contract as :func:`kernels.reference.align_crops`.
 
 One program writes BLOCK crop pixels of one face: inverse-affine to frame coordinates, bilinear
-sample with a zero border (cv2.warpAffine BORDER_CONSTANT 0), optional RGB->BGR, (v*255 - mean)/std,
-and the requested layout and dtype - frames read once, model-ready crops written once. int64 offsets.
+sample with a zero border (cv2.warpAffine BORDER_CONSTANT 0), optional RGB->BGR, optional cv2-on-uint8
+rounding (ROUND: floor(p + 0.5) clamped to 0..255), (p - mean)/std, and the requested layout and
+dtype - frames read once, model-ready crops written once. int64 offsets. The float operations are
+the twin's, in the twin's order (taps, bilinear mix, then *255 for float frames), and the kernel is
+compiled without FMA contraction, so the rounding decision matches the twin's.
 """
 from __future__ import annotations
 
@@ -12,22 +15,14 @@ import triton
 import triton.language as tl
 
 from . import reference
-
-
-@triton.jit
-def _tap(ptr, base, xi, yi, H, W, C, c, ok, IS_U8: tl.constexpr):
-    inside = ok & (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
-    v = tl.load(ptr + base + (yi * W + xi) * C + c, mask=inside, other=0).to(tl.float32)
-    if not IS_U8:
-        v = v * 255.0
-    return v
+from .triton_common import bilinear, sample_coords
 
 
 @triton.jit
 def _align_kernel(frames_ptr, out_ptr, inv_ptr, fidx_ptr, mean_ptr, std_ptr,
                   H, W, S,
                   C: tl.constexpr, IS_U8: tl.constexpr, BGR: tl.constexpr, NCHW: tl.constexpr,
-                  BLOCK: tl.constexpr):
+                  BLOCK: tl.constexpr, ROUND: tl.constexpr = False):
     n = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
     # per face, 7 int32 words: 6 float32 inverse-matrix coefficients (bit patterns), frame index
@@ -47,30 +42,18 @@ def _align_kernel(frames_ptr, out_ptr, inv_ptr, fidx_ptr, mean_ptr, std_ptr,
     x = p - y * S64
     xf = x.to(tl.float32)
     yf = y.to(tl.float32)
-    u = a0 * xf + a1 * yf + a2
-    v = a3 * xf + a4 * yf + a5
-    uf = tl.floor(u)
-    vf = tl.floor(v)
-    fx = u - uf
-    fy = v - vf
-    # clamp before the int cast: far-outside samples are zero anyway
-    uf = tl.minimum(tl.maximum(uf, -2.0), W64.to(tl.float32) + 1.0)
-    vf = tl.minimum(tl.maximum(vf, -2.0), H64.to(tl.float32) + 1.0)
-    cx = uf.to(tl.int64)
-    cy = vf.to(tl.int64)
+    cx, cy, fx, fy = sample_coords(a0, a1, a2, a3, a4, a5, xf, yf, W64, H64, True)
     base = b * H64 * W64 * C
     for oc in tl.static_range(C):
         if BGR:
             c = C - 1 - oc
         else:
             c = oc
-        v00 = _tap(frames_ptr, base, cx, cy, H64, W64, C, c, ok, IS_U8)
-        v01 = _tap(frames_ptr, base, cx + 1, cy, H64, W64, C, c, ok, IS_U8)
-        v10 = _tap(frames_ptr, base, cx, cy + 1, H64, W64, C, c, ok, IS_U8)
-        v11 = _tap(frames_ptr, base, cx + 1, cy + 1, H64, W64, C, c, ok, IS_U8)
-        top = v00 * (1.0 - fx) + v01 * fx
-        bot = v10 * (1.0 - fx) + v11 * fx
-        val = top * (1.0 - fy) + bot * fy
+        val = bilinear(frames_ptr, base, cx, cy, fx, fy, H64, W64, C, c, ok, False)   # uint8: 0..255 already
+        if not IS_U8:
+            val = val * 255.0
+        if ROUND:                                  # cv2.warpAffine on uint8: round half up, saturate
+            val = tl.minimum(tl.maximum(tl.floor(val + 0.5), 0.0), 255.0)
         val = (val - tl.load(mean_ptr + oc)) / tl.load(std_ptr + oc)
         if NCHW:
             off = ((n * C + oc) * S64 + y) * S64 + x
@@ -83,14 +66,14 @@ BLOCK = 256
 
 
 def align_crops(frames, matrix, frame_index, size, mean=0.0, std=1.0, bgr=False, layout="NCHW",
-                out_dtype=torch.float32):
+                out_dtype=torch.float32, round_to_uint8=False):
     """Fused alignment; arguments as :func:`kernels.reference.align_crops`."""
     m64, idx, mean_t, std_t = reference.check_align_args(frames, matrix, frame_index, size, mean, std, bgr,
-                                                          layout, out_dtype)
-    return align_crops_checked(frames, m64, idx, size, mean_t, std_t, bgr, layout, out_dtype)
+                                                          layout, out_dtype, round_to_uint8)
+    return align_crops_checked(frames, m64, idx, size, mean_t, std_t, bgr, layout, out_dtype, round_to_uint8)
 
 
-def align_crops_checked(frames, m64, idx, size, mean_t, std_t, bgr, layout, out_dtype):
+def align_crops_checked(frames, m64, idx, size, mean_t, std_t, bgr, layout, out_dtype, round_to_uint8=False):
     """align_crops on arguments already validated by reference.check_align_args."""
     n, c = m64.shape[0], frames.shape[-1]
     dev = frames.device
@@ -104,10 +87,12 @@ def align_crops_checked(frames, m64, idx, size, mean_t, std_t, bgr, layout, out_
     rec[:, :6] = reference.invert_affine64(m64).astype(np.float32).reshape(n, 6).view(np.int32)
     rec[:, 6] = idx
     stats = np.concatenate([mean_t.numpy().astype(np.float32), std_t.numpy().astype(np.float32)]).view(np.int32)
-    buf = torch.from_numpy(np.concatenate([rec.reshape(-1), stats])).to(dev)
+    host = torch.from_numpy(np.concatenate([rec.reshape(-1), stats]))
+    # pinned + non-blocking: the copy is queued, the stream is never synchronised (tests/gpu checks)
+    buf = host.pin_memory().to(dev, non_blocking=True) if frames.is_cuda else host
     fbuf = buf.view(torch.float32)
     grid = (n, triton.cdiv(size * size, BLOCK))
     _align_kernel[grid](frames.contiguous(), out, fbuf, buf, fbuf[n * 7:], fbuf[n * 7 + c:],
                         H, W, size, C=c, IS_U8=frames.dtype == torch.uint8, BGR=bool(bgr),
-                        NCHW=layout == "NCHW", BLOCK=BLOCK, enable_fp_fusion=False)
+                        NCHW=layout == "NCHW", BLOCK=BLOCK, ROUND=bool(round_to_uint8), enable_fp_fusion=False)
     return out

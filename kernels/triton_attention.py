@@ -11,6 +11,7 @@ dot products (no TF32), half inputs accumulate in float32.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -104,8 +105,41 @@ def _pow2(x, lo=16):
     return max(lo, triton.next_power_of_2(int(x)))
 
 
-def decoupled_attention(q, k, v, k_id, v_id, scale, region_mask=None):
-    """Fused decoupled attention; arguments as :func:`kernels.reference.decoupled_attention`."""
+@functools.lru_cache(maxsize=256)
+def _launch_config(dtype: torch.dtype, D: int, DV: int, Lt: int, T: int) -> tuple:
+    return tuple(launch_config(dtype, D, DV, Lt, T).items())
+
+
+def launch_config(dtype: torch.dtype, D: int, DV: int, Lt: int, T: int) -> dict:
+    """Block sizes / warps / pipeline stages for one call (a pure function of dtype and widths).
+
+    Chosen with ``tools/kernel_compile.py`` (real ptxas reports, no GPU needed): no register spills
+    and shared memory within 99 KiB (the smallest per-block limit among sm_80..sm_120) for every
+    variant it compiles. Half inputs use tensor-core tiles of 64 queries; float32 uses IEEE dot
+    products on the FMA units, whose fp32 operand tiles need smaller blocks to stay in registers.
+    ``bench/bench_kernels.py --attention-sweep`` times alternatives on a GPU.
+    """
+    BD, BDV = _pow2(D), _pow2(DV)
+    wide = max(BD, BDV)
+    if dtype == torch.float32:
+        BM = 32 if wide <= 64 else 16
+        BN = 32
+        warps = 4
+        stages = 1 if wide > 64 else 2
+    else:
+        # 8 warps over 64 queries: ~100 registers/thread at head dim 64 on sm_90 (4 warps: ~133)
+        BM, BN, warps, stages = 64, 64, 8, 2
+    BT = min(_pow2(T), BN) if T else 16
+    return dict(BLOCK_M=BM, BLOCK_N=min(BN, _pow2(Lt)) if Lt else BN, BLOCK_T=BT, BLOCK_D=BD, BLOCK_DV=BDV,
+                num_warps=warps, num_stages=stages)
+
+
+def decoupled_attention(q, k, v, k_id, v_id, scale, region_mask=None, config=None):
+    """Fused decoupled attention; arguments as :func:`kernels.reference.decoupled_attention`.
+
+    ``config`` (optional dict, keys as :func:`launch_config` returns) overrides the launch
+    configuration - for benchmark sweeps; results do not depend on it.
+    """
     st, mask = reference.check_attention_args(q, k, v, k_id, v_id, scale, region_mask)
     B, NH, Lq, D = q.shape
     Lt, DV = k.shape[2], v.shape[3]
@@ -117,17 +151,14 @@ def decoupled_attention(q, k, v, k_id, v_id, scale, region_mask=None):
         return out
     if T == 0:
         I = 0
-    BLOCK_D, BLOCK_DV = _pow2(D), _pow2(DV)
-    BLOCK_M = 64 if max(BLOCK_D, BLOCK_DV) <= 128 else 32
-    BLOCK_N = 64 if Lt > 32 else _pow2(Lt)
-    BLOCK_T = min(_pow2(T), 64) if I else 16
+    cfg = dict(_launch_config(dt, D, DV, Lt, T))
+    if config:
+        cfg.update(config)
     mask_t = mask.contiguous() if mask is not None else st
-    grid = (triton.cdiv(Lq, BLOCK_M), B * NH)
+    grid = (triton.cdiv(Lq, cfg["BLOCK_M"]), B * NH)
     qk_scale = (1.0 / math.sqrt(D)) * 1.4426950408889634   # exp2 domain
     _decoupled_kernel[grid](q, k, v, k_id, v_id, out, st, mask_t,
                             NH, Lq, Lt, I, T, D, DV, qk_scale,
                             *q.stride(), *k.stride(), *v.stride(), *k_id.stride(), *v_id.stride(), *out.stride(),
-                            HAS_MASK=mask is not None, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_T=BLOCK_T,
-                            BLOCK_D=BLOCK_D, BLOCK_DV=BLOCK_DV, IEEE=dt == torch.float32,
-                            num_warps=4 if BLOCK_D <= 64 else 8)
+                            HAS_MASK=mask is not None, IEEE=dt == torch.float32, **cfg)
     return out

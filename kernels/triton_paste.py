@@ -10,12 +10,14 @@ Imported lazily by kernels/ops.py on the first CUDA call; importing it requires 
 """
 from __future__ import annotations
 
-import numpy as np
+import struct
+
 import torch
 import triton
 import triton.language as tl
 
 from . import reference
+from .triton_common import bilinear, sample_coords
 
 # LAB constants (kept in sync with reference.py; test_kernels_triton_interp checks the results)
 _M = reference.RGB2XYZ
@@ -75,27 +77,6 @@ def _lab_to_srgb(L, a, bb,
 
 
 @triton.jit
-def _tap(ptr, base, xi, yi, S, C, c, ok, IS_U8: tl.constexpr):
-    inside = ok & (xi >= 0) & (xi < S) & (yi >= 0) & (yi < S)
-    off = base + (yi * S + xi) * C + c
-    v = tl.load(ptr + off, mask=inside, other=0).to(tl.float32)
-    if IS_U8:
-        v = v / 255.0
-    return v
-
-
-@triton.jit
-def _sample(ptr, base, x0, y0, fx, fy, S, C, c, ok, IS_U8: tl.constexpr):
-    v00 = _tap(ptr, base, x0, y0, S, C, c, ok, IS_U8)
-    v01 = _tap(ptr, base, x0 + 1, y0, S, C, c, ok, IS_U8)
-    v10 = _tap(ptr, base, x0, y0 + 1, S, C, c, ok, IS_U8)
-    v11 = _tap(ptr, base, x0 + 1, y0 + 1, S, C, c, ok, IS_U8)
-    top = v00 * (1.0 - fx) + v01 * fx
-    bot = v10 * (1.0 - fx) + v11 * fx
-    return top * (1.0 - fy) + bot * fy
-
-
-@triton.jit
 def _blend_store(out_ptr, off, val, m, ok, OUT_U8: tl.constexpr):
     f = tl.load(out_ptr + off, mask=ok, other=0).to(tl.float32)
     if OUT_U8:
@@ -138,23 +119,16 @@ def _paste_kernel(out_ptr, crops_ptr, masks_ptr, params_ptr, fparams_ptr, lab_pt
     y = y0 + py
     xf = x.to(tl.float32)
     yf = y.to(tl.float32)
-    u = a0 * xf + a1 * yf + a2
-    v = a3 * xf + a4 * yf + a5
-    uf = tl.floor(u)
-    vf = tl.floor(v)
-    fx = u - uf
-    fy = v - vf
-    cx = uf.to(tl.int64)
-    cy = vf.to(tl.int64)
     S64 = face * 0 + S                      # int64 (scalar args may arrive as int32)
+    cx, cy, fx, fy = sample_coords(a0, a1, a2, a3, a4, a5, xf, yf, S64, S64, False)
     mbase = face * S64 * S64
-    m = _sample(masks_ptr, mbase, cx, cy, fx, fy, S64, 1, 0, ok, False)
+    m = bilinear(masks_ptr, mbase, cx, cy, fx, fy, S64, S64, 1, 0, ok, False)
     cbase = face * S64 * S64 * C
     obase = ((b * H + y) * W + x) * C
     if HAS_LAB:
-        r = _sample(crops_ptr, cbase, cx, cy, fx, fy, S64, C, 0, ok, CROP_U8)
-        g = _sample(crops_ptr, cbase, cx, cy, fx, fy, S64, C, 1, ok, CROP_U8)
-        bl = _sample(crops_ptr, cbase, cx, cy, fx, fy, S64, C, 2, ok, CROP_U8)
+        r = bilinear(crops_ptr, cbase, cx, cy, fx, fy, S64, S64, C, 0, ok, CROP_U8)
+        g = bilinear(crops_ptr, cbase, cx, cy, fx, fy, S64, S64, C, 1, ok, CROP_U8)
+        bl = bilinear(crops_ptr, cbase, cx, cy, fx, fy, S64, S64, C, 2, ok, CROP_U8)
         L, A, Bb = _srgb_to_lab(r, g, bl, m00, m01, m02, m10, m11, m12, m20, m21, m22, wx, wy, wz)
         lb = lab_ptr + face * 12
         L = (L - tl.load(lb + 0)) * (tl.load(lb + 9) / tl.maximum(tl.load(lb + 3), 1e-3)) + tl.load(lb + 6)
@@ -166,7 +140,7 @@ def _paste_kernel(out_ptr, crops_ptr, masks_ptr, params_ptr, fparams_ptr, lab_pt
         _blend_store(out_ptr, obase + 2, bl, m, ok, OUT_U8)
     else:
         for c in tl.static_range(C):
-            val = _sample(crops_ptr, cbase, cx, cy, fx, fy, S64, C, c, ok, CROP_U8)
+            val = bilinear(crops_ptr, cbase, cx, cy, fx, fy, S64, S64, C, c, ok, CROP_U8)
             _blend_store(out_ptr, obase + c, val, m, ok, OUT_U8)
 
 
@@ -174,51 +148,66 @@ BLOCK = 256
 _CONSTS = [*(_M[0] + _M[1] + _M[2]), *(_MI[0] + _MI[1] + _MI[2]), _WX, _WY, _WZ]
 
 
-def paste_back(frames, crops, matrix, masks, frame_index, lab_stats=None):
-    """Fused paste-back; arguments as :func:`kernels.reference.paste_back`. Returns a new tensor."""
-    m64, idx, stats = reference.check_paste_args(frames, crops, matrix, masks, frame_index, lab_stats)
-    return paste_back_checked(frames, crops, masks, m64, idx, stats)
+def paste_back(frames, crops, matrix, masks, frame_index, lab_stats=None, inplace=False):
+    """Fused paste-back; arguments as :func:`kernels.reference.paste_back`."""
+    m64, idx, stats = reference.check_paste_args(frames, crops, matrix, masks, frame_index, lab_stats, inplace)
+    return paste_back_checked(frames, crops, masks, m64, idx, stats, inplace)
 
 
-def paste_back_checked(frames, crops, masks, m64, idx, stats):
-    """paste_back on arguments already validated by reference.check_paste_args (host matrix/index)."""
-    out = frames.contiguous().clone()
+def paste_back_checked(frames, crops, masks, m64, idx, stats, inplace=False):
+    """paste_back on arguments already validated by reference.check_paste_args (host matrix/index).
+
+    Host work is kept to a few tens of microseconds (it bounds small pastes on a fast GPU): boxes in
+    Python floats, one packed parameter buffer, one pinned non-blocking copy to the device (no
+    stream synchronisation), one launch per layer of faces.
+    """
+    out = frames if inplace else frames.contiguous().clone()
     n = crops.shape[0]
     if n == 0:
         return out
-    dev = frames.device
     B, H, W, C = frames.shape
     S = crops.shape[1]
     boxes = reference.face_boxes(m64, S, H, W)
-    # one host buffer -> one copy to the device: per-face records, then the face lists of each layer
-    rec = np.zeros((n, 11), np.int32)
-    rec[:, :6] = m64.astype(np.float32).reshape(n, 6).view(np.int32)
+    mats = m64.reshape(n, 6).tolist()
+    frame_of = idx.tolist()
+    # per face 11 words: 6 float32 matrix coefficients, then frame, x0, y0, w, h (int32);
+    # then the face numbers of each layer (layer k = the k-th face of every frame)
+    recs = bytearray(44 * n)
     layers, seen, tiles = {}, {}, {}
     for i, box in enumerate(boxes):
         if box is None:
             continue
         x0, y0, x1, y1 = box
-        b = int(idx[i])
-        rec[i, 6:] = (b, x0, y0, x1 - x0 + 1, y1 - y0 + 1)
+        b = frame_of[i]
+        w, h = x1 - x0 + 1, y1 - y0 + 1
+        _REC.pack_into(recs, 44 * i, *mats[i], b, x0, y0, w, h)
         k = seen.get(b, 0)
         seen[b] = k + 1
         layers.setdefault(k, []).append(i)
-        tiles[i] = -(-((x1 - x0 + 1) * (y1 - y0 + 1)) // BLOCK)
+        tiles[i] = -(-(w * h) // BLOCK)
     if not layers:
         return out
     order = sorted(layers)
-    flat = [rec.reshape(-1)] + [np.asarray(layers[k], np.int32) for k in order]
-    buf = torch.from_numpy(np.concatenate(flat)).to(dev)
+    flat = [i for k in order for i in layers[k]]
+    host = torch.frombuffer(recs + struct.pack(f"<{len(flat)}i", *flat), dtype=torch.int32)
+    if frames.is_cuda:
+        buf = host.pin_memory().to(frames.device, non_blocking=True)
+    else:                       # (compile-only tooling on the CPU) an aligned copy, as a device buffer is
+        buf = host.clone()
     fbuf = buf.view(torch.float32)
     crops_c = crops.contiguous()
     masks_c = masks.contiguous()
     lab = stats.reshape(n, 12).contiguous() if stats is not None else fbuf   # dummy pointer when unused
+    crop_u8, out_u8, has_lab = crops.dtype == torch.uint8, frames.dtype == torch.uint8, stats is not None
     pos = n * 11
     for k in order:
         faces = layers[k]
         grid = (max(tiles[i] for i in faces), len(faces))
         _paste_kernel[grid](out, crops_c, masks_c, buf, fbuf, lab, buf[pos:pos + len(faces)], H, W, S, *_CONSTS,
-                            C=C, CROP_U8=crops.dtype == torch.uint8, OUT_U8=frames.dtype == torch.uint8,
-                            HAS_LAB=stats is not None, BLOCK=BLOCK, enable_fp_fusion=False)
+                            C=C, CROP_U8=crop_u8, OUT_U8=out_u8, HAS_LAB=has_lab, BLOCK=BLOCK,
+                            enable_fp_fusion=False)
         pos += len(faces)
     return out
+
+
+_REC = struct.Struct("<6f5i")

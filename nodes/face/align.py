@@ -1,8 +1,10 @@
-"""Similarity-transform alignment and affine warps, in torch (cv2.warpAffine semantics).
+"""Similarity-transform alignment (templates, umeyama, insightface's matrices) and face crops.
 
 Conventions: a matrix ``M`` [2,3] maps source-image pixels to crop pixels (x' = M @ [x, y, 1]);
 pixel centres sit at integer coordinates; bilinear sampling; zero outside the source — exactly what
 ``cv2.warpAffine(img, M, (S, S), borderValue=0)`` does, so insightface's crops are reproduced.
+Every warp goes through :func:`kernels.ops.align_crops` (the one dispatch point: the fused Triton
+kernel on CUDA, its torch twin elsewhere); ``warp_affine`` (grid_sample) was folded into it.
 """
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ...kernels import ops as kops
 from ..common.types import AlignedFaces, FaceSet
 
 # insightface's ArcFace 5-point template for 112x112 crops
@@ -125,40 +127,13 @@ def transform_points(pts, m):
     return pts @ m[:, :2].T + m[:, 2]
 
 
-def warp_affine(images: torch.Tensor, matrix: torch.Tensor, image_index: torch.Tensor, size: int,
-                round_output: bool = False) -> torch.Tensor:
-    """Crops [N,size,size,C] from ``images`` [B,H,W,C] with matrices [N,2,3] (image px -> crop px).
-
-    Faces of one image are sampled in one grid_sample call without copying the image per face.
-    ``round_output`` emulates an 8-bit pipeline (cv2 on uint8 images rounds its output).
-    """
-    n = int(matrix.shape[0])
-    B, H, W, C = images.shape
-    dev = images.device
+def warp_crops(images: torch.Tensor, matrix, image_index, size: int) -> torch.Tensor:
+    """Crops [N,size,size,C] (float 0..1, ``images``' float dtype) of ``images`` [B,H,W,C] (float 0..1
+    or uint8) with matrices [N,2,3] (image px -> crop px), cv2.warpAffine semantics: one batched
+    :func:`kernels.ops.align_crops` call (the fused kernel on CUDA)."""
     dtype = images.dtype if images.is_floating_point() else torch.float32
-    out = torch.zeros((n, size, size, C), dtype=dtype, device=dev)
-    if n == 0:
-        return out
-    inv = invert_affine(matrix.to(torch.float64)).to(dev)  # crop px -> image px
-    ys, xs = torch.meshgrid(torch.arange(size, device=dev, dtype=torch.float64),
-                            torch.arange(size, device=dev, dtype=torch.float64), indexing="ij")
-    ones = torch.ones_like(xs)
-    grid_pts = torch.stack([xs, ys, ones], -1).reshape(-1, 3)  # [S*S, 3]
-    src = torch.einsum("nij,pj->npi", inv, grid_pts)           # [N, S*S, 2]
-    gx = (2.0 * src[..., 0] + 1.0) / W - 1.0
-    gy = (2.0 * src[..., 1] + 1.0) / H - 1.0
-    grid = torch.stack([gx, gy], -1).reshape(n, size, size, 2)
-    idx = image_index.to(torch.long).cpu()
-    for b in torch.unique(idx).tolist():
-        sel = (idx == b).nonzero().flatten()
-        img = images[b:b + 1].permute(0, 3, 1, 2).to(dtype)                     # [1,C,H,W]
-        g = grid[sel.to(dev)].reshape(1, len(sel) * size, size, 2).to(dtype)
-        crop = F.grid_sample(img, g, mode="bilinear", padding_mode="zeros", align_corners=False)
-        crop = crop.reshape(C, len(sel), size, size).permute(1, 2, 3, 0)
-        out[sel.to(dev)] = crop
-    if round_output:
-        out = torch.floor(out + 0.5)  # cv2 on uint8 rounds half up
-    return out
+    return kops.align_crops(images, matrix, image_index, int(size), mean=0.0, std=255.0, layout="NHWC",
+                            out_dtype=dtype)
 
 
 def align_faces(images: torch.Tensor, faceset: FaceSet, template: str = "arcface_112",
@@ -172,6 +147,6 @@ def align_faces(images: torch.Tensor, faceset: FaceSet, template: str = "arcface
     else:
         matrix = torch.zeros((0, 2, 3))
     index = torch.tensor([f.image_index for f in faces], dtype=torch.long)
-    crops = warp_affine(images, matrix.to(images.device), index, size).clamp(0, 1)
+    crops = warp_crops(images, matrix, index, size).clamp_(0, 1)
     return AlignedFaces(crops=crops, matrix=matrix, inverse=invert_affine(matrix) if len(mats) else matrix.clone(),
                         image_index=index, template=template, size=size, image_sizes=faceset.image_sizes)

@@ -146,6 +146,38 @@ def test_align_crops_fused_matches_twin(dtype, B, preset):
     assert bool((diff_px <= allowed).all()), diff_px.max().item()
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float16], ids=["u8", "f32", "f16"])
+@pytest.mark.parametrize("B", [1, 64])
+@pytest.mark.parametrize("preset", ["arcface112_bgr", "genderage96", "box192_nhwc_f16"])
+def test_align_crops_fused_round_to_uint8_matches_twin(dtype, B, preset):
+    """round_to_uint8=True (the analyser's cv2-on-uint8 crops): the kernel's ROUND flag against the
+    twin, compared in 0..255 gray levels. The pre-rounding values agree to float noise, so a level
+    differs only on a rare tie (a sample within float noise of a half); every value is a whole level
+    in 0..255 (float frames are pushed outside 0..1 to exercise the clamp)."""
+    size, kw = {"arcface112_bgr": (112, dict(mean=127.5, std=127.5, bgr=True)),
+                "genderage96": (96, dict(mean=127.5, std=128.0)),
+                "box192_nhwc_f16": (192, dict(mean=(1.0, 2.0, 3.0), std=(50.0, 60.0, 70.0), layout="NHWC",
+                                              out_dtype=torch.float16))}[preset]
+    H, W = (1081, 1919) if B == 1 else (241, 321)
+    fr, M, fi = align_case(B, H, W, size, 2 if B == 1 else 1, seed=B + 100, dtype=dtype)
+    if dtype != torch.uint8:
+        fr = (fr.float() * 1.2 - 0.1).to(dtype)
+    got = ops.align_crops(fr, M, fi, size, round_to_uint8=True, **kw)
+    want = reference.align_crops(fr, M, fi, size, round_to_uint8=True, **kw)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    shp = (1, -1, 1, 1) if kw.get("layout", "NCHW") == "NCHW" else (1, 1, 1, -1)
+    std = torch.as_tensor(kw.get("std", 1.0), dtype=torch.float32, device=DEV).reshape(shp)
+    mean = torch.as_tensor(kw.get("mean", 0.0), dtype=torch.float32, device=DEV).reshape(shp)
+    lg, lw = got.float() * std + mean, want.float() * std + mean
+    half = kw.get("out_dtype", torch.float32) != torch.float32
+    slack = 255.0 * 2.0 ** -11 if half else 1e-3              # float16 output: relative 2**-11 of the value
+    diff = (lg - lw).abs()
+    assert diff.max().item() <= 1.0 + slack, diff.max().item()
+    assert (diff > 0.5).float().mean().item() < 1e-4
+    assert (lg - lg.round()).abs().max().item() <= slack
+    assert lg.min().item() >= -slack and lg.max().item() <= 255.0 + slack
+
+
 def attn_case(B, Hh, Lq, Lt, I, T, D, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g).to(DEV, dtype)

@@ -5,8 +5,9 @@ import pytest
 import torch
 from skimage.transform import SimilarityTransform
 
+from visage.nodes.face import align as align_mod
 from visage.nodes.face.align import (ARCFACE_112, align_faces, crop_matrix, estimate_norm, invert_affine, template_for,
-                                     transform_points, umeyama, warp_affine)
+                                     transform_points, umeyama, warp_crops)
 from visage.nodes.common.types import Face, FaceSet
 
 
@@ -37,7 +38,7 @@ def test_crop_matrix_matches_insightface_transform():
         assert np.allclose(crop_matrix((210.3, 140.7), 192, 0.83, rot), M, atol=1e-4)
 
 
-def test_warp_affine_matches_cv2():
+def test_warp_crops_matches_cv2():
     rng = np.random.RandomState(1)
     # a smooth image (cv2 quantises sub-pixel positions to 1/32 px; smooth content keeps that small)
     yy, xx = np.mgrid[:240, :320]
@@ -47,7 +48,9 @@ def test_warp_affine_matches_cv2():
         kps = ARCFACE_112 * (1 + 0.3 * k) + rng.rand(5, 2) * 3 + np.array([30 * k - 20, 10.0 * k], np.float32)
         mats.append(estimate_norm(kps, 112))
     mats = np.stack(mats)
-    ours = warp_affine(torch.from_numpy(img)[None], torch.from_numpy(mats), torch.zeros(4, dtype=torch.long), 112).numpy()
+    ours = warp_crops(torch.from_numpy(img / 255.0)[None].float(), torch.from_numpy(mats),
+                      torch.zeros(4, dtype=torch.long), 112).numpy() * 255.0
+    assert ours.shape == (4, 112, 112, 3) and ours.dtype == np.float32
     for k in range(4):
         ref = cv2.warpAffine(img, mats[k], (112, 112), borderValue=0.0)
         inside = cv2.warpAffine(np.ones_like(img[..., 0]), mats[k], (112, 112), borderValue=0.0) > 0.999
@@ -58,8 +61,14 @@ def test_warp_affine_matches_cv2():
 def test_warp_several_images_and_inverse():
     imgs = torch.rand(3, 50, 60, 3)
     m = torch.tensor([[[1.0, 0, -5], [0, 1.0, -7]], [[0.5, 0, 0], [0, 0.5, 0]]])
-    out = warp_affine(imgs, m, torch.tensor([2, 0]), 20)
+    out = warp_crops(imgs, m, torch.tensor([2, 0]), 20)
     assert torch.allclose(out[0], imgs[2, 7:27, 5:25], atol=1e-5)
+    # 2x downscale about the origin: crop (x, y) samples image (2x, 2y), a pixel centre
+    assert torch.allclose(out[1], imgs[0, 0:40:2, 0:40:2], atol=1e-5)
+    # uint8 images give the same crops (0..1) as their float twin
+    u8 = (imgs * 255).round().to(torch.uint8)
+    assert torch.allclose(warp_crops(u8, m, torch.tensor([2, 0]), 20), warp_crops(u8.float() / 255, m,
+                                                                                  torch.tensor([2, 0]), 20), atol=1e-5)
     inv = invert_affine(m)
     pts = torch.tensor([[3.0, 4.0], [10.0, 2.0]])
     assert torch.allclose(transform_points(transform_points(pts, m[1]), inv[1]), pts, atol=1e-5)
@@ -81,3 +90,60 @@ def test_align_faces_returns_crops_and_matrices():
         assert np.abs(mapped - dst).max() < (1e-2 if template == "arcface_112" else 25.0)
         back = transform_points(torch.from_numpy(mapped), al.inverse[0])
         assert torch.allclose(back, kps, atol=1e-3)
+
+
+def test_warps_go_through_the_kernel_dispatch(monkeypatch):
+    """align_faces (and so VisageAlignFaces) crops through kernels.ops.align_crops, the one dispatch
+    point (the fused Triton kernel on CUDA); the grid_sample warp_affine is gone."""
+    assert not hasattr(align_mod, "warp_affine")
+    calls = []
+    real = align_mod.kops.align_crops
+
+    def spy(*a, **k):
+        calls.append((a[3], k))
+        return real(*a, **k)
+
+    monkeypatch.setattr(align_mod.kops, "align_crops", spy)
+    img = torch.rand(1, 150, 160, 3)
+    kps = torch.from_numpy(ARCFACE_112 + 20)
+    fs = FaceSet(faces=((Face(image_index=0, bbox=torch.tensor([20.0, 20, 130, 140]), score=0.9, kps=kps),),),
+                 image_sizes=((150, 160),))
+    al = align_faces(img, fs, "arcface_112")
+    assert len(calls) == 1 and calls[0][0] == 112 and calls[0][1]["layout"] == "NHWC"
+    assert al.crops.shape == (1, 112, 112, 3) and float(al.crops.min()) >= 0 and float(al.crops.max()) <= 1
+    # the ArcFace crop of keypoints built from the template is the identity window shifted by 20 px
+    assert torch.allclose(al.crops[0], img[0, 20:132, 20:132], atol=1e-4)
+
+
+def test_analyzer_crops_go_through_align_crops_like_insightface(tmp_path, monkeypatch):
+    """FaceAnalyzer makes every per-face model input with ONE kops.align_crops call per model
+    (uint8 frames, round_to_uint8=True, the routed model's mean/std/channel order fused in), and
+    those inputs are what insightface builds: cv2.warpAffine on the uint8 image, then
+    blobFromImages - within one gray level."""
+    from builders.face import build_face_pack
+    from conftest import insightface_image
+    from visage.nodes.face import analyzer as an_mod
+    img_bgr = cv2.imread(insightface_image("t1.jpg"))
+    an = an_mod.load_analyzer(build_face_pack(str(tmp_path / "pack")), "cpu", torch.float32)
+    calls = []
+    real = an_mod.kops.align_crops
+
+    def spy(frames, matrix, index, size, **kw):
+        out = real(frames, matrix, index, size, **kw)
+        calls.append((frames, matrix.numpy().copy(), size, kw, out))
+        return out
+
+    rgb = torch.from_numpy(np.ascontiguousarray(img_bgr[..., ::-1])).float()[None] / 255.0
+    monkeypatch.setattr(an_mod.kops, "align_crops", spy)
+    fs = an.analyze(rgb)
+    assert fs.count > 0
+    per_face = [t for t in an.routed if t != "detection"]
+    assert len(calls) == len(per_face) == 4
+    for frames, mats, size, kw, out in calls:
+        assert frames.dtype == torch.uint8 and kw["round_to_uint8"] is True and kw["layout"] == "NCHW"
+        r = next(r for r in an.routed.values() if r.input_size == size and (r.mean, r.std, r.bgr) ==
+                 (kw["mean"], kw["std"], kw["bgr"]))
+        assert out.shape == (fs.count, 3, size, size)
+        crops = [cv2.warpAffine(img_bgr, m.astype(np.float64), (size, size), borderValue=0) for m in mats]
+        blob = cv2.dnn.blobFromImages(crops, 1.0 / r.std, (size, size), (r.mean,) * 3, swapRB=not r.bgr)
+        assert np.abs(out.numpy() - blob).max() <= 1.0 / r.std + 1e-5, r.task

@@ -354,6 +354,123 @@ def test_align_crops_rejects_bad_input():
         ops.align_crops(f, m, torch.ones(1, dtype=torch.int64), 16)
 
 
+ROUND_CASES = [
+    # (size, mean, std, bgr, layout): plain 0..255 NHWC crops, ArcFace, genderage/landmark, per-channel
+    (112, 0.0, 1.0, False, "NHWC"),
+    (112, 127.5, 127.5, True, "NCHW"),
+    (96, 127.5, 128.0, False, "NCHW"),
+    (57, (123.7, 116.3, 103.5), (58.4, 57.1, 57.4), True, "NHWC"),
+]
+
+
+@pytest.mark.parametrize("case", ROUND_CASES, ids=[f"s{c[0]}_{c[4]}_{'bgr' if c[3] else 'rgb'}" for c in ROUND_CASES])
+def test_align_crops_round_to_uint8_matches_cv2_on_uint8(case):
+    """round_to_uint8=True reproduces cv2.warpAffine run on the uint8 image (what insightface feeds
+    its models), then (x - mean) / std: at most 1 gray level anywhere (cv2's own interpolation
+    arithmetic: fixed point before OpenCV 4.11, float in another order since), and the SAME gray
+    level on >= 99 % of the pixels - whereas the unrounded crop is off by a fraction of a level
+    almost everywhere."""
+    size, mean, std, bgr, layout = case
+    rng = np.random.default_rng(21)
+    frames = np.round(np.stack([smooth_image(rng, 97, 141, cells=7) for _ in range(2)]) * 255).astype(np.uint8)
+    faces = [(0, 70, 48, 60, 12.0), (1, 10, 85, 70, -33.0), (1, 100, 40, 45, 90.0), (0, 30, 30, 150, 2.5)]
+    mats = np.stack([face_matrix(cx, cy, px, size, a) for (_, cx, cy, px, a) in faces])
+    fidx = np.array([f[0] for f in faces], np.int64)
+    args = (torch.from_numpy(frames), torch.from_numpy(mats), torch.from_numpy(fidx), size)
+    ours = ops.align_crops(*args, mean=mean, std=std, bgr=bgr, layout=layout, round_to_uint8=True).numpy()
+    ref = cv2_align(frames, mats, fidx, size, mean, std, bgr, layout)          # cv2 on the uint8 frames
+    std_b = np.asarray(std, np.float32).reshape((1, -1, 1, 1) if layout == "NCHW" else (1, 1, 1, -1))
+    mean_b = np.asarray(mean, np.float32).reshape(std_b.shape)
+    levels = ours * std_b + mean_b                                             # back to 0..255 levels
+    assert np.abs(levels - np.round(levels)).max() < 1e-3                      # whole gray levels only
+    diff = np.abs(ours - ref) * np.abs(std_b)
+    assert diff.max() <= 1.0 + 1e-3, diff.max()
+    assert (diff > 0.5).mean() <= 0.01, (diff > 0.5).mean()
+    plain = ops.align_crops(*args, mean=mean, std=std, bgr=bgr, layout=layout).numpy()
+    assert (np.abs(plain - ref) * np.abs(std_b) > 1e-3).mean() > 0.5          # the flag is what makes it exact
+
+
+def test_align_crops_rounding_is_half_up_saturating_and_before_normalisation():
+    """The spec: floor(p + 0.5) (half up, as OpenCV's fixed-point warps before 4.11 did; OpenCV >= 4.11
+    interpolates in float and rounds exact halves to even - those differ on exact halves only, about
+    1e-5 of the pixels of a photo's face crops), clamped to 0..255 like cv2's saturate_cast, applied
+    to the 0..255 sample BEFORE (p - mean) / std, in the output channel order."""
+    # a 0.5 px shift: 100.5 -> 101, 101.5 -> 102, 102.5 -> 103 (half up; torch.round gives 100, 102, 102)
+    fr = np.zeros((1, 1, 4, 3), np.uint8)
+    fr[0, 0, :, 0] = [100, 101, 102, 103]
+    fr[0, 0, :, 1] = [10, 11, 12, 13]
+    M = np.array([[[1.0, 0.0, -0.5], [0.0, 1.0, 0.0]]], np.float32)
+    ours = ops.align_crops(torch.from_numpy(fr), torch.from_numpy(M), torch.zeros(1, dtype=torch.int64), 3,
+                           layout="NHWC", round_to_uint8=True)[0, 0]
+    ref = cv2.warpAffine(fr[0], M[0].astype(np.float64), (3, 3), borderValue=0)[0].astype(np.float32)
+    assert ours[:, 0].tolist() == [101.0, 102.0, 103.0]
+    assert ours[:, 1].tolist() == [11.0, 12.0, 13.0]
+    assert np.abs(ours.numpy() - ref).max() <= 1.0                              # whichever cv2 rounds halves
+    # float frames outside 0..1 saturate to 0..255 before normalisation
+    f = torch.tensor([[[[1.5, -0.2, 0.5]]]]).expand(1, 2, 2, 3).contiguous()
+    Mi = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    out = ops.align_crops(f, Mi, torch.zeros(1, dtype=torch.int64), 2, mean=10.0, std=2.0, layout="NHWC",
+                          round_to_uint8=True)
+    assert torch.equal(out[0, 0, 0], torch.tensor([(255 - 10) / 2.0, (0 - 10) / 2.0, (128 - 10) / 2.0]))
+    # on any input: rounded+normalised == normalise(clamp(floor(unrounded 0..255 sample + 0.5)))
+    rng = np.random.default_rng(22)
+    frames = torch.from_numpy(np.round(np.stack([smooth_image(rng, 60, 70)]) * 255).astype(np.uint8))
+    mats = torch.from_numpy(np.stack([face_matrix(35, 30, 40, 112, 17.0), face_matrix(5, 50, 80, 112, -60.0)]))
+    fi = torch.zeros(2, dtype=torch.int64)
+    raw = reference.align_crops(frames, mats, fi, 112, layout="NHWC")          # 0..255, unrounded
+    want = ((torch.floor(raw + 0.5).clamp(0, 255).flip(-1) - torch.tensor([1.0, 2.0, 3.0]))
+            / torch.tensor([50.0, 60.0, 70.0])).permute(0, 3, 1, 2)
+    got = reference.align_crops(frames, mats, fi, 112, mean=(1.0, 2.0, 3.0), std=(50.0, 60.0, 70.0), bgr=True,
+                                round_to_uint8=True)
+    assert torch.allclose(got, want, atol=1e-6, rtol=0)
+    half = reference.align_crops(frames, mats, fi, 112, mean=(1.0, 2.0, 3.0), std=(50.0, 60.0, 70.0), bgr=True,
+                                 round_to_uint8=True, out_dtype=torch.float16)
+    assert half.dtype == torch.float16 and torch.equal(half, got.half())
+
+
+def test_align_crops_without_rounding_is_unchanged():
+    """The default (round_to_uint8=False) path: the same call as before the flag existed, unrounded
+    (fractional levels), uint8 frames == their float 0..1 twin, and still within 0.1 level of cv2 on
+    float frames (test_align_crops_matches_per_face_cv2 keeps its tolerances)."""
+    rng = np.random.default_rng(23)
+    f32 = np.stack([smooth_image(rng, 80, 90)])
+    u8 = np.round(f32 * 255).astype(np.uint8)
+    mats = np.stack([face_matrix(45, 40, 60, 112, 7.0), face_matrix(80, 5, 70, 112, 40.0)])
+    fi = torch.zeros(2, dtype=torch.int64)
+    kw = dict(mean=127.5, std=127.5, bgr=True)
+    default = ops.align_crops(torch.from_numpy(u8), torch.from_numpy(mats), fi, 112, **kw)
+    explicit = ops.align_crops(torch.from_numpy(u8), torch.from_numpy(mats), fi, 112, **kw, round_to_uint8=False)
+    assert torch.equal(default, explicit)
+    levels = default.numpy() * 127.5 + 127.5
+    assert np.abs(levels - np.round(levels)).max() > 0.1                        # not rounded
+    as_float = ops.align_crops(torch.from_numpy(u8.astype(np.float32) / 255.0), torch.from_numpy(mats), fi, 112, **kw)
+    assert (default - as_float).abs().max().item() * 127.5 < 1e-3
+    ours = ops.align_crops(torch.from_numpy(f32), torch.from_numpy(mats), fi, 112, mean=0.0, std=1.0, layout="NHWC")
+    ref = cv2_align(f32, mats, [0, 0], 112, 0.0, 1.0, False, "NHWC")
+    assert np.abs(ours.numpy() - ref).max() <= 0.1
+
+
+def test_align_crops_chunks_faces_without_changing_results(monkeypatch):
+    """Big batches are processed in chunks of faces (bounded temporaries); chunking is invisible."""
+    rng = np.random.default_rng(24)
+    frames = torch.from_numpy(np.round(np.stack([smooth_image(rng, 50, 60) for _ in range(2)]) * 255).astype(np.uint8))
+    mats = torch.from_numpy(np.stack([face_matrix(5 + 9 * k, 4 + 7 * k, 30 + k, 24, 20.0 * k) for k in range(7)]))
+    fi = torch.tensor([0, 1, 1, 0, 1, 0, 0])
+    kw = dict(mean=(1.0, 2.0, 3.0), std=(50.0, 60.0, 70.0), bgr=True, round_to_uint8=True)
+    whole = reference.align_crops(frames, mats, fi, 24, **kw)
+    monkeypatch.setattr(reference, "ALIGN_CHUNK_PIXELS", 2 * 24 * 24)          # 2 faces per chunk
+    assert torch.equal(reference.align_crops(frames, mats, fi, 24, **kw), whole)
+    assert torch.equal(reference.align_crops(frames, mats, fi, 24, layout="NHWC")[3],
+                       reference.align_crops(frames, mats[3:4], fi[3:4], 24, layout="NHWC")[0])
+
+
+def test_align_crops_round_flag_is_validated():
+    f = torch.rand(1, 20, 20, 3)
+    m = torch.from_numpy(face_matrix(10, 10, 10, 16, 0))[None]
+    with pytest.raises(VisageError, match="round_to_uint8"):
+        ops.align_crops(f, m, torch.zeros(1, dtype=torch.int64), 16, round_to_uint8="yes")
+
+
 # ----------------------------------------------------------------------------------------------
 # lab_stats and the LAB maths
 # ----------------------------------------------------------------------------------------------

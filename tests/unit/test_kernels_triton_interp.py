@@ -90,6 +90,25 @@ def _align_cases(reference, ta):
             ok = a.shape == b.shape and a.dtype == b.dtype
             rel = float(((a.float() - b.float()).abs() / (a.float().abs() + 1.0)).max())
             res[f"align_{fname}_{oname}"] = {"shape_ok": ok, "rel": rel}
+    # round_to_uint8 (cv2-on-uint8 emulation): compared in 0..255 gray levels, before normalisation
+    ropts = {"round_plain_nhwc": dict(layout="NHWC"),
+             "round_arcface": dict(mean=127.5, std=127.5, bgr=True),
+             "round_perchan_f16": dict(mean=(1.0, 2.0, 3.0), std=(50.0, 60.0, 70.0), bgr=True,
+                                       out_dtype=torch.float16)}
+    fr2 = fr * 1.2 - 0.1                       # float frames outside 0..1: the clamp to 0..255 is exercised
+    for fname, f in (("f32", fr2), ("u8", (fr * 255).round().to(torch.uint8)), ("f16", fr2.half())):
+        for oname, kw in ropts.items():
+            a = reference.align_crops(f, M, fi, 17, round_to_uint8=True, **kw)
+            b = ta.align_crops(f, M, fi, 17, round_to_uint8=True, **kw)
+            ok = a.shape == b.shape and a.dtype == b.dtype
+            shp = (1, -1, 1, 1) if kw.get("layout", "NCHW") == "NCHW" else (1, 1, 1, -1)
+            sd = torch.as_tensor(kw.get("std", 1.0), dtype=torch.float32).reshape(shp)
+            mn = torch.as_tensor(kw.get("mean", 0.0), dtype=torch.float32).reshape(shp)
+            la, lb = a.float() * sd + mn, b.float() * sd + mn          # back to gray levels
+            d = (la - lb).abs()
+            res[f"align_{fname}_{oname}"] = {
+                "shape_ok": ok, "levels": float(d.max()), "frac_off": float((d > 0.5).float().mean()),
+                "integral": float((lb - lb.round()).abs().max()), "lo": float(lb.min()), "hi": float(lb.max())}
     return res
 
 
@@ -202,7 +221,7 @@ def test_fused_paste_four_channels_and_outside(results):
 
 
 def test_fused_align_matches_twin(results):
-    keys = [k for k in results if k.startswith("align_")]
+    keys = [k for k in results if k.startswith("align_") and "_round_" not in k]
     _get(results, "align_f32_plain")
     assert len(keys) == 12
     for k in keys:
@@ -210,6 +229,25 @@ def test_fused_align_matches_twin(results):
         assert r["shape_ok"], k
         tol = 1e-5 if ("f16" not in k and "bf16" not in k) else (8e-3 if "bf16" in k else 1e-3)
         assert r["rel"] <= tol, (k, r)
+
+
+def test_fused_align_round_to_uint8_matches_twin(results):
+    """The kernel's ROUND flag = the twin's round_to_uint8: the same float operations in the same
+    order (no FMA contraction), so the same gray levels; every value is a whole gray level in 0..255
+    (clamped: the float frames reach outside 0..1). A float16 output stores (p - mean) / std with a
+    relative error of 2**-11, i.e. up to 255 * 2**-11 = 0.125 level once mapped back."""
+    keys = [k for k in results if k.startswith("align_") and "_round_" in k]
+    _get(results, "align_u8_round_arcface")
+    assert len(keys) == 9
+    for k in keys:
+        r = results[k]
+        assert r["shape_ok"], k
+        half = "f16" in k.split("_round_")[1]
+        assert r["levels"] <= (0.05 if half else 1e-3), (k, r)
+        assert r["frac_off"] == 0.0, (k, r)
+        assert r["integral"] <= (0.13 if half else 1e-3), (k, r)
+        assert r["lo"] >= -1e-3 and r["hi"] <= 255.0 + (0.13 if half else 1e-3), (k, r)
+    assert results["align_f32_round_plain_nhwc"]["lo"] == 0.0 and results["align_f32_round_plain_nhwc"]["hi"] == 255.0
 
 
 def test_fused_attention_matches_twin(results):
@@ -241,7 +279,11 @@ def _compile_cases():
         ("align_u8_bgr_nchw", ta._align_kernel,
          dict(frames_ptr="*u8", out_ptr="*fp32", inv_ptr="*fp32", fidx_ptr="*i32", mean_ptr="*fp32",
               std_ptr="*fp32", **ints),
-         dict(C=3, IS_U8=True, BGR=True, NCHW=True, BLOCK=256)),
+         dict(C=3, IS_U8=True, BGR=True, NCHW=True, BLOCK=256, ROUND=False)),
+        ("align_u8_round_nchw_f16", ta._align_kernel,
+         dict(frames_ptr="*u8", out_ptr="*fp16", inv_ptr="*fp32", fidx_ptr="*i32", mean_ptr="*fp32",
+              std_ptr="*fp32", **ints),
+         dict(C=3, IS_U8=True, BGR=False, NCHW=True, BLOCK=256, ROUND=True)),
     ]
     for dt, masked, bd in (("fp16", True, 64), ("bf16", False, 128)):
         types_ = {n: "i32" for n in tt._decoupled_kernel.arg_names}
