@@ -290,42 +290,20 @@ class IdentityAttentionPatch(nn.Module):
         chunks = len(cond_or_uncond)
         if B % chunks:
             chunks, cond_or_uncond = 1, [0]
-        per = B // chunks
-        row_uncond = torch.tensor([cond_or_uncond[r // per] == 1 for r in range(B)], device=q.device)
         hw = self._block_hw(extra_options, Lq)
-
-        # group entries with the same token count into one kernel call
-        groups: Dict[int, List[Tuple[int, IdentityEntry]]] = {}
-        for i, e in live:
-            groups.setdefault(e.n_tokens, []).append((i, e))
         qh = q.view(B, Lq, heads, d).transpose(1, 2)
         out = None
-        for g_idx, (T, members) in enumerate(groups.items()):
-            ks, vs, scales, masks = [], [], [], []
-            any_mask = any(e.masks is not None for _, e in members)
-            for i, e in members:
-                kk, vv = self._kv(i, e.layer_map[bkey], q.device, q.dtype)      # [2, I, T, W]
-                sel = row_uncond.long()
-                ks.append(kk[sel])                                                # [B, I, T, W]
-                vs.append(vv[sel])
-                scales.append(torch.tensor(e.weights, dtype=torch.float32, device=q.device).expand(B, -1))
-                if any_mask:
-                    if e.masks is None:
-                        masks.append(torch.ones(B, e.n_identities, Lq, device=q.device))
-                    else:
-                        mk = ("mask", i, hw, str(q.device))
-                        m = self._cache.get(mk)
-                        if m is None:
-                            m = resize_masks(e.masks.to(q.device), *hw)            # [I, Lq], once per resolution
-                            self._cache[mk] = m
-                        masks.append(m.unsqueeze(0).expand(B, -1, -1))
-            k_id = torch.cat(ks, 1)
-            v_id = torch.cat(vs, 1)
-            I = k_id.shape[1]
-            k_id = k_id.view(B, I, T, heads, -1).permute(0, 3, 1, 2, 4)         # [B, H, I, T, D]
-            v_id = v_id.view(B, I, T, heads, -1).permute(0, 3, 1, 2, 4)
-            scale = torch.cat(scales, 1)
-            region = torch.cat(masks, 1).to(q.dtype) if any_mask else None
+        # The identity operands of one block depend only on the call's layout, never on the step:
+        # assembled once (small gathers, host->device copies of weights) and reused every step, so a
+        # sampling step adds no host->device copy and no stream synchronisation.
+        akey = ("assembled", bkey, B, tuple(cond_or_uncond), tuple(i for i, _ in live), heads, hw,
+                str(q.device), str(q.dtype))
+        groups = self._cache.get(akey)
+        if groups is None:
+            groups = self._assemble(live, bkey, B, cond_or_uncond, heads, hw, Lq, q.device, q.dtype)
+            with self._lock:
+                self._cache[akey] = groups
+        for k_id, v_id, scale, region in groups:
             if out is None and base is None:
                 kh = k.view(B, -1, heads, d).transpose(1, 2)
                 vh = v.view(B, -1, heads, v.shape[-1] // heads).transpose(1, 2)
@@ -336,6 +314,38 @@ class IdentityAttentionPatch(nn.Module):
                 o = _identity_terms(qh, k_id, v_id, scale, region)
                 acc = out if out is not None else base
                 out = acc + o.transpose(1, 2).reshape(B, Lq, -1).to(acc.dtype)
+        return out
+
+    def _assemble(self, live, bkey, B, cond_or_uncond, heads, hw, Lq, device, dtype):
+        """[(k_id [B,H,I,T,D], v_id, scale [B,I], region [B,I,Lq] or None)] per token count."""
+        per = B // len(cond_or_uncond)
+        sel = torch.tensor([int(cond_or_uncond[r // per] == 1) for r in range(B)], dtype=torch.long).to(device)
+        groups: Dict[int, List[Tuple[int, IdentityEntry]]] = {}
+        for i, e in live:                    # entries with the same token count share one kernel call
+            groups.setdefault(e.n_tokens, []).append((i, e))
+        out = []
+        for T, members in groups.items():
+            ks, vs, scales, masks = [], [], [], []
+            any_mask = any(e.masks is not None for _, e in members)
+            for i, e in members:
+                kk, vv = self._kv(i, e.layer_map[bkey], device, dtype)            # [2, I, T, W]
+                ks.append(kk[sel])                                                # [B, I, T, W]
+                vs.append(vv[sel])
+                scales.append(torch.tensor(e.weights, dtype=torch.float32).to(device).expand(B, -1))
+                if any_mask:
+                    if e.masks is None:
+                        masks.append(torch.ones(B, e.n_identities, Lq, device=device))
+                    else:
+                        m = resize_masks(e.masks.to(device), *hw)                # [I, Lq]
+                        masks.append(m.unsqueeze(0).expand(B, -1, -1))
+            k_id = torch.cat(ks, 1)
+            v_id = torch.cat(vs, 1)
+            I = k_id.shape[1]
+            k_id = k_id.view(B, I, T, heads, -1).permute(0, 3, 1, 2, 4)         # [B, H, I, T, D]
+            v_id = v_id.view(B, I, T, heads, -1).permute(0, 3, 1, 2, 4)
+            scale = torch.cat(scales, 1).contiguous()
+            region = torch.cat(masks, 1).to(dtype).contiguous() if any_mask else None
+            out.append((k_id, v_id, scale, region))
         return out
 
     def _block_hw(self, extra_options: dict, lq: int) -> Tuple[int, int]:

@@ -168,7 +168,8 @@ def arc2face_tokens(token_rows: List[List[tuple]], placeholder_id: int, embeddin
 def faceid_plus_crops(images: torch.Tensor, faces: FaceSet) -> torch.Tensor:
     """The face crops IP-Adapter FaceID Plus feeds to CLIP vision: insightface ``norm_crop(image,
     kps, image_size=224)`` (ArcFace template scaled to 224), [N, 224, 224, 3] float 0..1, one per face."""
-    from ..face.align import estimate_norm, warp_affine
+    from ...kernels import ops as kops
+    from ..face.align import estimate_norm
     flat = faces.flat()
     if not flat:
         raise VisageError("FaceID Plus has no face to crop", expected="at least one analysed face",
@@ -180,7 +181,7 @@ def faceid_plus_crops(images: torch.Tensor, faces: FaceSet) -> torch.Tensor:
                               got=f"a face of image {f.image_index}", fix="connect the image the faces were analysed in")
     mats = torch.from_numpy(np.stack([estimate_norm(f.kps, 224) for f in flat])).float()
     idx = torch.tensor([f.image_index for f in flat], dtype=torch.long)
-    return warp_affine(images.float(), mats, idx, 224)
+    return kops.align_crops(images, mats, idx, 224, mean=0.0, std=255.0, layout="NHWC", out_dtype=torch.float32)
 
 
 def clip_crops_uncond(n: int, size: int = 224) -> torch.Tensor:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+import comfy.model_management
 import comfy.sd
 import comfy.utils
 import folder_paths
@@ -24,12 +25,14 @@ from .attention import (IdentityAttentionPatch, IdentityEntry, check_masks, cros
                         project_identity_kv)
 from .identity import (ARC2FACE_PLACEHOLDER, ARC2FACE_PROMPT, arc2face_tokens, clip_crops_uncond, faceid_plus_crops, faceid_tokens,
                        identity_embeddings, instantid_tokens, keypoint_hints)
+from .clip_features import ClipFeatureCache, check_clip_width, faceid_plus_clip_features, zero_pixel_hidden
 from .loaders import FACEID_KINDS, FACEID_PLUS, FACEID_PORTRAIT, INSTANTID, AdapterInfo, load_identity_adapter
 
 log = logging.getLogger("visage")
 
 VISAGE_ID_ADAPTER = "VISAGE_ID_ADAPTER"
 CATEGORY = "Visage/adapters"
+CLIP_CACHE = ClipFeatureCache()  # FaceID Plus: CLIP-vision features per vision model (weak) and crop
 
 
 @dataclass
@@ -368,7 +371,7 @@ class VisageApplyFaceID:
         shortcut = False
         if info.kind == FACEID_PLUS:
             shortcut = plus_version == "v2" or (plus_version == "auto" and "v2" in faceid.name.lower())
-            clip_c, clip_u = self._clip_features(faces, image, clip_vision, embeds)
+            clip_c, clip_u = self._clip_features(faces, image, clip_vision, embeds, info.clip_embeddings_dim)
             if clip_c.shape[0] != emb.shape[0]:
                 raise VisageError(f"FaceID Plus got {emb.shape[0]} identity embedding(s) but {clip_c.shape[0]} face(s)",
                                   expected="one analysed face per identity", got=f"{clip_c.shape[0]} faces",
@@ -382,7 +385,7 @@ class VisageApplyFaceID:
         return (apply_identity_patch(m, faceid, cond, uncond, weight, start_at, end_at, masks, info.kind),)
 
     @staticmethod
-    def _clip_features(faces, image, clip_vision, embeds):
+    def _clip_features(faces, image, clip_vision, embeds, clip_dim=0):
         if clip_vision is None or image is None or faces is None:
             raise VisageError("FaceID Plus needs the face image and a CLIP vision model",
                               expected="'faces', the 'image' they were analysed in and 'clip_vision' (ViT-H)",
@@ -390,10 +393,26 @@ class VisageApplyFaceID:
                                                                           ("clip_vision", clip_vision)) if v is None),
                               fix="connect 'Visage Analyze Faces' faces, its image and 'Load CLIP Vision'")
         crops = faceid_plus_crops(check_image(image, "image"), faces)
-        flat = faces.flat()
-        cc = clip_vision.encode_image(crops).penultimate_hidden_states
-        cu = clip_vision.encode_image(clip_crops_uncond(len(flat))).penultimate_hidden_states
+        hits = CLIP_CACHE.hits
+        cc, cu = faceid_plus_clip_features(crops, lambda x: clip_vision.encode_image(x).penultimate_hidden_states,
+                                           lambda: _clip_zero_hidden(clip_vision), CLIP_CACHE, clip_vision)
+        log.info("Visage: FaceID Plus CLIP-vision features of %d face(s) %s, %s", crops.shape[0],
+                 tuple(cc.shape), "from cache" if CLIP_CACHE.hits - hits >= 2 else "encoded")
+        check_clip_width(cc, clip_dim)
         return cc, cu
+
+
+def _clip_zero_hidden(clip_vision):
+    """Penultimate hidden states of the all-zero normalised input (the published negative), fed to ComfyUI's
+    vision model directly (its preprocessing would round the CLIP mean colour to 8 bits)."""
+    size = int(getattr(clip_vision, "image_size", 224))
+    model, patcher = getattr(clip_vision, "model", None), getattr(clip_vision, "patcher", None)
+    if model is None or patcher is None or getattr(clip_vision, "return_all_hidden_states", False):
+        return clip_vision.encode_image(clip_crops_uncond(1, size)).penultimate_hidden_states
+    mm = comfy.model_management
+    mm.load_model_gpu(patcher)
+    dev = getattr(clip_vision, "load_device", None) or mm.text_encoder_device()
+    return zero_pixel_hidden(model, size, dev).to(mm.intermediate_device())
 
 
 # ============================================================================ Arc2Face

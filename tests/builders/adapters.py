@@ -239,6 +239,8 @@ TEST_FILES = {
     "clip": "visage_tiny_clip_l.safetensors",               # text_encoders/ (also Arc2Face's encoder stand-in)
     "faceid": "visage-test-faceid_tiny.bin",                # ipadapter/
     "faceid_sdxl": "visage-test-faceid_sdxl_layout.bin",    # ipadapter/
+    "faceid_plusv2": "visage-test-faceid-plusv2_tiny.bin",  # ipadapter/ (released SD1.5 Plus V2 shapes, fp16)
+    "clip_vision": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",  # clip_vision/ (link to the cached ViT-H)
     "faceid_lora": "visage-test-faceid_tiny_lora.safetensors",  # loras/
     "instantid": "visage-test-instantid_tiny.safetensors",  # instantid/
     "controlnet": "visage-test-identitynet_tiny.safetensors",  # controlnet/
@@ -269,6 +271,12 @@ def build(models_dir: str, input_dir: str) -> None:
     put("controlnet", TEST_FILES["controlnet"], tiny_controlnet(6))
     save_adapter(j(models_dir, "ipadapter", TEST_FILES["faceid"]), faceid_image_proj(1, 768, 4),
                  ip_adapter_layers(TINY_WIDTHS, 768, seed=2, with_lora=True, std=0.5))
+    # FaceID Plus V2 with the released SD1.5 image_proj shapes (CLIP-ViT-H 1280 -> 768, 4 tokens, 12 heads),
+    # fp16 as released, and ip layers for the tiny UNet's four cross-attentions
+    save_adapter(j(models_dir, "ipadapter", TEST_FILES["faceid_plusv2"]),
+                 {k: v.half() for k, v in faceid_plus_image_proj(12, 768, 1280, 4).items()},
+                 {k: v.half() for k, v in ip_adapter_layers(TINY_WIDTHS, 768, seed=13, with_lora=True, std=0.5).items()})
+    link_clip_vision(models_dir)
     # an SDXL-layout FaceID file (70 cross-attentions, context 2048; narrow layers to stay small)
     save_adapter(j(models_dir, "ipadapter", TEST_FILES["faceid_sdxl"]), faceid_image_proj(7, 2048, 4),
                  ip_adapter_layers([8] * 70, 2048, seed=8))
@@ -307,3 +315,121 @@ def build(models_dir: str, input_dir: str) -> None:
     img = keypoint_hints(kps, (64, 64), per_identity=False)[0]
     os.makedirs(input_dir, exist_ok=True)
     Image.fromarray((img.numpy() * 255).round().astype(np.uint8)).save(j(input_dir, "visage_test_kps_two.png"))
+
+
+# ------------------------------------------------------------------------------ CLIP-ViT-H-14 (FaceID Plus)
+#
+# IP-Adapter FaceID Plus / Plus V2 encode the aligned face with CLIP-ViT-H-14-laion2B-s32B-b79K
+# (ComfyUI: models/clip_vision, 'Load CLIP Vision'). ComfyUI picks the ViT-H config only when
+# "vision_model.encoder.layers.30.layer_norm1.weight" is present and loads with strict=False into
+# uninitialised (torch.empty) parameters, so a file with only some keys would leave garbage weights:
+# the test file is the full released layout (transformers CLIPVisionModelWithProjection keys, 32 layers,
+# 1280 wide, 632M parameters), random fp16. It is built once per machine into a cache outside the repo
+# (streamed tensor by tensor, so the builder never holds more than one tensor) and linked into models/.
+
+CLIP_VISION_BUILDER = "visage-vith14-random-v1"   # bump when the contents below change
+CLIP_VISION_FILE = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+
+
+def vit_h14_spec(layers: int = 32, d: int = 1280, ff: int = 5120, proj: int = 1024, patch: int = 14,
+                 image: int = 224):
+    """(key, shape, init, std) of the released CLIP-ViT-H-14 vision tower, in file order.
+    init: 'n' normal(0, std), 'ln' 1 + normal(0, std), 'b' normal(0, std) (biases)."""
+    tokens = (image // patch) ** 2 + 1
+    e = "vision_model.embeddings."
+    out = [(e + "class_embedding", (d,), "n", 0.02),
+           (e + "patch_embedding.weight", (d, 3, patch, patch), "n", (3 * patch * patch) ** -0.5),
+           (e + "position_embedding.weight", (tokens, d), "n", 0.02),
+           ("vision_model.pre_layrnorm.weight", (d,), "ln", 0.05), ("vision_model.pre_layrnorm.bias", (d,), "b", 0.02)]
+    for i in range(layers):
+        p = f"vision_model.encoder.layers.{i}."
+        for n in ("k_proj", "v_proj", "q_proj", "out_proj"):
+            out += [(p + f"self_attn.{n}.weight", (d, d), "n", 0.02), (p + f"self_attn.{n}.bias", (d,), "b", 0.01)]
+        out += [(p + "layer_norm1.weight", (d,), "ln", 0.05), (p + "layer_norm1.bias", (d,), "b", 0.02),
+                (p + "mlp.fc1.weight", (ff, d), "n", 0.02), (p + "mlp.fc1.bias", (ff,), "b", 0.01),
+                (p + "mlp.fc2.weight", (d, ff), "n", 0.01), (p + "mlp.fc2.bias", (d,), "b", 0.01),
+                (p + "layer_norm2.weight", (d,), "ln", 0.05), (p + "layer_norm2.bias", (d,), "b", 0.02)]
+    out += [("vision_model.post_layernorm.weight", (d,), "ln", 0.05), ("vision_model.post_layernorm.bias", (d,), "b", 0.02),
+            ("visual_projection.weight", (proj, d), "n", d ** -0.5)]
+    return out
+
+
+def write_vit_h14(path: str, seed: int = 20, **spec_kw) -> str:
+    """Stream a deterministic random ViT-H/14 vision tower as fp16 safetensors (one tensor in RAM at a time).
+    Every tensor has its own generator (seed, index), so the bytes do not depend on anything else."""
+    import json
+    import struct
+    import numpy as np
+    spec = vit_h14_spec(**spec_kw)
+    header, off = {}, 0
+    for key, shape, _, _ in spec:
+        n = 2 * int(np.prod(shape))
+        header[key] = {"dtype": "F16", "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    header["__metadata__"] = {"format": "pt", "visage_builder": CLIP_VISION_BUILDER}
+    hb = json.dumps(header, separators=(",", ":")).encode()
+    hb += b" " * (-len(hb) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(hb)))
+        f.write(hb)
+        for i, (key, shape, init, std) in enumerate(spec):
+            t = torch.randn(*shape, generator=_g(seed * 100003 + i)).mul_(std)
+            if init == "ln":
+                t.add_(1.0)
+            f.write(t.to(torch.float16).numpy().tobytes())
+            del t
+    return path
+
+
+def cache_dir() -> str:
+    return os.environ.get("VISAGE_TEST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "visage-tests")
+
+
+def link_clip_vision(models_dir: str) -> str:
+    """models/clip_vision/<released name> -> the cached test ViT-H/14 (symlink; a copy where links fail)."""
+    src = cached_vit_h14()
+    dst = os.path.join(models_dir, "clip_vision", TEST_FILES["clip_vision"])
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if os.path.lexists(dst):
+        os.remove(dst)
+    try:
+        os.symlink(src, dst)
+    except OSError:
+        import shutil
+        shutil.copy(src, dst)
+    return dst
+
+
+def _complete_safetensors(path: str) -> bool:
+    """The file exists and its size is exactly header + every tensor its header lists (not truncated)."""
+    import json
+    import struct
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(n))
+        end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
+        return header.get("__metadata__", {}).get("visage_builder") == CLIP_VISION_BUILDER and \
+            os.path.getsize(path) == 8 + n + end
+    except (OSError, ValueError, KeyError, struct.error):
+        return False
+
+
+def cached_vit_h14() -> str:
+    """The test ViT-H/14 file, built once per machine (atomic rename: concurrent sessions are safe)."""
+    d = os.path.join(cache_dir(), CLIP_VISION_BUILDER)
+    path = os.path.join(d, CLIP_VISION_FILE)
+    if not _complete_safetensors(path):
+        import logging
+        import time
+        os.makedirs(d, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        t0 = time.perf_counter()
+        try:
+            write_vit_h14(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        logging.getLogger("visage.tests").info("built %s in %.1f s", path, time.perf_counter() - t0)
+    return path

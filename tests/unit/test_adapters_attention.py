@@ -229,3 +229,31 @@ def test_match_layers_rejects_sdxl_adapter_on_sd15_model():
     sd15 = AdapterInfo("faceid", "SD1.5", 768, 4, 512, list(range(1, 33, 2)), B.SD15_WIDTHS, file="f.bin")
     m = A.match_layers(sd15, sd15_blocks)
     assert m[("input", 5, 0)] == 5
+
+
+def test_identity_operands_assembled_once_per_layout(monkeypatch):
+    """Steps with the same layout reuse the assembled identity operands (no per-step host->device
+    copies); a new layout (batch / cond order) assembles again and stays correct."""
+    attn, proc, ip, cond, uncond, heads, hw = _setup("sd15", n_id=2, seed=3)
+    masks = torch.zeros(2, *hw)
+    masks[0, :, : hw[1] // 2] = 1.0
+    masks[1, :, hw[1] // 2:] = 1.0
+    patch = A.IdentityAttentionPatch([A.IdentityEntry(A.project_identity_kv(ip, cond, uncond), {BLOCK: 0},
+                                                      weights=[0.9, 0.6], masks=masks)])
+    n = []
+    real = patch._assemble
+    monkeypatch.setattr(patch, "_assemble", lambda *a, **k: (n.append(1), real(*a, **k))[1])
+    x = torch.randn(2, hw[0] * hw[1], 320)
+    ctx = torch.randn(2, 77, 768)
+    with torch.no_grad():
+        first = [_ours(attn, patch, x, ctx, heads, hw, [0, 1]) for _ in range(4)]
+        assert len(n) == 1
+        swapped = _ours(attn, patch, x, ctx, heads, hw, [1, 0])
+        assert len(n) == 2
+        fresh = A.IdentityAttentionPatch([A.IdentityEntry(A.project_identity_kv(ip, cond, uncond), {BLOCK: 0},
+                                                          weights=[0.9, 0.6], masks=masks)])
+        want = _ours(attn, fresh, x, ctx, heads, hw, [1, 0])
+    for o in first[1:]:
+        assert torch.equal(o, first[0])
+    torch.testing.assert_close(swapped, want)
+    assert (swapped - first[0]).abs().max() > 1e-4          # cond order matters: rows got other tokens
