@@ -111,6 +111,11 @@ def test_free_unloads_our_models_and_they_reload(comfy_server):
     comfy_server.run(wf, timeout=300)
     before = comfy_server.log().count("Requested to load GraphModule")
     comfy_server.post("/free", {"unload_models": True, "free_memory": True})
+    # ComfyUI's worker applies /free between queue items: it may pick up the next prompt before the
+    # flag. A trivial prompt that loads none of our models guarantees the unload happened before wf2.
+    comfy_server.run({"1": {"class_type": "LoadImage", "inputs": {"image": "no_face.png"}},
+                      "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}, timeout=120)
+    assert comfy_server.log().count("Requested to load GraphModule") == before
     wf2 = _wf("visage_test", engine="torch", min_score=0.01)  # a changed input so the analysis node runs again
     comfy_server.run(wf2, timeout=300)
     after = comfy_server.log().count("Requested to load GraphModule")
