@@ -151,14 +151,8 @@ def paste_faces(frames: torch.Tensor, crops: torch.Tensor, matrix: torch.Tensor,
     if n == 0:
         fm = torch.zeros(frames.shape[:3], device=dev) if want_mask else None
         return frames.clone(), fm
-    if landmarks_crop is not None:
-        feather = landmark_masks(landmarks_crop, s, erode_frac, blur_frac, dev)
-    else:
-        feather = box_masks(n, s, erode_frac, blur_frac, dev)
-    if masks is not None:
-        feather = feather * masks.to(dev).float().clamp(0, 1)
-    w = torch.as_tensor(strength, dtype=torch.float32, device=dev).reshape(-1)
-    feather = feather * (w.view(-1, 1, 1) if w.numel() == n else w.view(1, 1, 1))
+    feather = feather_masks(n, s, masks, erode_frac=erode_frac, blur_frac=blur_frac, landmarks_crop=landmarks_crop,
+                            strength=strength, device=dev)
     crops = crops.to(dev)
     stats = None
     if color_transfer:
@@ -169,9 +163,46 @@ def paste_faces(frames: torch.Tensor, crops: torch.Tensor, matrix: torch.Tensor,
     idx = torch.as_tensor(frame_index, dtype=torch.long)
     out = _kops.paste_back(frames, crops.to(frames.dtype) if frames.is_floating_point() else crops,
                            matrix, feather, idx.to(dev), stats)
-    frame_mask = None
-    if want_mask:
-        ones = torch.ones((n, s, s, 1), device=dev)
-        zero = torch.zeros((frames.shape[0], frames.shape[1], frames.shape[2], 1), device=dev)
-        frame_mask = _kops.paste_back(zero, ones, matrix, feather, idx.to(dev), None)[..., 0]
+    frame_mask = paste_masks(frames.shape, matrix, feather, idx) if want_mask else None
     return out, frame_mask
+
+
+def feather_masks(n: int, size: int, masks: Optional[torch.Tensor] = None, *, erode_frac: float = 0.1,
+                  blur_frac: float = 0.1, landmarks_crop: Optional[Sequence] = None, strength=1.0,
+                  device=None) -> torch.Tensor:
+    """[n,S,S] crop-space blend weights exactly as :func:`paste_faces` uses them: the feathered box
+    (or landmark) mask, times the optional extra masks, times strength (float or [n])."""
+    if landmarks_crop is not None:
+        feather = landmark_masks(landmarks_crop, size, erode_frac, blur_frac, device)
+    else:
+        feather = box_masks(n, size, erode_frac, blur_frac, device)
+    if masks is not None:
+        feather = feather * masks.to(feather.device).float().clamp(0, 1)
+    w = torch.as_tensor(strength, dtype=torch.float32, device=feather.device).reshape(-1)
+    return feather * (w.view(-1, 1, 1) if w.numel() == n else w.view(1, 1, 1))
+
+
+def paste_weighted(frames: torch.Tensor, crops: torch.Tensor, matrix: torch.Tensor, weights: torch.Tensor,
+                   frame_index: torch.Tensor) -> torch.Tensor:
+    """out = frame * (1 - w) + crop * w with caller-made crop-space weights [N,S,S] (already feathered,
+    0 on the crop border): one ``paste_back``, for callers that build their own blend weights."""
+    if crops.shape[0] == 0:
+        return frames.clone()
+    dev = frames.device
+    idx = torch.as_tensor(frame_index, dtype=torch.long).to(dev)
+    return _kops.paste_back(frames, crops.to(dev, frames.dtype) if frames.is_floating_point() else crops.to(dev),
+                            matrix, weights.to(dev).float().clamp(0, 1), idx, None)
+
+
+def paste_masks(frame_shape, matrix: torch.Tensor, feather: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
+    """Frame-space [B,H,W] coverage of crop-space weights ``feather`` [N,S,S] warped with ``matrix``
+    (the node's MASK output). A one-channel warp of the mask only: no image is resampled here."""
+    n, s = feather.shape[0], feather.shape[-1]
+    dev = feather.device
+    B, H, W = int(frame_shape[0]), int(frame_shape[1]), int(frame_shape[2])
+    if n == 0:
+        return torch.zeros((B, H, W), device=dev)
+    ones = torch.ones((n, s, s, 1), device=dev)
+    zero = torch.zeros((B, H, W, 1), device=dev)
+    idx = torch.as_tensor(frame_index, dtype=torch.long).to(dev)
+    return _kops.paste_back(zero, ones, matrix, feather, idx, None)[..., 0]

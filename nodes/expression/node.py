@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 
 import torch
 
@@ -11,6 +10,7 @@ import folder_paths
 
 from ..common import comfy_glue
 from ..common.errors import VisageError
+from ..common.names import safe_stem
 from ..common.images import check_image
 from ..common.model_manager import resolve_dtype
 from ..common.types import VISAGE_EMBEDS, VISAGE_FACES
@@ -238,7 +238,7 @@ class VisageSaveExpression:
         }}
 
     def save(self, expression, name, overwrite):
-        stem = re.sub(r"[^A-Za-z0-9_\-]+", "_", name.strip()) or "expression"
+        stem = safe_stem(name, default="expression")
         d = _expr_dir()
         path = os.path.join(d, stem + ".safetensors")
         k = 1

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 
 import torch
 
@@ -11,6 +10,7 @@ from ..common import comfy_glue, paths
 from ..common.errors import NoFaceError, VisageError
 from ..common.images import check_image
 from ..common.model_manager import resolve_dtype
+from ..common.names import safe_filename
 from ..common.types import (VISAGE_ALIGNED, VISAGE_ANALYZER, VISAGE_EMBEDS, VISAGE_FACES, AlignedFaces,
                             FaceEmbeds, FaceSet)
 from .align import TEMPLATES, align_faces
@@ -197,8 +197,7 @@ class VisageSaveEmbeds:
         }}
 
     def save(self, embeds: FaceEmbeds, name):
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "identity"
-        path = save_embeds(embeds, os.path.join(_embeds_dir(), safe + ".safetensors"))
+        path = save_embeds(embeds, os.path.join(_embeds_dir(), safe_filename(name, default="identity")))
         log.info("Visage: saved embeddings to %s", path)
         return {"ui": {"text": [f"saved {embeds.count}x{embeds.dim} ({embeds.encoder}) to {path}"]}}
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 
 import torch
 
@@ -18,6 +17,7 @@ from ..face.select import FUSIONS, ORDERS, embeds_from_faces, order_faces
 from .facemodel import load_face_model, save_face_model
 from ..face.analyzer import pick_engine
 from .models import ENGINES, load_swapper
+from ..common.names import safe_filename
 from .pipeline import MAPPINGS, MASK_TYPES, restore_pass, swap_batch
 from .restore import Restorer, load_restorer
 
@@ -113,8 +113,10 @@ class VisageSwapModelLoader:
 
 
 class VisageRestoreModelLoader:
-    DESCRIPTION = ("Loads a face-restoration model (GFPGAN, CodeFormer, GPEN, RestoreFormer) from "
-                   "models/facerestore_models through spandrel. Other architectures (upscalers) are refused.")
+    DESCRIPTION = ("Loads a face-restoration model (GFPGAN, RestoreFormer; CodeFormer when the optional package "
+                   "spandrel_extra_arches is installed - non-commercial licence) from models/facerestore_models "
+                   "through spandrel. GPEN (not in spandrel) and other architectures (upscalers) are refused "
+                   "with a message. In Swap Faces the swapped face is restored before it is pasted.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -223,7 +225,7 @@ class VisageSwapFaces:
 
 class VisageRestoreFaces:
     DESCRIPTION = ("Restores every face (or the faces picked by order/max_faces) on its aligned crop with a "
-                   "GFPGAN / CodeFormer / GPEN / RestoreFormer model and pastes it back inside the face's box.")
+                   "GFPGAN / CodeFormer / RestoreFormer model and pastes it back inside the face's box.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -306,10 +308,7 @@ class VisageBuildFaceModel:
 
 
 def _safe_name(name: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9_.\- ]+", "_", (name or "").strip()).strip(". ")
-    if not name:
-        raise VisageError("The face model needs a name", expected="a file name, e.g. 'alice'", got=repr(name))
-    return name if name.endswith(".safetensors") else name + ".safetensors"
+    return safe_filename(name)   # empty -> VisageError "A file name is needed"
 
 
 class VisageSaveFaceModel:

@@ -24,6 +24,7 @@ try:
     from ...kernels import ops as _kops
 except ImportError:  # pragma: no cover
     from ...kernels import reference as _kops
+from ...kernels.reference import lab_transfer
 
 log = logging.getLogger("visage")
 
@@ -227,12 +228,19 @@ def swap_frames(frames: torch.Tensor, assignments: Sequence[Assignment], swapper
                 if all(p is None for p in lms):
                     log.warning("Visage: mask_type 'landmarks' but the faces have no landmarks; using the box mask")
                     lms = None
-            res, fm = P.paste_faces(sub, crops, M, idx, masks=mmask if use_model_mask else None, erode_frac=erode,
-                                    blur_frac=blur, landmarks_crop=lms, color_transfer=color_transfer,
-                                    original_crops=originals, strength=blend)
-            if restorer is not None:
+            if restorer is None:
+                res, fm = P.paste_faces(sub, crops, M, idx, masks=mmask if use_model_mask else None,
+                                        erode_frac=erode, blur_frac=blur, landmarks_crop=lms,
+                                        color_transfer=color_transfer, original_crops=originals, strength=blend)
+            else:
                 tick()
-                res = restore_pass(res, [a.face for a in A], idx, restorer, erode, blur)
+                feather = P.feather_masks(len(A), S, mmask if use_model_mask else None, erode_frac=erode,
+                                          blur_frac=blur, landmarks_crop=lms, strength=blend, device=dev)
+                if color_transfer:  # the same transfer paste_faces applies, done in crop space before the warp
+                    stats = P.color_stats(crops.float(), originals.float(), feather)
+                    crops = lab_transfer(crops.float(), stats[:, None, None])
+                res = restore_swapped(sub, crops, mats, feather, idx, [a.face for a in A], restorer, erode, blur)
+                fm = P.paste_masks(sub.shape, M, feather, idx)
             outs.append(res)
             masks.append(fm)
             count += len(A)
@@ -248,10 +256,101 @@ def swap_frames(frames: torch.Tensor, assignments: Sequence[Assignment], swapper
     return torch.cat(outs, 0), torch.cat(masks, 0), count
 
 
+def _h(m: np.ndarray) -> np.ndarray:
+    """[...,2,3] -> [...,3,3] homogeneous."""
+    m = np.asarray(m, np.float64)
+    last = np.broadcast_to(np.array([0.0, 0.0, 1.0]), m.shape[:-2] + (1, 3))
+    return np.concatenate([m, last], -2)
+
+
+def composed_matrices(ffhq_mats: np.ndarray, swap_mats: np.ndarray) -> np.ndarray:
+    """[J,2,3] frame->FFHQ and [I,2,3] frame->swap crop -> [J,I,2,3] swap crop i -> FFHQ crop j
+    (= ffhq_j o inverse(swap_i)): one affine, so the swapped face is resampled once."""
+    return (_h(ffhq_mats)[:, None] @ np.linalg.inv(_h(swap_mats))[None])[..., :2, :]
+
+
+@torch.no_grad()
+def restore_swapped(frames: torch.Tensor, crops: torch.Tensor, swap_mats: np.ndarray, feather: torch.Tensor,
+                    frame_index: torch.Tensor, faces: Sequence[Face], restorer: Restorer, erode: float = 0.1,
+                    blur: float = 0.1) -> torch.Tensor:
+    """Restore swapped faces BEFORE pasting them, then paste each restored crop once.
+
+    frames [B,H,W,3] (the unswapped frames); crops [N,S,S,3] swapper output 0..1 (colour already
+    transferred); swap_mats [N,2,3] frame -> swap crop; feather [N,S,S] the blend weights the plain
+    swap would paste with (mask x blend). For face j the restorer's FFHQ crop is built as
+        ffhq_j = align(frame, F_j), then for every swapped face i of the same frame that reaches it, in
+        paste order: ffhq_j = ffhq_j * (1 - a_ij) + c_ij * a_ij,
+    where (c_ij, a_ij) = swap crop i and its weight sampled ONCE with F_j o inverse(S_i). That is the
+    crop the old path re-took from the pasted frame, without resampling the swapped face twice. The
+    restored crop X_j (blended with ffhq_j by restorer.strength) is pasted once with F_j, with weights
+    that give the blend the old two pastes gave (up to resampling): the swapped face where the FFHQ box mask fades out,
+    X_j where it is 1 (see the formula in the code).
+    """
+    n = crops.shape[0]
+    if n == 0:
+        return frames.clone()
+    dev = frames.device
+    R = restorer.size
+    ffhq = np.stack([estimate_norm(f.kps, R, "ffhq_512") for f in faces]).astype(np.float64)
+    MF = torch.from_numpy(ffhq.astype(np.float32))
+    idx = torch.as_tensor(frame_index, dtype=torch.long).to(dev)
+    base = _kops.align_crops(frames, MF, idx, R, mean=0.0, std=255.0, layout="NHWC")   # [n,R,R,3] 0..1
+    rgba = torch.cat([crops.to(dev).float(), feather.to(dev).float().unsqueeze(-1)], -1)  # [n,S,S,4]
+    C = composed_matrices(ffhq, np.asarray(swap_mats, np.float64))
+    swapped = base.clone()
+    own = torch.zeros(base.shape[:3] + (4,), dtype=base.dtype, device=dev)
+    # Only the part of each swap crop where its weight is > 0 is warped (its bounding rectangle, plus
+    # one pixel for the bilinear taps): the rest would be composited with weight 0.
+    support = []
+    for i in range(n):
+        rows = torch.nonzero(feather[i].amax(1) > 0).flatten()
+        cols = torch.nonzero(feather[i].amax(0) > 0).flatten()
+        support.append(None if rows.numel() == 0 else
+                       (float(cols[0]) - 1, float(rows[0]) - 1, float(cols[-1]) + 1, float(rows[-1]) + 1))
+    fi = idx.tolist()
+    for j in range(n):
+        for i in range(n):
+            if fi[i] != fi[j] or support[i] is None:
+                continue
+            u0, v0, u1, v1 = support[i]
+            pts = np.array([[u0, v0, 1], [u1, v0, 1], [u0, v1, 1], [u1, v1, 1]], np.float64) @ C[j, i].T
+            x0, y0 = max(int(np.floor(pts[:, 0].min())), 0), max(int(np.floor(pts[:, 1].min())), 0)
+            x1, y1 = min(int(np.ceil(pts[:, 0].max())), R - 1), min(int(np.ceil(pts[:, 1].max())), R - 1)
+            if x1 < x0 or y1 < y0:
+                continue                                                     # does not reach crop j
+            side = max(x1 - x0, y1 - y0) + 1
+            Ct = C[j, i].copy()
+            Ct[:, 2] -= (x0, y0)                                             # the sub-rectangle's origin
+            w = _kops.align_crops(rgba, torch.from_numpy(Ct[None].astype(np.float32)),
+                                  torch.tensor([i], dtype=torch.long, device=dev), side, mean=0.0, std=255.0,
+                                  layout="NHWC")[0, : y1 - y0 + 1, : x1 - x0 + 1]   # sampled once
+            a = w[..., 3:4]
+            region = swapped[j, y0:y1 + 1, x0:x1 + 1]
+            swapped[j, y0:y1 + 1, x0:x1 + 1] = region * (1.0 - a) + w[..., :3] * a
+            if i == j:
+                own[j, y0:y1 + 1, x0:x1 + 1] = w
+    restored = restore_crops(restorer, swapped.clamp(0, 1))          # X (strength-blended with the input)
+    # One paste per face that equals "paste swap j, then paste X_j with the FFHQ box mask m over it":
+    #   out = prev*(1-m)*(1-a) + c*a*(1-m) + X*m = prev*(1-W) + Y*W,
+    #   W = 1 - (1-m)*(1-a), Y = (X*m + c*a*(1-m)) / W   (a convex mix of X and the swapped face),
+    # (c, a) = face j's own swap and weight in its FFHQ crop. Where m is 1 this is simply X. Only the own
+    # swap enters W: it lies inside the FFHQ crop (a = 0 on that crop's border, so W is 0 there: no
+    # seam); a neighbour's swap is in X where m is 1 and is pasted by the neighbour's own paste.
+    m = P.box_masks(n, R, erode, blur, dev).unsqueeze(-1)
+    a, c = own[..., 3:4], own[..., :3]
+    W = 1.0 - (1.0 - m) * (1.0 - a)
+    Y = (restored * m + c * a * (1.0 - m)) / W.clamp_min(1e-6)
+    Y = torch.where(W > 1e-6, Y, restored).clamp(0, 1)
+    return P.paste_weighted(frames, Y, MF, W[..., 0], idx)
+
+
 @torch.no_grad()
 def restore_pass(frames: torch.Tensor, faces: Sequence[Face], frame_index: torch.Tensor, restorer: Restorer,
                  erode: float = 0.1, blur: float = 0.1) -> torch.Tensor:
-    """Restore every face on its FFHQ-aligned crop and paste it back (inside the face's box)."""
+    """Restore every face on its FFHQ-aligned crop and paste it back (inside the face's box).
+
+    For arbitrary images (the Restore Faces node). The swap path does not call this on its pasted
+    result any more: :func:`restore_swapped` restores before the (single) paste."""
     if not faces:
         return frames
     S = restorer.size

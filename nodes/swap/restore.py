@@ -1,19 +1,29 @@
-"""Face restoration (GFPGAN / CodeFormer / GPEN / RestoreFormer) through spandrel, on aligned crops.
+"""Face restoration (GFPGAN / RestoreFormer, and CodeFormer with spandrel_extra_arches) through spandrel.
 
 Files come from ComfyUI's ``models/facerestore_models``. spandrel recognises the architecture from
-the state dict; anything that is not one of the face-restoration architectures is refused with a
-clear message (an upscaler put into the wrong folder is the usual case). CodeFormer and GPEN live in
-``spandrel_extra_arches`` (non-commercial licences); they are used when that package is installed,
-exactly as ComfyUI's upscale loader does.
+the state dict; anything that is not a face-restoration architecture is refused with a clear message
+(an upscaler put into the wrong folder is the usual case).
+
+* GFPGAN and RestoreFormer are in spandrel itself (MIT/Apache code).
+* CodeFormer is in the separate PyPI package ``spandrel_extra_arches`` (MIT wrapper; the CodeFormer
+  network and weights are under the NTU S-Lab License 1.0: non-commercial use). It is optional: when it is
+  importable its architectures are registered into spandrel's MAIN_REGISTRY (idempotently, the same
+  registry ComfyUI's upscale loader fills, so either may go first); when it is missing, a CodeFormer
+  file is refused with an error that says what to install.
+* GPEN is in neither spandrel 0.4.2 nor spandrel_extra_arches 0.2.0: a GPEN file is recognised by
+  its keys and refused with an error that says so.
 
 Restoration works on FFHQ-aligned crops (facexlib's 512 template, scaled to the model's size):
-input RGB in -1..1, output -1..1. ``fidelity`` is CodeFormer's ``w`` (0 = most restoration,
-1 = most faithful); ``strength`` blends the restored crop over the unrestored one.
+input RGB in -1..1, output -1..1. ``fidelity`` is CodeFormer's fidelity weight (spandrel's
+``CodeFormer.forward(x, weight)``; 0 = most restoration, 1 = most faithful to the input);
+``strength`` blends the restored crop over the unrestored one.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
+from typing import Mapping, Optional
 
 import torch
 
@@ -21,23 +31,51 @@ from ..common.errors import ModelFileInvalid
 
 log = logging.getLogger("visage")
 
-FACE_ARCHS = ("GFPGAN", "CodeFormer", "GPEN", "RestoreFormer")
-_EXTRA = {"done": False}
+FACE_ARCHS = ("GFPGAN", "CodeFormer", "RestoreFormer")
+EXTRA_ARCHS = ("CodeFormer",)   # face architectures that only spandrel_extra_arches provides
+EXTRA_FIX = ("pip install spandrel_extra_arches (into ComfyUI's Python), then restart ComfyUI. Licence: that "
+             "package is MIT, but the CodeFormer network and weights are under the NTU S-Lab License 1.0 (non-commercial "
+             "use only); GFPGANv1.4.pth or RestoreFormer.pth work without it")
+
+
+def register_extra_arches() -> bool:
+    """Add spandrel_extra_arches' architectures to spandrel's MAIN_REGISTRY if the package imports.
+
+    Idempotent (duplicates are skipped, never replaced) and compatible with ComfyUI's own
+    ``MAIN_REGISTRY.add(*EXTRA_REGISTRY)`` in comfy_extras/nodes_upscale_model.py: if ComfyUI went
+    first ours adds nothing; if we went first ComfyUI's add raises DuplicateArchitectureError, which
+    it swallows, and spandrel leaves the registry unchanged on a failed add. True when CodeFormer is
+    now registered."""
+    from spandrel import MAIN_REGISTRY
+
+    try:
+        import spandrel_extra_arches as extra
+    except ImportError:
+        return all(a in MAIN_REGISTRY for a in EXTRA_ARCHS)
+    try:
+        MAIN_REGISTRY.add(*extra.EXTRA_REGISTRY, ignore_duplicates=True)
+    except Exception as e:  # pragma: no cover - an incompatible spandrel_extra_arches
+        log.warning("Visage: could not register spandrel_extra_arches (%s: %s)", type(e).__name__, e)
+    return all(a in MAIN_REGISTRY for a in EXTRA_ARCHS)
 
 
 def _registry():
     from spandrel import MAIN_REGISTRY
 
-    if not _EXTRA["done"]:
-        _EXTRA["done"] = True
-        try:
-            from spandrel_extra_arches import EXTRA_REGISTRY
-            MAIN_REGISTRY.add(*EXTRA_REGISTRY)
-        except ImportError:
-            pass
-        except Exception as e:  # already added by ComfyUI
-            log.debug("spandrel extra arches: %s", e)
+    register_extra_arches()
     return MAIN_REGISTRY
+
+
+def detect_face_arch(state_dict: Mapping[str, object]) -> Optional[str]:
+    """Recognise face-restoration layouts spandrel may not load (by their released key names)."""
+    keys = set(state_dict.keys())
+    if {"position_emb", "idx_pred_layer.1.weight", "quantize.embedding.weight",
+            "ft_layers.0.self_attn.in_proj_weight", "encoder.blocks.0.weight"} <= keys:
+        return "CodeFormer"
+    if "final_linear.0.weight" in keys and any(k.startswith("ecd0.") for k in keys) and \
+            any(k.startswith("generator.") for k in keys):
+        return "GPEN"
+    return None
 
 
 class RestorerModule(torch.nn.Module):
@@ -49,12 +87,17 @@ class RestorerModule(torch.nn.Module):
         self.arch = arch
         self.size = int(size)
 
+    def _fidelity_kw(self) -> str:
+        """spandrel_extra_arches' CodeFormer takes ``weight``; the original repository's takes ``w``."""
+        params = inspect.signature(self.net.forward).parameters
+        return "weight" if "weight" in params else "w"
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor, fidelity: float = 0.5) -> torch.Tensor:
         """x [N,3,S,S] RGB 0..1 -> [N,3,S,S] 0..1."""
         y = x * 2.0 - 1.0
         if self.arch == "CodeFormer":
-            out = self.net(y, w=float(fidelity), adain=True)
+            out = self.net(y, **{self._fidelity_kw(): float(fidelity)})
         elif self.arch == "GFPGAN":
             out = self.net(y, return_rgb=False)
         else:
@@ -67,13 +110,29 @@ class RestorerModule(torch.nn.Module):
 def load_restorer(path: str, device="cpu", dtype: torch.dtype = torch.float32) -> RestorerModule:
     from spandrel import ModelLoader
 
+    bad_file_fix = ("put GFPGANv1.4.pth, RestoreFormer.pth or (with spandrel_extra_arches) codeformer.pth into "
+                    "models/facerestore_models")
+    loader = ModelLoader(registry=_registry())
     try:
-        desc = ModelLoader(registry=_registry()).load_from_file(path)
+        sd = loader.load_state_dict_from_file(path)
     except Exception as e:
+        raise ModelFileInvalid(path, f"it cannot be read as a model file ({type(e).__name__}: {str(e)[:160]})",
+                               "a face-restoration model: " + ", ".join(FACE_ARCHS), fix=bad_file_fix)
+    try:
+        desc = loader.load_from_state_dict(sd)
+    except Exception as e:
+        arch = detect_face_arch(sd)
+        if arch in EXTRA_ARCHS:
+            raise ModelFileInvalid(path, f"it is a {arch} model, and {arch} needs the optional package "
+                                         "spandrel_extra_arches, which is not installed",
+                                   f"{arch} support from spandrel_extra_arches", fix=EXTRA_FIX)
+        if arch == "GPEN":
+            raise ModelFileInvalid(path, "it is a GPEN model; spandrel (0.4) and spandrel_extra_arches (0.2) "
+                                         "have no GPEN architecture, so Visage cannot run it",
+                                   "a face-restoration model: " + ", ".join(FACE_ARCHS),
+                                   fix="use GFPGANv1.4.pth, RestoreFormer.pth or codeformer.pth instead")
         raise ModelFileInvalid(path, f"spandrel cannot read it as an image model ({type(e).__name__}: {str(e)[:160]})",
-                               "a face-restoration model: " + ", ".join(FACE_ARCHS),
-                               fix="put GFPGANv1.4.pth, codeformer.pth, GPEN-BFR-512.pth or RestoreFormer.pth into "
-                                   "models/facerestore_models")
+                               "a face-restoration model: " + ", ".join(FACE_ARCHS), fix=bad_file_fix)
     arch = desc.architecture.id
     purpose = getattr(desc, "purpose", "?")
     if arch not in FACE_ARCHS or purpose != "FaceSR":
