@@ -106,7 +106,15 @@ def comfy_inproc(comfy_path):
     import comfy.cli_args
     comfy.cli_args.args.cpu = True
     import comfy.clip_vision
-    return comfy.clip_vision
+    yield comfy.clip_vision
+    # release ComfyUI's ModelPatchers while ComfyUI's modules are alive (not in __del__ at exit)
+    import gc
+    import comfy.model_management as mm
+    mm.unload_all_models()
+    N_cache = sys.modules.get("visage.nodes.adapters.node")
+    if N_cache is not None:
+        N_cache.CLIP_CACHE.clear()
+    gc.collect()
 
 
 def test_features_are_clip_vision_encode_of_the_aligned_face(comfy_base, comfy_inproc, comfy_path):
