@@ -80,6 +80,21 @@ def test_inplace_needs_contiguous_frames():
     assert out.shape == view.shape
 
 
+def _run_interpreted(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a subprocess with TRITON_INTERPRET=1 (read when kernels are decorated, so it
+    must be set before import); skips when Triton does not import; fails on a non-zero exit."""
+    try:
+        import triton  # noqa: F401
+    except Exception as e:
+        pytest.skip(f"Triton not importable: {e}")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env.pop("VISAGE_DISABLE_TRITON", None)
+    r = subprocess.run([sys.executable, "-c", code, REPO, os.path.dirname(os.path.abspath(__file__))],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
 _INTERP = r'''
 import sys, types, torch
 pkg = types.ModuleType("visage"); pkg.__path__ = [sys.argv[1]]; sys.modules["visage"] = pkg
@@ -100,15 +115,7 @@ for dt in (torch.float32, torch.uint8):
 
 
 def test_triton_paste_inplace_under_interpreter():
-    try:
-        import triton  # noqa: F401
-    except Exception as e:
-        pytest.skip(f"Triton not importable: {e}")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env.pop("VISAGE_DISABLE_TRITON", None)
-    r = subprocess.run([sys.executable, "-c", _INTERP, REPO, os.path.dirname(os.path.abspath(__file__))],
-                       capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = _run_interpreted(_INTERP)
     lines = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("RESULT")]
     assert len(lines) == 2, r.stdout
     for _, dt, d1, d2, same_ptr, changed in lines:
@@ -156,15 +163,7 @@ def test_dispatch_glue_runs_the_triton_modules_under_interpreter():
     """kernels.ops -> fused module -> kernel, end to end (as on CUDA), with Triton's interpreter on CPU
     tensors: the dispatch glue (argument order, in-place flag, variant keys) is exercised without a GPU,
     and no call falls back to its twin."""
-    try:
-        import triton  # noqa: F401
-    except Exception as e:
-        pytest.skip(f"Triton not importable: {e}")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env.pop("VISAGE_DISABLE_TRITON", None)
-    r = subprocess.run([sys.executable, "-c", _DISPATCH, REPO, os.path.dirname(os.path.abspath(__file__))],
-                       capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = _run_interpreted(_DISPATCH)
     out = {ln.split()[0]: ln.split()[1:] for ln in r.stdout.splitlines() if ln.strip()}
     d_new, d_inplace, same = out["PASTE"]
     assert float(d_new) < 1e-5 and float(d_inplace) < 1e-5 and same == "True"
