@@ -44,3 +44,17 @@ def insightface_image(name):
     if not os.path.isfile(p):
         pytest.skip(f"insightface does not ship {name} in this version")
     return p
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Tests that import ComfyUI in-process leave ModelPatchers behind; release them while ComfyUI's
+    modules still exist, or their __del__ runs during interpreter teardown and prints tracebacks."""
+    mm = sys.modules.get("comfy.model_management")
+    if mm is None:
+        return
+    import gc
+    try:
+        mm.unload_all_models()
+    except Exception:  # teardown hygiene only: never turn a finished run into an error
+        pass
+    gc.collect()
