@@ -54,7 +54,10 @@ def pytest_sessionfinish(session, exitstatus):
         return
     import gc
     try:
+        for name, mod in list(sys.modules.items()):
+            if name.endswith("nodes.common.model_manager") and hasattr(mod, "MANAGER"):
+                mod.MANAGER.clear()
         mm.unload_all_models()
+        gc.collect()
     except Exception:  # teardown hygiene only: never turn a finished run into an error
         pass
-    gc.collect()
