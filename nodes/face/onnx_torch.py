@@ -194,7 +194,28 @@ def ort_cpu_session(source, path: str, expected: str, threads: int = 0):
         raise ModelFileInvalid(path, f"onnxruntime cannot load it ({type(e).__name__}: {str(e)[:160]})", expected)
 
 
-class OrtCpuModule:
+class HostModule:
+    """What a host-only model (e.g. an onnxruntime CPU session) shows the code that handles torch
+    modules: no parameters, not training, and ``to`` / ``eval`` / ``requires_grad_`` that keep it as
+    it is. Subclasses set ``nbytes`` (the model manager's size for non-torch models)."""
+
+    training = False
+    nbytes = 0
+
+    def parameters(self):
+        return iter(())
+
+    def to(self, *args, **kwargs):
+        return self
+
+    def eval(self):
+        return self
+
+    def requires_grad_(self, *_):
+        return self
+
+
+class OrtCpuModule(HostModule):
     """An onnxruntime CPU session behind the same call as a converted torch module.
 
     Used only when the analysis runs on the CPU (engine 'auto' on a CPU device, or 'onnxruntime'):
@@ -209,16 +230,6 @@ class OrtCpuModule:
         self.input_name = inp.name
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         self.nbytes = os.path.getsize(path)
-        self.training = False
-
-    def to(self, *args, **kwargs):
-        return self
-
-    def eval(self):
-        return self
-
-    def requires_grad_(self, *_):
-        return self
 
     def __call__(self, x: torch.Tensor):
         arr = x.detach().float().cpu().numpy()

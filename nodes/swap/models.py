@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..common.errors import ModelFileInvalid, VisageError, describe_tensor
-from ..face.onnx_torch import load_proto, ort_cpu_session, value_dims
+from ..face.onnx_torch import HostModule, load_proto, ort_cpu_session, value_dims
 
 log = logging.getLogger("visage")
 
@@ -204,7 +204,7 @@ def _convert(model, path: str) -> torch.nn.Module:
                                "a face-swapper ONNX model of a supported layout")
 
 
-class OrtSwapper:
+class OrtSwapper(HostModule):
     """The same graph (batch axis made dynamic) in an onnxruntime CPU session, behind SwapperModule's call.
 
     Engine 'onnxruntime' (what 'auto' picks on the CPU, like the analyzer): no GPU memory to manage."""
@@ -216,19 +216,6 @@ class OrtSwapper:
         self.emap = torch.from_numpy(emap).float() if emap is not None else None
         self.batched = True
         self.nbytes = os.path.getsize(path)
-        self.training = False
-
-    def parameters(self):
-        return iter(())
-
-    def to(self, *args, **kwargs):
-        return self
-
-    def eval(self):
-        return self
-
-    def requires_grad_(self, *_):
-        return self
 
     def __call__(self, target: torch.Tensor, source: torch.Tensor):
         feeds = {"target": target.detach().float().cpu().numpy(), "source": source.detach().float().cpu().numpy()}
