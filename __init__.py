@@ -5,6 +5,7 @@ own ``NODE_CLASS_MAPPINGS`` / ``NODE_DISPLAY_NAME_MAPPINGS``. A family whose opt
 missing (or that fails to import) is left out with a logged reason; the rest of the pack loads.
 All imports are relative, so the folder works under any name in ``custom_nodes/``.
 """
+
 import importlib
 import logging
 
@@ -28,8 +29,12 @@ def _load_families():
             if e.name and (e.name.endswith(f"nodes.{family}") or e.name.endswith(f"nodes.{family}.node")):
                 continue
             DISABLED_FAMILIES[family] = f"missing dependency: {e.name}"
-            log.warning("Visage: the '%s' nodes are disabled: missing Python package '%s' (pip install it "
-                        "into ComfyUI's environment to enable them)", family, e.name)
+            log.warning(
+                "Visage: the '%s' nodes are disabled: missing Python package '%s' (pip install it "
+                "into ComfyUI's environment to enable them)",
+                family,
+                e.name,
+            )
             continue
         except Exception as e:  # a broken family must not take the pack down
             DISABLED_FAMILIES[family] = f"{type(e).__name__}: {e}"

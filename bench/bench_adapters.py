@@ -18,6 +18,7 @@ batch 2 (cond + uncond as the sampler runs it), ``transformer_options`` as Comfy
 ratio = ref / ours (below 1 = the adapter's overhead). A whole SDXL UNet step adds the ResBlocks and
 the other levels (70 cross-attentions in all), so the per-step overhead is smaller than this ratio shows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,17 +34,21 @@ def _comfy(device):
     if COMFY not in sys.path:
         sys.path.insert(0, COMFY)
     import comfy.options
+
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
+
     if device.type == "cpu":
         comfy.cli_args.args.cpu = True
     import comfy.ops
     from comfy.ldm.modules import attention as cattn
+
     return comfy.ops, cattn
 
 
 def _once(fn, device, common):
     import time
+
     common.sync(device)
     t0 = time.perf_counter()
     fn()
@@ -54,8 +59,10 @@ def _once(fn, device, common):
 def run(args):
     sys.path.insert(0, HERE)
     import common
+
     common.ensure_package()
     import torch
+
     from visage.nodes.adapters.attention import IdentityAttentionPatch, IdentityEntry
 
     device = getattr(args, "torch_device", None) or torch.device(getattr(args, "device", "cpu") or "cpu")
@@ -63,8 +70,16 @@ def run(args):
         device = torch.device(device)
     quick = bool(getattr(args, "quick", False))
     if not os.path.isfile(os.path.join(COMFY, "comfy", "ldm", "modules", "attention.py")):
-        return [common.row("adapters: attn2 patch", "-", None, None, "ComfyUI SpatialTransformer",
-                           note=f"skipped: no ComfyUI at {COMFY}")]
+        return [
+            common.row(
+                "adapters: attn2 patch",
+                "-",
+                None,
+                None,
+                "ComfyUI SpatialTransformer",
+                note=f"skipped: no ComfyUI at {COMFY}",
+            )
+        ]
     ops, cattn = _comfy(device)
     cuda = device.type == "cuda"
     dtype = torch.float16 if cuda else torch.float32
@@ -72,8 +87,17 @@ def run(args):
     side = 32 if cuda else 16
     C, heads, dh, ctx_dim, B = 1280, 20, 64, 2048, 2
     torch.manual_seed(0)
-    st = cattn.SpatialTransformer(C, heads, dh, depth=depth, context_dim=ctx_dim, use_linear=True,
-                                  operations=ops.disable_weight_init, dtype=dtype, device=device)
+    st = cattn.SpatialTransformer(
+        C,
+        heads,
+        dh,
+        depth=depth,
+        context_dim=ctx_dim,
+        use_linear=True,
+        operations=ops.disable_weight_init,
+        dtype=dtype,
+        device=device,
+    )
     with torch.no_grad():
         for p in st.parameters():
             p.normal_(0, 0.02)
@@ -87,20 +111,28 @@ def run(args):
 
     def entry(n_id, tokens, masks=None, window=(float("inf"), 0.0)):
         kv = [(torch.randn(2, n_id, tokens, C) * 0.05, torch.randn(2, n_id, tokens, C) * 0.05) for _ in keys]
-        return IdentityEntry(kv, {k: i for i, k in enumerate(keys)}, 0.8, sigma_start=window[0],
-                             sigma_end=window[1], masks=masks)
+        return IdentityEntry(
+            kv, {k: i for i, k in enumerate(keys)}, 0.8, sigma_start=window[0], sigma_end=window[1], masks=masks
+        )
 
     half = torch.zeros(2, side * 8, side * 8)
     half[0, :, : side * 4] = 1
-    half[1, :, side * 4:] = 1
-    cases = [("InstantID 1x16 tokens", entry(1, 16)), ("FaceID 1x4 tokens", entry(1, 4)),
-             ("2 identities x16, masks", entry(2, 16, half)),
-             ("outside start/end window", entry(1, 16, window=(5.0, 2.0)))]
+    half[1, :, side * 4 :] = 1
+    cases = [
+        ("InstantID 1x16 tokens", entry(1, 16)),
+        ("FaceID 1x4 tokens", entry(1, 4)),
+        ("2 identities x16, masks", entry(2, 16, half)),
+        ("outside start/end window", entry(1, 16, window=(5.0, 2.0))),
+    ]
 
     def options(patch):
         # the stack sits at the latent's resolution here (original_shape = latent size)
-        to = {"block": ("input", 7), "cond_or_uncond": [1, 0], "sigmas": torch.full((B,), 10.0, device=device),
-              "original_shape": [B, 4, side, side]}
+        to = {
+            "block": ("input", 7),
+            "cond_or_uncond": [1, 0],
+            "sigmas": torch.full((B,), 10.0, device=device),
+            "original_shape": [B, 4, side, side],
+        }
         if patch is not None:
             to["patches_replace"] = {"attn2": {k: patch for k in keys}}
         return to
@@ -111,6 +143,7 @@ def run(args):
         def f():
             with torch.no_grad():
                 st(x, context=ctx, transformer_options=dict(to))
+
         return f
 
     shape = f"{depth} blocks, {C}ch {side}x{side}, B={B}, ctx 77x{ctx_dim}"
@@ -127,9 +160,14 @@ def run(args):
             t_ref.append(_once(plain, device, common))
             t_ours.append(_once(f, device, common))
         ours, ref_ms = min(t_ours), min(t_ref)
-        r = common.row(f"adapters: SDXL transformer stack + {name}", shape, ours, ref_ms,
-                       "same stack unpatched (ComfyUI)",
-                       note=f"{device.type} {dtype}, min of {rounds} interleaved runs".replace("torch.", ""))
+        r = common.row(
+            f"adapters: SDXL transformer stack + {name}",
+            shape,
+            ours,
+            ref_ms,
+            "same stack unpatched (ComfyUI)",
+            note=f"{device.type} {dtype}, min of {rounds} interleaved runs".replace("torch.", ""),
+        )
         r["ratio"] = ref_ms / ours if ours else None
         rows.append(r)
     return rows
@@ -142,9 +180,11 @@ def main(argv=None):
     ap.add_argument("--depth", type=int, default=None)
     args = ap.parse_args(argv)
     import torch
+
     args.torch_device = torch.device(args.device)
     sys.path.insert(0, HERE)
     import common
+
     rows = run(args)
     print(common.format_table(rows, args.torch_device))
 

@@ -9,11 +9,11 @@ a synthetic 640x640 source with one face is animated by N driving frames through
 driving-loop costs divided by N; the one-off source preparation is reported separately. There is no
 reference implementation installed here (LivePortrait itself is not a dependency), so ref_ms is None.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import torch
@@ -24,10 +24,12 @@ REPO = os.path.dirname(HERE)
 
 def _import():
     import common
+
     common.ensure_package()
     from visage.nodes.common.types import Face, FaceSet
     from visage.nodes.expression import networks as N
     from visage.nodes.expression import pipeline as PL
+
     return Face, FaceSet, N, PL
 
 
@@ -54,8 +56,15 @@ def run(args=None):
     # a face whose LivePortrait crop is 512 px: landmark extent 512 / 2.3
     s = 512 / 2.3 / 2
     c = size / 2
-    kps = torch.tensor([[c - 0.4 * s, c - 0.3 * s], [c + 0.4 * s, c - 0.3 * s], [c, c],
-                        [c - 0.3 * s, c + 0.45 * s], [c + 0.3 * s, c + 0.45 * s]])
+    kps = torch.tensor(
+        [
+            [c - 0.4 * s, c - 0.3 * s],
+            [c + 0.4 * s, c - 0.3 * s],
+            [c, c],
+            [c - 0.3 * s, c + 0.45 * s],
+            [c + 0.3 * s, c + 0.45 * s],
+        ]
+    )
     face = Face(0, torch.tensor([c - s, c - s, c + s, c + s]), 0.9, kps)
     sfs = FaceSet(((face,),), ((size, size),))
     drv = torch.rand(frames, size, size, 3, device=device)
@@ -76,16 +85,44 @@ def run(args=None):
     # the driving motion extractor runs once per frame; one extra run is the source's
     m_total = t.get("motion_extractor", 0.0)
     m_src = m_total / (frames + 1)
-    for name, sec in (("motion_extractor (driving)", m_total - m_src), ("warping_module", t.get("warping_module", 0.0)),
-                      ("spade_generator", t.get("spade_generator", 0.0)),
-                      ("stitching_retargeting_module", t.get("stitching_retargeting_module", 0.0)),
-                      ("crop (512)", t.get("crop", 0.0) * frames / (frames + 1)), ("paste back", t.get("paste", 0.0))):
-        rows.append({"op": f"expression_transfer/{name}", "shape": shape, "ours_ms": round(per(sec), 1),
-                     "ref_ms": None, "ratio": None, "note": f"per frame; {card}; {str(dtype).replace('torch.', '')}"})
-    rows.append({"op": "expression_transfer/source prep (F + M, once)", "shape": "1 source", "ours_ms":
-                 round((src_prep + m_src) * 1000.0, 1), "ref_ms": None, "ratio": None, "note": card})
-    rows.append({"op": "expression_transfer/total per frame", "shape": shape, "ours_ms": round(per(total), 1),
-                 "ref_ms": None, "ratio": None, "note": f"wall clock incl. source prep amortised; {card}"})
+    for name, sec in (
+        ("motion_extractor (driving)", m_total - m_src),
+        ("warping_module", t.get("warping_module", 0.0)),
+        ("spade_generator", t.get("spade_generator", 0.0)),
+        ("stitching_retargeting_module", t.get("stitching_retargeting_module", 0.0)),
+        ("crop (512)", t.get("crop", 0.0) * frames / (frames + 1)),
+        ("paste back", t.get("paste", 0.0)),
+    ):
+        rows.append(
+            {
+                "op": f"expression_transfer/{name}",
+                "shape": shape,
+                "ours_ms": round(per(sec), 1),
+                "ref_ms": None,
+                "ratio": None,
+                "note": f"per frame; {card}; {str(dtype).replace('torch.', '')}",
+            }
+        )
+    rows.append(
+        {
+            "op": "expression_transfer/source prep (F + M, once)",
+            "shape": "1 source",
+            "ours_ms": round((src_prep + m_src) * 1000.0, 1),
+            "ref_ms": None,
+            "ratio": None,
+            "note": card,
+        }
+    )
+    rows.append(
+        {
+            "op": "expression_transfer/total per frame",
+            "shape": shape,
+            "ours_ms": round(per(total), 1),
+            "ref_ms": None,
+            "ratio": None,
+            "note": f"wall clock incl. source prep amortised; {card}",
+        }
+    )
     return rows
 
 

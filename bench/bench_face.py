@@ -4,6 +4,7 @@ Packs: the real small fixture models (SCRFD-500M + MobileFaceNet + PFLD, ../shar
 present, and a buffalo_l-shaped pack of tiny test-built models (always). Rows: detection only and
 the full analysis, per image, batch 1; plus batch 8 (ours batches across images; insightface loops).
 """
+
 from __future__ import annotations
 
 import os
@@ -18,6 +19,7 @@ common.ensure_package()
 def _packs(tmp):
     sys.path.insert(0, os.path.join(common.REPO, "tests"))
     from builders.face import build_face_pack
+
     packs = []
     fx = os.path.normpath(os.path.join(common.REPO, "..", "shared", "fixtures", "models"))
     if os.path.isfile(os.path.join(fx, "det_500m.onnx")):
@@ -34,7 +36,6 @@ def _packs(tmp):
 def run(args):
     import cv2
     import insightface
-    import numpy as np
     import torch
     from insightface.app import FaceAnalysis
 
@@ -55,14 +56,28 @@ def run(args):
             n_ref = len(app.get(img))
             note = f"{label}: faces ours {n_ours} / insightface {n_ref}; insightface on onnxruntime CPU"
             det_ours = common.timeit(lambda: an.analyze(batch1, tasks=()), device, args.quick)
-            det_ref = common.timeit(lambda: app.det_model.detect(img, input_size=(640, 640)), torch.device("cpu"), args.quick)
-            rows.append(common.row("face detect", "t1.jpg 1280x886", det_ours, det_ref, "insightface SCRFD.detect", note=note))
+            det_ref = common.timeit(
+                lambda: app.det_model.detect(img, input_size=(640, 640)), torch.device("cpu"), args.quick
+            )
+            rows.append(
+                common.row("face detect", "t1.jpg 1280x886", det_ours, det_ref, "insightface SCRFD.detect", note=note)
+            )
             full_ours = common.timeit(lambda: an.analyze(batch1), device, args.quick)
             full_ref = common.timeit(lambda: app.get(img), torch.device("cpu"), args.quick)
-            rows.append(common.row("face analyse (all models)", "t1.jpg 1280x886", full_ours, full_ref,
-                                   "insightface FaceAnalysis.get", note=note))
+            rows.append(
+                common.row(
+                    "face analyse (all models)",
+                    "t1.jpg 1280x886",
+                    full_ours,
+                    full_ref,
+                    "insightface FaceAnalysis.get",
+                    note=note,
+                )
+            )
             b8 = batch1.repeat(8, 1, 1, 1)
             ours8 = common.timeit(lambda: an.analyze(b8), device, True)
             ref8 = common.timeit(lambda: [app.get(img) for _ in range(8)], torch.device("cpu"), True)
-            rows.append(common.row("face analyse, 8 images", "8 x t1.jpg", ours8, ref8, "8 x FaceAnalysis.get", note=label))
+            rows.append(
+                common.row("face analyse, 8 images", "8 x t1.jpg", ours8, ref8, "8 x FaceAnalysis.get", note=label)
+            )
     return rows

@@ -11,16 +11,16 @@ References (written here from the published maths, not copied):
 * alignment: per-face cv2.warpAffine + cv2.dnn.blobFromImage (what insightface does per face).
 * attention: two F.scaled_dot_product_attention calls (text + identity), and one text-only call.
 """
+
 from __future__ import annotations
 
 import math
 
+import common
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-import common
 
 common.ensure_package()
 from visage.kernels import ops, reference  # noqa: E402
@@ -41,7 +41,7 @@ def face_matrix(cx, cy, face_px, s, angle_deg):
 def feather(s):
     m = np.zeros((s, s), np.float32)
     a = s // 8
-    m[a:s - a, a:s - a] = 1.0
+    m[a : s - a, a : s - a] = 1.0
     k = (s // 8) | 1
     return cv2.GaussianBlur(m, (k, k), 0)
 
@@ -124,7 +124,6 @@ def grid_sample_paste(frames, crops, mats, masks, fidx):
         if box is None:
             continue
         x0, y0, x1, y1 = box
-        bw, bh = x1 - x0 + 1, y1 - y0 + 1
         ys = torch.arange(y0, y1 + 1, device=frames.device, dtype=torch.float32)
         xs = torch.arange(x0, x1 + 1, device=frames.device, dtype=torch.float32)
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
@@ -132,16 +131,23 @@ def grid_sample_paste(frames, crops, mats, masks, fidx):
         u = a[0][0] * gx + a[0][1] * gy + a[0][2]
         v = a[1][0] * gx + a[1][1] * gy + a[1][2]
         grid = torch.stack((u * (2.0 / (S - 1)) - 1.0, v * (2.0 / (S - 1)) - 1.0), -1)[None]
-        src = torch.cat((crops[i].float().permute(2, 0, 1) / (255.0 if crops.dtype == torch.uint8 else 1.0),
-                         masks[i][None].float()), 0)[None]
+        src = torch.cat(
+            (
+                crops[i].float().permute(2, 0, 1) / (255.0 if crops.dtype == torch.uint8 else 1.0),
+                masks[i][None].float(),
+            ),
+            0,
+        )[None]
         smp = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
         c, m = smp[:C].permute(1, 2, 0), smp[C:].permute(1, 2, 0)
         b = int(fidx[i])
-        reg = out[b, y0:y1 + 1, x0:x1 + 1].float()
+        reg = out[b, y0 : y1 + 1, x0 : x1 + 1].float()
         if frames.dtype == torch.uint8:
-            out[b, y0:y1 + 1, x0:x1 + 1] = ((reg / 255.0 * (1 - m) + c * m) * 255.0).round().clamp(0, 255).to(torch.uint8)
+            out[b, y0 : y1 + 1, x0 : x1 + 1] = (
+                ((reg / 255.0 * (1 - m) + c * m) * 255.0).round().clamp(0, 255).to(torch.uint8)
+            )
         else:
-            out[b, y0:y1 + 1, x0:x1 + 1] = (reg * (1 - m) + c * m).to(frames.dtype)
+            out[b, y0 : y1 + 1, x0 : x1 + 1] = (reg * (1 - m) + c * m).to(frames.dtype)
     return out
 
 
@@ -154,8 +160,12 @@ def cv2_align(frames_np, mats, fidx, size, mean, std):
 def _paste_bytes(frames, crops, masks, boxes):
     el = frames.element_size()
     box_px = sum((b[2] - b[0] + 1) * (b[3] - b[1] + 1) for b in boxes if b)
-    return 2 * frames.numel() * el + 2 * box_px * frames.shape[-1] * el + crops.numel() * crops.element_size() \
+    return (
+        2 * frames.numel() * el
+        + 2 * box_px * frames.shape[-1] * el
+        + crops.numel() * crops.element_size()
         + masks.numel() * masks.element_size()
+    )
 
 
 def bench_paste(args, dev, q):
@@ -166,7 +176,7 @@ def bench_paste(args, dev, q):
     frames, crops, mats, masks, fidx = scene(rng, 1, H, W, S)
     tf = torch.from_numpy(frames).to(dev)
     tc = torch.from_numpy(crops).to(dev)
-    tm = torch.from_numpy(mats)            # matrices live on the host (as AlignedFaces)
+    tm = torch.from_numpy(mats)  # matrices live on the host (as AlignedFaces)
     tk = torch.from_numpy(masks).to(dev)
     ti = torch.from_numpy(fidx)
     boxes = reference.face_boxes(tm.cpu().double(), S, H, W)
@@ -174,8 +184,9 @@ def bench_paste(args, dev, q):
     ours = common.timeit(lambda: ops.paste_back(tf, tc, tm, tk, ti), dev, q)
     nb = _paste_bytes(tf, tc, tk, boxes)
     aimg = cv2.warpAffine(frames[0], mats[0], (S, S), borderValue=0.0)
-    ins = common.timeit(lambda: insightface_paste(frames[0], crops[0], aimg, mats[0]), torch.device("cpu"), q,
-                        max_reps=20)
+    ins = common.timeit(
+        lambda: insightface_paste(frames[0], crops[0], aimg, mats[0]), torch.device("cpu"), q, max_reps=20
+    )
     rows.append(common.row("paste_back", shape, ours, ins, "insightface paste_back=True (cv2, CPU)", nb, True))
     ff = common.timeit(lambda: facefusion_paste(frames[0], crops[0], masks[0], mats[0]), torch.device("cpu"), q)
     rows.append(common.row("paste_back", shape, ours, ff, "box-limited cv2 (FaceFusion-style, CPU)", nb, True))
@@ -185,8 +196,18 @@ def bench_paste(args, dev, q):
         tw = common.timeit(lambda: reference.paste_back(tf, tc, tm, tk, ti), dev, q)
         rows.append(common.row("paste_back", shape, ours, tw, "torch twin (same GPU)", nb, True))
     cp = common.timeit(lambda: tf.clone(), dev, q)
-    rows.append(common.row("paste_back", shape, ours, cp, "copy of the whole frame", nb, True,
-                           note="ratio vs copy: goal >= 1/1.5 = 0.67x on GPU" if cuda else ""))
+    rows.append(
+        common.row(
+            "paste_back",
+            shape,
+            ours,
+            cp,
+            "copy of the whole frame",
+            nb,
+            True,
+            note="ratio vs copy: goal >= 1/1.5 = 0.67x on GPU" if cuda else "",
+        )
+    )
     # in place (callers that own their frames): no frame copy at all, only the face box is touched
     work = tf.clone()
     inpl = common.timeit(lambda: ops.paste_back(work, tc, tm, tk, ti, inplace=True), dev, q)
@@ -196,11 +217,11 @@ def bench_paste(args, dev, q):
         rows.append(common.row("paste_back inplace", shape, inpl, tw, "torch twin (same GPU)", nb_in, True))
 
     # float32 frames (ComfyUI IMAGE), one face, and a batch of frames
-    for B in ([1, 64] if cuda else [1, 2 if q else 4]):
+    for B in [1, 64] if cuda else [1, 2 if q else 4]:
         frames, crops, mats, masks, fidx = scene(rng, B, H, W, S)
         tf = torch.from_numpy(frames).to(dev).float().div_(255.0)
         tc = torch.from_numpy(crops).to(dev).float().div_(255.0)
-        tm = torch.from_numpy(mats)            # matrices live on the host (as AlignedFaces)
+        tm = torch.from_numpy(mats)  # matrices live on the host (as AlignedFaces)
         tk = torch.from_numpy(masks).to(dev)
         ti = torch.from_numpy(fidx)
         boxes = reference.face_boxes(tm.cpu().double(), S, H, W)
@@ -226,23 +247,40 @@ def bench_align(args, dev, q):
     rng = np.random.default_rng(1)
     cuda = dev.type == "cuda"
     H, W = 1080, 1920
-    for size, mean, std, n_frames, per in ((112, 127.5, 127.5, 16, 4), (128, 0.0, 255.0, 16, 4), (512, 0.0, 255.0, 4, 4)):
+    for size, mean, std, n_frames, per in (
+        (112, 127.5, 127.5, 16, 4),
+        (128, 0.0, 255.0, 16, 4),
+        (512, 0.0, 255.0, 4, 4),
+    ):
         if not cuda:
             n_frames, per = (2, 2) if q else (4, 4)
         frames = rng.integers(0, 256, (n_frames, H, W, 3), dtype=np.uint8)
-        mats = np.stack([face_matrix(W * (0.2 + 0.6 * rng.random()), H * (0.2 + 0.6 * rng.random()), 1.8 * size / 1.0,
-                                     size, rng.random() * 40 - 20) for _ in range(n_frames * per)])
+        mats = np.stack(
+            [
+                face_matrix(
+                    W * (0.2 + 0.6 * rng.random()),
+                    H * (0.2 + 0.6 * rng.random()),
+                    1.8 * size / 1.0,
+                    size,
+                    rng.random() * 40 - 20,
+                )
+                for _ in range(n_frames * per)
+            ]
+        )
         fidx = np.repeat(np.arange(n_frames), per)
         tf = torch.from_numpy(frames).to(dev)
-        tm = torch.from_numpy(mats)            # matrices live on the host (as AlignedFaces)
+        tm = torch.from_numpy(mats)  # matrices live on the host (as AlignedFaces)
         ti = torch.from_numpy(fidx)
         n = len(mats)
         shape = f"{n} faces -> {size}^2 NCHW (from {n_frames} 1080p u8)"
         ours = common.timeit(lambda: ops.align_crops(tf, tm, ti, size, mean=mean, std=std, bgr=True), dev, q)
-        nb = n * size * size * 3 * (4 + 1)       # crops written (f32) + about one frame byte read per crop value
-        ref = common.timeit(lambda: cv2_align(frames, mats.astype(np.float64), fidx, size, mean, std),
-                            torch.device("cpu"), q)
-        rows.append(common.row("align_crops", shape, ours, ref, "per-face cv2.warpAffine + blobFromImages (CPU)", nb, True))
+        nb = n * size * size * 3 * (4 + 1)  # crops written (f32) + about one frame byte read per crop value
+        ref = common.timeit(
+            lambda: cv2_align(frames, mats.astype(np.float64), fidx, size, mean, std), torch.device("cpu"), q
+        )
+        rows.append(
+            common.row("align_crops", shape, ours, ref, "per-face cv2.warpAffine + blobFromImages (CPU)", nb, True)
+        )
         if cuda:
             tw = common.timeit(lambda: reference.align_crops(tf, tm, ti, size, mean=mean, std=std, bgr=True), dev, q)
             rows.append(common.row("align_crops", shape, ours, tw, "torch twin (same GPU)", nb, True))
@@ -253,8 +291,11 @@ def bench_attention(args, dev, q):
     rows = []
     cuda = dev.type == "cuda"
     if cuda:
-        shapes = [(2, 10, 4096, 77, 1, 16, 64, torch.float16), (2, 20, 1024, 77, 1, 16, 64, torch.float16),
-                  (2, 10, 4096, 77, 2, 4, 64, torch.bfloat16)]
+        shapes = [
+            (2, 10, 4096, 77, 1, 16, 64, torch.float16),
+            (2, 20, 1024, 77, 1, 16, 64, torch.float16),
+            (2, 10, 4096, 77, 2, 4, 64, torch.bfloat16),
+        ]
     else:
         shapes = [(1, 10, 256 if q else 1024, 77, 1, 16, 64, torch.float32)]
     g = torch.Generator().manual_seed(0)
@@ -268,8 +309,18 @@ def bench_attention(args, dev, q):
         two = common.timeit(lambda: reference.decoupled_attention(qq, k, v, kid, vid, 0.8), dev, q)
         one = common.timeit(lambda: F.scaled_dot_product_attention(qq, k, v), dev, q)
         rows.append(common.row("decoupled_attention", shape, ours, two, "text SDPA + identity SDPA", nb, True))
-        rows.append(common.row("decoupled_attention", shape, ours, one, "ONE text-only SDPA", nb, True,
-                               note="goal on GPU: ours <= 1.1x one text SDPA, i.e. ratio >= 0.91x" if cuda else ""))
+        rows.append(
+            common.row(
+                "decoupled_attention",
+                shape,
+                ours,
+                one,
+                "ONE text-only SDPA",
+                nb,
+                True,
+                note="goal on GPU: ours <= 1.1x one text SDPA, i.e. ratio >= 0.91x" if cuda else "",
+            )
+        )
         if cuda and ops.use_fused("decoupled_attention", qq) and (Lq, dt) == (4096, torch.float16):
             rows += attention_sweep(qq, k, v, kid, vid, shape, nb, one, two, dev, q)
     return rows
@@ -277,13 +328,22 @@ def bench_attention(args, dev, q):
 
 # launch configurations tried on a GPU (each compiles without spills for sm_80..sm_120:
 # tools/kernel_compile.py); the default is kernels.triton_attention.launch_config
-SWEEP = [(64, 64, 4, 3), (64, 64, 8, 2), (128, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2), (128, 32, 8, 2),
-         (64, 128, 8, 2), (128, 128, 8, 1)]
+SWEEP = [
+    (64, 64, 4, 3),
+    (64, 64, 8, 2),
+    (128, 64, 8, 2),
+    (32, 64, 4, 2),
+    (64, 32, 4, 2),
+    (128, 32, 8, 2),
+    (64, 128, 8, 2),
+    (128, 128, 8, 1),
+]
 
 
 def attention_sweep(qq, k, v, kid, vid, shape, nb, one, two, dev, q):
     """Time alternative launch configurations of the fused attention (checked against the twin)."""
     from visage.kernels import triton_attention as ta
+
     rows = []
     want = reference.decoupled_attention(qq, k, v, kid, vid, 0.8).float()
     default = ta.launch_config(qq.dtype, qq.shape[-1], v.shape[-1], k.shape[2], kid.shape[3])
@@ -296,12 +356,32 @@ def attention_sweep(qq, k, v, kid, vid, shape, nb, one, two, dev, q):
             got = ta.decoupled_attention(qq, k, v, kid, vid, 0.8, config=cfg)
             err = float((got.float() - want).abs().max())
             ms = common.timeit(lambda: ta.decoupled_attention(qq, k, v, kid, vid, 0.8, config=cfg), dev, q)
-        except Exception as e:      # a config the card cannot run is a finding, not a crash
-            rows.append(common.row("attention sweep", label, float("nan"), one, "ONE text-only SDPA", nb, True,
-                                   note=f"failed: {type(e).__name__}: {str(e)[:120]}"))
+        except Exception as e:  # a config the card cannot run is a finding, not a crash
+            rows.append(
+                common.row(
+                    "attention sweep",
+                    label,
+                    float("nan"),
+                    one,
+                    "ONE text-only SDPA",
+                    nb,
+                    True,
+                    note=f"failed: {type(e).__name__}: {str(e)[:120]}",
+                )
+            )
             continue
-        rows.append(common.row("attention sweep", label, ms, one, "ONE text-only SDPA", nb, True,
-                               note=f"max|diff| vs twin {err:.1e}" + ("  WRONG" if err > 3e-2 else "")))
+        rows.append(
+            common.row(
+                "attention sweep",
+                label,
+                ms,
+                one,
+                "ONE text-only SDPA",
+                nb,
+                True,
+                note=f"max|diff| vs twin {err:.1e}" + ("  WRONG" if err > 3e-2 else ""),
+            )
+        )
     return rows
 
 
@@ -315,6 +395,7 @@ def run(args):
     for r in rows:
         r["fused"] = fused
     if not fused:
-        rows[0]["note"] = (rows[0]["note"] + "; " if rows[0]["note"] else "") + \
-            f"'ours' ran the torch twins on {dev.type} (fused kernels need CUDA + Triton)"
+        rows[0]["note"] = (
+            rows[0]["note"] + "; " if rows[0]["note"] else ""
+        ) + f"'ours' ran the torch twins on {dev.type} (fused kernels need CUDA + Triton)"
     return rows

@@ -20,6 +20,7 @@ Timing: both pipelines in one process, interleaved rep by rep (a shared machine'
 alike); median and min reported. Peak memory: each pipeline alone in its own process (peak resident
 memory on the CPU, peak CUDA allocation on a GPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ REPO = os.path.dirname(HERE)
 
 def _import_visage():
     import common
+
     common.ensure_package()
     if os.path.join(REPO, "tests") not in sys.path:
         sys.path.insert(0, os.path.join(REPO, "tests"))
@@ -45,6 +47,7 @@ def _import_visage():
 def _frame(w, h):
     import cv2
     import insightface
+
     p = os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg")
     return cv2.resize(cv2.imread(p), (w, h), interpolation=cv2.INTER_AREA)  # BGR uint8
 
@@ -53,6 +56,7 @@ def prepare_models(workdir: str, swap_channels: int) -> dict:
     _import_visage()
     from builders.face import build_face_pack
     from builders.swap import make_inswapper
+
     pack = os.path.join(workdir, "pack")
     build_face_pack(pack, with_recognizer=False, with_landmarks=False, with_genderage=False)
     real = os.path.normpath(os.path.join(REPO, "..", "shared", "fixtures", "models", "det_500m.onnx"))
@@ -67,8 +71,9 @@ def prepare_models(workdir: str, swap_channels: int) -> dict:
 
 def _peak_mb(device):
     import torch
+
     if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2 ** 20
+        return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -78,6 +83,7 @@ def _limit_threads(n: int) -> None:
         return
     import onnxruntime
     import torch
+
     torch.set_num_threads(n)
     cls = onnxruntime.InferenceSession
     if getattr(cls, "_visage_threads", None) == n:
@@ -99,6 +105,7 @@ def _pipelines(kinds, models, w, h, faces, device, threads=0):
     """{kind: step()} for 'ours' / 'ref' on the same frame, source and face limit."""
     import numpy as np
     import torch
+
     if not device.startswith("cuda"):
         _limit_threads(threads)
     img = _frame(w, h)
@@ -112,11 +119,15 @@ def _pipelines(kinds, models, w, h, faces, device, threads=0):
         from visage.nodes.face.analyzer import load_analyzer
         from visage.nodes.swap import pipeline as PL
         from visage.nodes.swap.models import load_swapper
+
         dev = torch.device(device)
-        an = load_analyzer(models["pack"], dev, torch.float32, engine="auto")  # as the node: onnxruntime on CPU, torch on GPU
+        an = load_analyzer(
+            models["pack"], dev, torch.float32, engine="auto"
+        )  # as the node: onnxruntime on CPU, torch on GPU
         eng = "onnxruntime" if dev.type == "cpu" else "torch"  # the nodes' engine 'auto'
-        sw = MANAGER.get(f"swap:swapper:{eng}", models["swapper"], lambda p, d, t: load_swapper(p, "cpu", t, engine=eng),
-                         device=dev)
+        sw = MANAGER.get(
+            f"swap:swapper:{eng}", models["swapper"], lambda p, d, t: load_swapper(p, "cpu", t, engine=eng), device=dev
+        )
         frame = torch.from_numpy(img[:, :, ::-1].copy()).to(dev).float().div_(255.0)[None]
         src = [torch.from_numpy(emb)[None]]
 
@@ -127,6 +138,7 @@ def _pipelines(kinds, models, w, h, faces, device, threads=0):
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             return n
+
         steps["ours"] = ours
         fixed = PL.plan(an.analyze(frame, max_num=faces, tasks=[]), [1], "by_order")
 
@@ -135,13 +147,16 @@ def _pipelines(kinds, models, w, h, faces, device, threads=0):
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             return n
+
         steps["ours_sp"] = ours_sp
     if "ref" in kinds or "ref_sp" in kinds:
         import contextlib
         import io
+
         from insightface.app import FaceAnalysis
         from insightface.app.common import Face
         from insightface.model_zoo.inswapper import INSwapper
+
         with contextlib.redirect_stdout(io.StringIO()):
             prov = ["CUDAExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
             app = FaceAnalysis(name=models["pack"], allowed_modules=["detection"], providers=prov)
@@ -155,6 +170,7 @@ def _pipelines(kinds, models, w, h, faces, device, threads=0):
             for f in dets:
                 res = swapper.get(res, f, source, paste_back=True)
             return len(dets)
+
         steps["ref"] = ref
         fixed_dets = app.get(img, max_num=faces)
 
@@ -163,6 +179,7 @@ def _pipelines(kinds, models, w, h, faces, device, threads=0):
             for f in fixed_dets:
                 res = swapper.get(res, f, source, paste_back=True)
             return len(fixed_dets)
+
         steps["ref_sp"] = ref_sp
     return steps
 
@@ -172,6 +189,7 @@ def _child(kinds, models, w, h, faces, reps, device, threads, q):
     both alike; with a single kind it also reports that pipeline's peak memory."""
     try:
         import warnings
+
         warnings.simplefilter("ignore")
         steps = {k: v for k, v in _pipelines(kinds, models, w, h, faces, device, threads).items() if k in kinds}
         res = {k: {"faces": fn(), "times": []} for k, fn in steps.items()}  # warm-up
@@ -188,6 +206,7 @@ def _child(kinds, models, w, h, faces, reps, device, threads, q):
         q.put(res)
     except Exception as e:  # pragma: no cover - reported in the row
         import traceback
+
         q.put({"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}"})
 
 
@@ -206,8 +225,10 @@ def restore_rows(models, w, h, faces, reps, device, threads=0):
     is timed): restore BEFORE the paste (one resampling, one paste; what Swap Faces runs now) vs the
     previous order (paste, re-take the FFHQ crop from the pasted frame, restore, paste again)."""
     import statistics
+
     import numpy as np
     import torch
+
     if not device.startswith("cuda"):
         _limit_threads(threads)
     _import_visage()
@@ -236,8 +257,9 @@ def restore_rows(models, w, h, faces, reps, device, threads=0):
     restorer = Restorer(handle=_Handle(RestorerModule(_PassThrough(), "RestoreFormer", 512).to(dev)), name="pass")
     an = load_analyzer(models["pack"], dev, torch.float32, engine="auto")
     eng = "onnxruntime" if dev.type == "cpu" else "torch"
-    sw = MANAGER.get(f"swap:swapper:{eng}", models["swapper"], lambda p, d, t: load_swapper(p, "cpu", t, engine=eng),
-                     device=dev)
+    sw = MANAGER.get(
+        f"swap:swapper:{eng}", models["swapper"], lambda p, d, t: load_swapper(p, "cpu", t, engine=eng), device=dev
+    )
     img = _frame(w, h)
     frame = torch.from_numpy(img[:, :, ::-1].copy()).to(dev).float().div_(255.0)[None]
     emb = np.random.default_rng(0).standard_normal(512).astype(np.float32)
@@ -253,7 +275,7 @@ def restore_rows(models, w, h, faces, reps, device, threads=0):
         return PL.restore_pass(out, [a.face for a in plan], idx, restorer)
 
     t = {"new": [], "old": []}
-    for _ in range(reps + 1):                       # first rep warms up, interleaved like the main rows
+    for _ in range(reps + 1):  # first rep warms up, interleaved like the main rows
         for k, f in (("new", new), ("old", old)):
             t0 = time.perf_counter()
             f()
@@ -261,11 +283,18 @@ def restore_rows(models, w, h, faces, reps, device, threads=0):
                 torch.cuda.synchronize()
             t[k].append((time.perf_counter() - t0) * 1e3)
     nm, om = statistics.median(t["new"][1:]), statistics.median(t["old"][1:])
-    return {"op": "swap+restore (pass-through net)", "shape": f"{w}x{h} {len(plan)} face(s)", "ours_ms": nm,
-            "ref_ms": om, "ratio": om / nm, "reference": "previous order: paste, re-crop, restore, paste",
-            "bytes": None, "memory_bound": False,
-            "note": f"faces given (no detection); restoration network replaced by a pass-through so the warps and "
-                    f"pastes are what is timed; CPU threads {threads or 'default'}"}
+    return {
+        "op": "swap+restore (pass-through net)",
+        "shape": f"{w}x{h} {len(plan)} face(s)",
+        "ours_ms": nm,
+        "ref_ms": om,
+        "ratio": om / nm,
+        "reference": "previous order: paste, re-crop, restore, paste",
+        "bytes": None,
+        "memory_bound": False,
+        "note": f"faces given (no detection); restoration network replaced by a pass-through so the warps and "
+        f"pastes are what is timed; CPU threads {threads or 'default'}",
+    }
 
 
 def run(args=None):
@@ -273,6 +302,7 @@ def run(args=None):
     device = str(getattr(args, "device", None) or "cpu")
     if device == "auto":
         import torch
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
     reps = int(getattr(args, "reps", None) or (2 if quick else 5))
     channels = int(getattr(args, "swap_channels", None) or 64)
@@ -283,39 +313,70 @@ def run(args=None):
     try:
         models = prepare_models(workdir, channels)
         if getattr(args, "only_restore", False):
-            for (w, h) in sizes:
+            for w, h in sizes:
                 for faces in (1, 4):
                     rows.append(restore_rows(models, w, h, faces, reps, device, threads))
             return rows
-        for (w, h) in sizes:
+        for w, h in sizes:
             for faces in (1, 4):
                 both = _measure(("ours", "ref", "ours_sp", "ref_sp"), models, w, h, faces, reps, device, threads)
                 mem_o = _measure(("ours",), models, w, h, faces, 1, device, threads)
                 mem_r = _measure(("ref",), models, w, h, faces, 1, device, threads)
                 err = both.get("error") or mem_o.get("error") or mem_r.get("error")
                 if err:
-                    rows.append({"op": "swap detect+swap+paste", "shape": f"{w}x{h} {faces} face(s)",
-                                 "ours_ms": None, "ref_ms": None, "ratio": None, "reference": "insightface",
-                                 "bytes": None, "memory_bound": False, "note": err[:400]})
+                    rows.append(
+                        {
+                            "op": "swap detect+swap+paste",
+                            "shape": f"{w}x{h} {faces} face(s)",
+                            "ours_ms": None,
+                            "ref_ms": None,
+                            "ratio": None,
+                            "reference": "insightface",
+                            "bytes": None,
+                            "memory_bound": False,
+                            "note": err[:400],
+                        }
+                    )
                     continue
                 ours, ref = both["ours"], both["ref"]
                 po, pr = mem_o["ours"]["peak_mb"], mem_r["ref"]["peak_mb"]
-                note = (f"faces ours/ref {ours['faces']}/{ref['faces']}; min ms ours {ours['min_ms']:.1f} / ref "
-                        f"{ref['min_ms']:.1f}; peak MB ours {po:.0f} / ref {pr:.0f} "
-                        f"({'CUDA alloc' if device.startswith('cuda') else 'process RSS'}); "
-                        f"detector {models['detector']}; swapper inswapper_128 layout, {channels} ch; "
-                        f"CPU threads {threads or 'default'} (torch and onnxruntime alike)")
-                rows.append({"op": "swap detect+swap+paste", "shape": f"{w}x{h} {faces} face(s)",
-                             "ours_ms": ours["ms"], "ref_ms": ref["ms"], "ratio": ref["ms"] / ours["ms"],
-                             "reference": "insightface INSwapper.get(paste_back=True)", "bytes": None,
-                             "memory_bound": False, "note": note, "peak_mb_ours": po, "peak_mb_ref": pr})
+                note = (
+                    f"faces ours/ref {ours['faces']}/{ref['faces']}; min ms ours {ours['min_ms']:.1f} / ref "
+                    f"{ref['min_ms']:.1f}; peak MB ours {po:.0f} / ref {pr:.0f} "
+                    f"({'CUDA alloc' if device.startswith('cuda') else 'process RSS'}); "
+                    f"detector {models['detector']}; swapper inswapper_128 layout, {channels} ch; "
+                    f"CPU threads {threads or 'default'} (torch and onnxruntime alike)"
+                )
+                rows.append(
+                    {
+                        "op": "swap detect+swap+paste",
+                        "shape": f"{w}x{h} {faces} face(s)",
+                        "ours_ms": ours["ms"],
+                        "ref_ms": ref["ms"],
+                        "ratio": ref["ms"] / ours["ms"],
+                        "reference": "insightface INSwapper.get(paste_back=True)",
+                        "bytes": None,
+                        "memory_bound": False,
+                        "note": note,
+                        "peak_mb_ours": po,
+                        "peak_mb_ref": pr,
+                    }
+                )
                 os_, rs = both["ours_sp"], both["ref_sp"]
-                rows.append({"op": "swap+paste (faces given)", "shape": f"{w}x{h} {faces} face(s)",
-                             "ours_ms": os_["ms"], "ref_ms": rs["ms"], "ratio": rs["ms"] / os_["ms"],
-                             "reference": "insightface INSwapper.get(paste_back=True)", "bytes": None,
-                             "memory_bound": False,
-                             "note": f"no detection: align + swap net + paste-back (+ mask) only; min ms ours "
-                                     f"{os_['min_ms']:.1f} / ref {rs['min_ms']:.1f}"})
+                rows.append(
+                    {
+                        "op": "swap+paste (faces given)",
+                        "shape": f"{w}x{h} {faces} face(s)",
+                        "ours_ms": os_["ms"],
+                        "ref_ms": rs["ms"],
+                        "ratio": rs["ms"] / os_["ms"],
+                        "reference": "insightface INSwapper.get(paste_back=True)",
+                        "bytes": None,
+                        "memory_bound": False,
+                        "note": f"no detection: align + swap net + paste-back (+ mask) only; min ms ours "
+                        f"{os_['min_ms']:.1f} / ref {rs['min_ms']:.1f}",
+                    }
+                )
                 rows.append(restore_rows(models, w, h, faces, reps, device, threads))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

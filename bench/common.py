@@ -5,6 +5,7 @@ A bench module exposes ``run(args) -> list[dict]``; each row has:
   None), memory_bound (bool), note (optional).
 ``bench/run.py`` discovers the modules, runs them and prints one table.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,12 +24,12 @@ PEAK_GBPS = [
     ("H200", 4800.0),
     ("H100 NVL", 3900.0),
     ("H100 PCIe", 2000.0),
-    ("H100", 3350.0),           # SXM5 80 GB
+    ("H100", 3350.0),  # SXM5 80 GB
     ("GH200", 4000.0),
     ("B200", 8000.0),
     ("A100-SXM4-80GB", 2039.0),
     ("A100 80GB PCIe", 1935.0),
-    ("A100", 1555.0),           # 40 GB
+    ("A100", 1555.0),  # 40 GB
     ("L40S", 864.0),
     ("L40", 864.0),
     ("L4", 300.0),
@@ -55,6 +56,7 @@ def ensure_package():
 def peak_gbps(device) -> Optional[tuple]:
     """(name, GB/s) for a CUDA device from the table above, or None."""
     import torch
+
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -66,6 +68,7 @@ def peak_gbps(device) -> Optional[tuple]:
 
 def sync(device):
     import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -73,6 +76,7 @@ def sync(device):
 def timeit(fn: Callable, device, quick: bool = False, target_s: Optional[float] = None, max_reps: int = 1000) -> float:
     """Median milliseconds per call of ``fn()`` (warm-up first; CUDA timed with events)."""
     import torch
+
     target = target_s if target_s is not None else (0.05 if quick else 0.3)
     fn()
     sync(device)
@@ -101,8 +105,16 @@ def timeit(fn: Callable, device, quick: bool = False, target_s: Optional[float] 
 
 
 def row(op, shape, ours_ms, ref_ms, reference, nbytes=None, memory_bound=False, note=""):
-    return {"op": op, "shape": shape, "ours_ms": ours_ms, "ref_ms": ref_ms, "reference": reference,
-            "bytes": nbytes, "memory_bound": memory_bound, "note": note}
+    return {
+        "op": op,
+        "shape": shape,
+        "ours_ms": ours_ms,
+        "ref_ms": ref_ms,
+        "reference": reference,
+        "bytes": nbytes,
+        "memory_bound": memory_bound,
+        "note": note,
+    }
 
 
 def fmt_ms(ms):
@@ -127,14 +139,18 @@ def format_table(rows, device) -> str:
             gbps = r["bytes"] / (r["ours_ms"] / 1000.0) / 1e9
         ratio = (r["ref_ms"] / r["ours_ms"]) if (r.get("ref_ms") and r.get("ours_ms")) else None
         ref = f"{r['reference']} {fmt_ms(r['ref_ms'])}" if r.get("reference") else "-"
-        cells = [r["op"], r["shape"], fmt_ms(r.get("ours_ms")), ref,
-                 f"{ratio:.2f}x" if ratio is not None else "-",
-                 f"{gbps:.1f}" if gbps is not None else "-"]
+        cells = [
+            r["op"],
+            r["shape"],
+            fmt_ms(r.get("ours_ms")),
+            ref,
+            f"{ratio:.2f}x" if ratio is not None else "-",
+            f"{gbps:.1f}" if gbps is not None else "-",
+        ]
         if show_peak:
             cells.append(f"{100 * gbps / pk[1]:.0f}%" if (gbps is not None and r.get("memory_bound")) else "-")
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(head)]
-    out = [" | ".join(h.ljust(w) for h, w in zip(head, widths)),
-           "-|-".join("-" * w for w in widths)]
+    out = [" | ".join(h.ljust(w) for h, w in zip(head, widths)), "-|-".join("-" * w for w in widths)]
     out += [" | ".join(c.ljust(w) for c, w in zip(cells, widths)) for cells in lines]
     return "\n".join(out)

@@ -8,6 +8,7 @@ time / our time (above 1 = ours is faster). GB/s = bytes our op touches / our ti
 bound ops, CUDA only) divides by the card's datasheet DRAM bandwidth from bench/common.py:PEAK_GBPS,
 looked up by device name.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ import common  # noqa: E402
 def discover():
     mods = {}
     for path in sorted(glob.glob(os.path.join(HERE, "bench_*.py"))):
-        name = os.path.basename(path)[len("bench_"):-3]
+        name = os.path.basename(path)[len("bench_") : -3]
         mods[name] = path
     return mods
 
@@ -51,6 +52,7 @@ def main(argv=None):
 
     common.ensure_package()
     import torch
+
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
@@ -67,12 +69,15 @@ def main(argv=None):
     pk = common.peak_gbps(device)
     try:
         import triton
+
         tri = triton.__version__
     except Exception as e:  # noqa: BLE001
         tri = f"not importable ({type(e).__name__})"
-    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
-          f" | torch {torch.__version__} | triton {tri} | threads {torch.get_num_threads()}"
-          f" | VISAGE_DISABLE_TRITON={os.environ.get('VISAGE_DISABLE_TRITON', '')!r}")
+    print(
+        f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
+        f" | torch {torch.__version__} | triton {tri} | threads {torch.get_num_threads()}"
+        f" | VISAGE_DISABLE_TRITON={os.environ.get('VISAGE_DISABLE_TRITON', '')!r}"
+    )
     if pk:
         print(f"peak bandwidth: {pk[1] if pk[1] else 'unknown'} GB/s ({pk[0]}; datasheet table in bench/common.py)")
 

@@ -10,6 +10,7 @@ pack; it is logged once and the twins are used. A fused kernel that fails at lau
 compiler on the machine, a shape the card lacks shared memory for) is logged once as a warning and
 that op's variant (dtypes / flags / widths) falls back to its twin for the rest of the process. Input errors (VisageError) are raised before dispatch and never swallowed.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -20,14 +21,14 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from . import reference
 from ..nodes.common.errors import VisageError
+from . import reference
 
 log = logging.getLogger("visage")
 
 _lock = threading.Lock()
-_modules = {}          # name -> module or None (import failed)
-_broken = set()        # (op, variant key) whose fused launch failed once
+_modules = {}  # name -> module or None (import failed)
+_broken = set()  # (op, variant key) whose fused launch failed once
 _triton_state = {"checked": False, "ok": False}
 
 _FUSED_MODULE = {
@@ -49,11 +50,15 @@ def triton_available() -> bool:
             try:
                 import triton  # noqa: F401
                 import triton.language  # noqa: F401
+
                 _triton_state["ok"] = True
             except Exception as e:  # ImportError, or a broken install raising anything
                 _triton_state["ok"] = False
-                log.info("Visage: Triton is not usable (%s: %s); fused kernels are off, torch twins are used",
-                         type(e).__name__, e)
+                log.info(
+                    "Visage: Triton is not usable (%s: %s); fused kernels are off, torch twins are used",
+                    type(e).__name__,
+                    e,
+                )
         return _triton_state["ok"]
 
 
@@ -66,8 +71,9 @@ def _fused_module(op: str):
     try:
         mod = importlib.import_module(f".{name}", __package__)
     except Exception as e:
-        log.info("Visage: fused kernel module %s failed to import (%s: %s); using the torch twin",
-                 name, type(e).__name__, e)
+        log.info(
+            "Visage: fused kernel module %s failed to import (%s: %s); using the torch twin", name, type(e).__name__, e
+        )
     with _lock:
         _modules[name] = mod
     return mod
@@ -99,14 +105,25 @@ def _run(op: str, key, tensors, fused_call, twin_call):
                 first = (op, key) not in _broken
                 _broken.add((op, key))
             if first:
-                log.warning("Visage: fused %s %s failed (%s: %s); the torch twin runs this variant for the rest "
-                            "of the process", op, key, type(e).__name__, e)
+                log.warning(
+                    "Visage: fused %s %s failed (%s: %s); the torch twin runs this variant for the rest of the process",
+                    op,
+                    key,
+                    type(e).__name__,
+                    e,
+                )
     return twin_call()
 
 
-def paste_back(frames: torch.Tensor, crops: torch.Tensor, matrix: torch.Tensor, masks: torch.Tensor,
-               frame_index: torch.Tensor, lab_stats: Optional[torch.Tensor] = None,
-               inplace: bool = False) -> torch.Tensor:
+def paste_back(
+    frames: torch.Tensor,
+    crops: torch.Tensor,
+    matrix: torch.Tensor,
+    masks: torch.Tensor,
+    frame_index: torch.Tensor,
+    lab_stats: Optional[torch.Tensor] = None,
+    inplace: bool = False,
+) -> torch.Tensor:
     """See :func:`kernels.reference.paste_back`. Returns a new tensor (frames untouched) unless
     ``inplace=True``, which writes into ``frames`` and returns it."""
     args = (frames, crops, matrix, masks, frame_index, lab_stats, inplace)
@@ -114,9 +131,13 @@ def paste_back(frames: torch.Tensor, crops: torch.Tensor, matrix: torch.Tensor, 
         return reference.paste_back(*args)
     m64, idx, stats = reference.check_paste_args(*args)
     key = (str(frames.dtype), str(crops.dtype), frames.shape[-1], lab_stats is not None)
-    return _run("paste_back", key, (frames, crops, masks),
-                lambda m: m.paste_back_checked(frames, crops, masks, m64, idx, stats, inplace),
-                lambda: reference.paste_back(*args))
+    return _run(
+        "paste_back",
+        key,
+        (frames, crops, masks),
+        lambda m: m.paste_back_checked(frames, crops, masks, m64, idx, stats, inplace),
+        lambda: reference.paste_back(*args),
+    )
 
 
 def lab_stats(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -125,10 +146,18 @@ def lab_stats(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return reference.lab_stats(images, masks)
 
 
-def align_crops(frames: torch.Tensor, matrix: torch.Tensor, frame_index: torch.Tensor, size: int,
-                mean: Union[float, Sequence[float]] = 0.0, std: Union[float, Sequence[float]] = 1.0,
-                bgr: bool = False, layout: str = "NCHW", out_dtype: torch.dtype = torch.float32,
-                round_to_uint8: bool = False) -> torch.Tensor:
+def align_crops(
+    frames: torch.Tensor,
+    matrix: torch.Tensor,
+    frame_index: torch.Tensor,
+    size: int,
+    mean: Union[float, Sequence[float]] = 0.0,
+    std: Union[float, Sequence[float]] = 1.0,
+    bgr: bool = False,
+    layout: str = "NCHW",
+    out_dtype: torch.dtype = torch.float32,
+    round_to_uint8: bool = False,
+) -> torch.Tensor:
     """See :func:`kernels.reference.align_crops` (``round_to_uint8``: cv2-on-uint8 rounding of the
     0..255 sample before normalisation)."""
     args = (frames, matrix, frame_index, size, mean, std, bgr, layout, out_dtype, round_to_uint8)
@@ -136,24 +165,47 @@ def align_crops(frames: torch.Tensor, matrix: torch.Tensor, frame_index: torch.T
         return reference.align_crops(*args)
     m64, idx, mean_t, std_t = reference.check_align_args(*args)
     key = (str(frames.dtype), frames.shape[-1], str(out_dtype), layout, bool(bgr), bool(round_to_uint8))
-    return _run("align_crops", key, (frames,),
-                lambda m: m.align_crops_checked(frames, m64, idx, size, mean_t, std_t, bgr, layout, out_dtype,
-                                                bool(round_to_uint8)),
-                lambda: reference.align_crops(*args))
+    return _run(
+        "align_crops",
+        key,
+        (frames,),
+        lambda m: m.align_crops_checked(
+            frames, m64, idx, size, mean_t, std_t, bgr, layout, out_dtype, bool(round_to_uint8)
+        ),
+        lambda: reference.align_crops(*args),
+    )
 
 
-def decoupled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_id: torch.Tensor, v_id: torch.Tensor,
-                        scale, region_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def decoupled_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_id: torch.Tensor,
+    v_id: torch.Tensor,
+    scale,
+    region_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """See :func:`kernels.reference.decoupled_attention`. Off CUDA: two scaled-dot-product calls."""
     args = (q, k, v, k_id, v_id, scale, region_mask)
     fusable = isinstance(q, torch.Tensor) and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
     if not (fusable and use_fused("decoupled_attention", q, k, v, k_id, v_id)):
         return reference.decoupled_attention(*args)
     key = (str(q.dtype), q.shape[-1], v.shape[-1], region_mask is not None)
-    return _run("decoupled_attention", key, (q, k, v, k_id, v_id),
-                lambda m: m.decoupled_attention(*args),
-                lambda: reference.decoupled_attention(*args))
+    return _run(
+        "decoupled_attention",
+        key,
+        (q, k, v, k_id, v_id),
+        lambda m: m.decoupled_attention(*args),
+        lambda: reference.decoupled_attention(*args),
+    )
 
 
-__all__ = ["paste_back", "lab_stats", "align_crops", "decoupled_attention", "use_fused",
-           "triton_available", "triton_disabled"]
+__all__ = [
+    "paste_back",
+    "lab_stats",
+    "align_crops",
+    "decoupled_attention",
+    "use_fused",
+    "triton_available",
+    "triton_disabled",
+]

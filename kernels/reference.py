@@ -21,6 +21,7 @@ Conventions shared with the fused kernels (see docs/DESIGN.md, "Kernels API"):
   sRGB -> CIE LAB (OpenCV's constants, D65) -> ``(lab - crop_mean) * target_std / max(crop_std,
   1e-3) + target_mean`` -> sRGB, clamped to 0..1.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,15 +36,13 @@ from ..nodes.common.errors import VisageError, describe_tensor
 # --------------------------------------------------------------------------------------------
 # CIE LAB (OpenCV's float maths: sRGB gamma, D65 white, cv2's sRGB->XYZ matrix)
 # --------------------------------------------------------------------------------------------
-RGB2XYZ = ((0.412453, 0.357580, 0.180423),
-           (0.212671, 0.715160, 0.072169),
-           (0.019334, 0.119193, 0.950227))
+RGB2XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
 WHITE_D65 = (0.950456, 1.0, 1.088754)
 XYZ2RGB = tuple(tuple(float(x) for x in row) for row in np.linalg.inv(np.array(RGB2XYZ, np.float64)))
 LAB_STD_EPS = 1e-3
-LAB_T0 = 0.008856          # cv2's threshold on X/Xn, Y, Z/Zn
-LAB_K = 7.787              # linear segment slope
-LAB_F0 = 6.0 / 29.0        # threshold on f (inverse direction)
+LAB_T0 = 0.008856  # cv2's threshold on X/Xn, Y, Z/Zn
+LAB_K = 7.787  # linear segment slope
+LAB_F0 = 6.0 / 29.0  # threshold on f (inverse direction)
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
@@ -77,9 +76,14 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     y = finv(fy) * WHITE_D65[1]
     z = finv(fz) * WHITE_D65[2]
     m = XYZ2RGB
-    lin = torch.stack((m[0][0] * x + m[0][1] * y + m[0][2] * z,
-                       m[1][0] * x + m[1][1] * y + m[1][2] * z,
-                       m[2][0] * x + m[2][1] * y + m[2][2] * z), -1).clamp(0.0, 1.0)
+    lin = torch.stack(
+        (
+            m[0][0] * x + m[0][1] * y + m[0][2] * z,
+            m[1][0] * x + m[1][1] * y + m[1][2] * z,
+            m[2][0] * x + m[2][1] * y + m[2][2] * z,
+        ),
+        -1,
+    ).clamp(0.0, 1.0)
     srgb = torch.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin.clamp_min(1e-12) ** (1.0 / 2.4) - 0.055)
     return srgb.clamp(0.0, 1.0)
 
@@ -111,12 +115,15 @@ def _as_index(frame_index, n: int, batch: int) -> np.ndarray:
         idx = frame_index.detach().reshape(-1).to("cpu", torch.int64).numpy()
     else:
         idx = np.asarray(frame_index, dtype=np.int64).reshape(-1)
-    _require(idx.size == n, "frame_index must hold one frame number per face",
-             f"{n} entries", f"{idx.size} entries")
+    _require(idx.size == n, "frame_index must hold one frame number per face", f"{n} entries", f"{idx.size} entries")
     if n:
         lo, hi = int(idx.min()), int(idx.max())
-        _require(lo >= 0 and hi < batch, "frame_index points outside the frame batch",
-                 f"values in 0..{batch - 1}", f"values in {lo}..{hi}")
+        _require(
+            lo >= 0 and hi < batch,
+            "frame_index points outside the frame batch",
+            f"values in 0..{batch - 1}",
+            f"values in {lo}..{hi}",
+        )
     return idx
 
 
@@ -127,10 +134,15 @@ def _as_matrix(matrix, n: Optional[int] = None) -> np.ndarray:
     else:
         m = np.asarray(matrix, dtype=np.float64)
     want = f"({n if n is not None else 'N'}, 2, 3)"
-    _require(m.ndim == 3 and m.shape[1:] == (2, 3) and (n is None or m.shape[0] == n),
-             "matrix must be one 2x3 affine per face", f"shape {want}", f"shape {tuple(m.shape)}")
-    _require(bool(np.isfinite(m).all()), "matrix holds NaN or infinite values",
-             "finite affine matrices", "non-finite values")
+    _require(
+        m.ndim == 3 and m.shape[1:] == (2, 3) and (n is None or m.shape[0] == n),
+        "matrix must be one 2x3 affine per face",
+        f"shape {want}",
+        f"shape {tuple(m.shape)}",
+    )
+    _require(
+        bool(np.isfinite(m).all()), "matrix holds NaN or infinite values", "finite affine matrices", "non-finite values"
+    )
     return m
 
 
@@ -142,8 +154,12 @@ def invert_affine64(m) -> np.ndarray:
     d, e, f = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
     det = a * e - b * d
     bad = np.abs(det) < 1e-12
-    _require(not bool(bad.any()), "an affine matrix is singular (it squashes the face to a line)",
-             "invertible face transforms", f"determinant ~0 for face(s) {np.flatnonzero(bad).tolist()}")
+    _require(
+        not bool(bad.any()),
+        "an affine matrix is singular (it squashes the face to a line)",
+        "invertible face transforms",
+        f"determinant ~0 for face(s) {np.flatnonzero(bad).tolist()}",
+    )
     ia, ib = e / det, -b / det
     id_, ie = -d / det, a / det
     ic = -(ia * c + ib * f)
@@ -181,8 +197,12 @@ def _face_box(m6, size: int, height: int, width: int, face: int = 0) -> Optional
     Same float64 arithmetic as the vectorised path."""
     a, b, c, d, e, f = m6
     det = a * e - b * d
-    _require(abs(det) >= 1e-12, "an affine matrix is singular (it squashes the face to a line)",
-             "invertible face transforms", f"determinant ~0 for face(s) [{face}]")
+    _require(
+        abs(det) >= 1e-12,
+        "an affine matrix is singular (it squashes the face to a line)",
+        "invertible face transforms",
+        f"determinant ~0 for face(s) [{face}]",
+    )
     ia, ib, id_, ie = e / det, -b / det, -d / det, a / det
     ic = -(ia * c + ib * f)
     if_ = -(id_ * c + ie * f)
@@ -198,10 +218,18 @@ def _face_box(m6, size: int, height: int, width: int, face: int = 0) -> Optional
 
 def _check_images(t, name: str, ndim: int = 4) -> None:
     _require(isinstance(t, torch.Tensor), f"{name} must be a torch tensor", "torch.Tensor", type(t).__name__)
-    _require(t.dim() == ndim, f"{name} has the wrong number of dimensions",
-             f"{ndim} dimensions (channels-last)", lambda: describe_tensor(t))
-    _require(t.dtype == torch.uint8 or t.is_floating_point(), f"{name} has an unsupported dtype",
-             "uint8 or a float dtype", lambda: describe_tensor(t))
+    _require(
+        t.dim() == ndim,
+        f"{name} has the wrong number of dimensions",
+        f"{ndim} dimensions (channels-last)",
+        lambda: describe_tensor(t),
+    )
+    _require(
+        t.dtype == torch.uint8 or t.is_floating_point(),
+        f"{name} has an unsupported dtype",
+        "uint8 or a float dtype",
+        lambda: describe_tensor(t),
+    )
 
 
 def check_paste_args(frames, crops, matrix, masks, frame_index, lab_stats, inplace=False):
@@ -209,24 +237,40 @@ def check_paste_args(frames, crops, matrix, masks, frame_index, lab_stats, inpla
     numpy, lab_stats float32 [N,2,2,3] on the frames' device or None)."""
     _check_images(frames, "frames")
     if inplace:
-        _require(frames.is_contiguous(), "inplace paste_back needs contiguous frames",
-                 "a contiguous [B,H,W,C] tensor", "a non-contiguous view",
-                 fix="call frames.contiguous() first, or paste with inplace=False")
+        _require(
+            frames.is_contiguous(),
+            "inplace paste_back needs contiguous frames",
+            "a contiguous [B,H,W,C] tensor",
+            "a non-contiguous view",
+            fix="call frames.contiguous() first, or paste with inplace=False",
+        )
     _check_images(crops, "crops")
     n, s, s2, c = crops.shape
     _require(s == s2, "crops must be square", "crops [N, S, S, C]", lambda: describe_tensor(crops))
-    _require(c == frames.shape[-1], "crops and frames must have the same channel count",
-             f"{frames.shape[-1]} channels", lambda: describe_tensor(crops))
-    _require(isinstance(masks, torch.Tensor) and tuple(masks.shape) == (n, s, s),
-             "masks must be one crop-sized mask per face", f"shape ({n}, {s}, {s})", lambda: describe_tensor(masks))
+    _require(
+        c == frames.shape[-1],
+        "crops and frames must have the same channel count",
+        f"{frames.shape[-1]} channels",
+        lambda: describe_tensor(crops),
+    )
+    _require(
+        isinstance(masks, torch.Tensor) and tuple(masks.shape) == (n, s, s),
+        "masks must be one crop-sized mask per face",
+        f"shape ({n}, {s}, {s})",
+        lambda: describe_tensor(masks),
+    )
     _require(masks.is_floating_point(), "masks must be float 0..1", "a float tensor", lambda: describe_tensor(masks))
     m64 = _as_matrix(matrix, n)
     idx = _as_index(frame_index, n, frames.shape[0])
     stats = None
     if lab_stats is not None:
         stats = torch.as_tensor(lab_stats)
-        _require(tuple(stats.shape) == (n, 2, 2, 3), "lab_stats must be ((crop mean, crop std), "
-                 "(target mean, target std)) in LAB per face", f"shape ({n}, 2, 2, 3)", lambda: describe_tensor(stats))
+        _require(
+            tuple(stats.shape) == (n, 2, 2, 3),
+            "lab_stats must be ((crop mean, crop std), (target mean, target std)) in LAB per face",
+            f"shape ({n}, 2, 2, 3)",
+            lambda: describe_tensor(stats),
+        )
         _require(c == 3, "colour transfer needs RGB images", "3 channels", f"{c} channels")
         stats = stats.to(frames.device, torch.float32)
     return m64, idx, stats
@@ -268,9 +312,15 @@ def bilinear_zero(img: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.
 # --------------------------------------------------------------------------------------------
 # paste_back
 # --------------------------------------------------------------------------------------------
-def paste_back(frames: torch.Tensor, crops: torch.Tensor, matrix: torch.Tensor, masks: torch.Tensor,
-               frame_index: torch.Tensor, lab_stats: Optional[torch.Tensor] = None,
-               inplace: bool = False) -> torch.Tensor:
+def paste_back(
+    frames: torch.Tensor,
+    crops: torch.Tensor,
+    matrix: torch.Tensor,
+    masks: torch.Tensor,
+    frame_index: torch.Tensor,
+    lab_stats: Optional[torch.Tensor] = None,
+    inplace: bool = False,
+) -> torch.Tensor:
     """Blend each aligned crop back into its frame, only inside the face's box.
 
     frames [B,H,W,C] float 0..1 or uint8; crops [N,S,S,C] float 0..1 or uint8; matrix [N,2,3] frame px
@@ -306,9 +356,9 @@ def paste_back(frames: torch.Tensor, crops: torch.Tensor, matrix: torch.Tensor, 
         if stats is not None:
             c = lab_transfer(c, stats[i])
         b = idx_host[i]
-        region = _to_unit_float(out[b, y0:y1 + 1, x0:x1 + 1, :])
+        region = _to_unit_float(out[b, y0 : y1 + 1, x0 : x1 + 1, :])
         blended = region * (1.0 - mk) + c * mk
-        out[b, y0:y1 + 1, x0:x1 + 1, :] = _store(blended, frames.dtype)
+        out[b, y0 : y1 + 1, x0 : x1 + 1, :] = _store(blended, frames.dtype)
     return out
 
 
@@ -320,14 +370,18 @@ def lab_stats(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     mask, the mask values being the weights. An all-zero mask gives mean 0, std 0."""
     _check_images(images, "images")
     _require(images.shape[-1] == 3, "lab_stats needs RGB images", "3 channels", lambda: describe_tensor(images))
-    _require(isinstance(masks, torch.Tensor) and tuple(masks.shape) == tuple(images.shape[:3]),
-             "masks must match the images", f"shape {tuple(images.shape[:3])}", lambda: describe_tensor(masks))
-    lab = rgb_to_lab(_to_unit_float(images))                       # [N,S,S,3]
-    w = masks.float().clamp(0.0, 1.0).unsqueeze(-1)                # [N,S,S,1]
-    tot = w.sum((1, 2)).clamp_min(1e-12)                           # [N,1]
+    _require(
+        isinstance(masks, torch.Tensor) and tuple(masks.shape) == tuple(images.shape[:3]),
+        "masks must match the images",
+        f"shape {tuple(images.shape[:3])}",
+        lambda: describe_tensor(masks),
+    )
+    lab = rgb_to_lab(_to_unit_float(images))  # [N,S,S,3]
+    w = masks.float().clamp(0.0, 1.0).unsqueeze(-1)  # [N,S,S,1]
+    tot = w.sum((1, 2)).clamp_min(1e-12)  # [N,1]
     mean = (lab * w).sum((1, 2)) / tot
     var = ((lab - mean[:, None, None, :]) ** 2 * w).sum((1, 2)) / tot
-    empty = (w.sum((1, 2)) <= 0)
+    empty = w.sum((1, 2)) <= 0
     mean = torch.where(empty, torch.zeros_like(mean), mean)
     return torch.stack((mean, var.clamp_min(0.0).sqrt()), 1)
 
@@ -337,8 +391,12 @@ def lab_stats(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 def check_align_args(frames, matrix, frame_index, size, mean, std, bgr, layout, out_dtype, round_to_uint8=False):
     _check_images(frames, "frames")
-    _require(isinstance(round_to_uint8, (bool, np.bool_)), "round_to_uint8 must be True or False", "a bool",
-             lambda: repr(round_to_uint8))
+    _require(
+        isinstance(round_to_uint8, (bool, np.bool_)),
+        "round_to_uint8 must be True or False",
+        "a bool",
+        lambda: repr(round_to_uint8),
+    )
     m64 = _as_matrix(matrix)
     n = m64.shape[0]
     idx = _as_index(frame_index, n, frames.shape[0])
@@ -348,18 +406,34 @@ def check_align_args(frames, matrix, frame_index, size, mean, std, bgr, layout, 
     _require(not bgr or c == 3, "bgr=True needs RGB frames", "3 channels", f"{c} channels")
     mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
     std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
-    _require(mean_t.numel() in (1, c) and std_t.numel() in (1, c), "mean/std must be one number or one per channel",
-             f"1 or {c} values", f"{mean_t.numel()} and {std_t.numel()} values")
+    _require(
+        mean_t.numel() in (1, c) and std_t.numel() in (1, c),
+        "mean/std must be one number or one per channel",
+        f"1 or {c} values",
+        f"{mean_t.numel()} and {std_t.numel()} values",
+    )
     _require(bool((std_t != 0).all()), "std must not be zero", "non-zero std", str(std_t.tolist()))
-    _require(isinstance(out_dtype, torch.dtype) and out_dtype.is_floating_point, "out_dtype must be a float dtype",
-             "e.g. torch.float32 or torch.float16", repr(out_dtype))
+    _require(
+        isinstance(out_dtype, torch.dtype) and out_dtype.is_floating_point,
+        "out_dtype must be a float dtype",
+        "e.g. torch.float32 or torch.float16",
+        repr(out_dtype),
+    )
     return m64, idx, mean_t.expand(c).contiguous(), std_t.expand(c).contiguous()
 
 
-def align_crops(frames: torch.Tensor, matrix: torch.Tensor, frame_index: torch.Tensor, size: int,
-                mean: Union[float, Sequence[float]] = 0.0, std: Union[float, Sequence[float]] = 1.0,
-                bgr: bool = False, layout: str = "NCHW", out_dtype: torch.dtype = torch.float32,
-                round_to_uint8: bool = False) -> torch.Tensor:
+def align_crops(
+    frames: torch.Tensor,
+    matrix: torch.Tensor,
+    frame_index: torch.Tensor,
+    size: int,
+    mean: Union[float, Sequence[float]] = 0.0,
+    std: Union[float, Sequence[float]] = 1.0,
+    bgr: bool = False,
+    layout: str = "NCHW",
+    out_dtype: torch.dtype = torch.float32,
+    round_to_uint8: bool = False,
+) -> torch.Tensor:
     """Warp, normalise and lay out model-ready crops in one pass.
 
     Crop pixel (x, y) samples frame point inverse(matrix) @ (x, y, 1) bilinearly (zero outside the
@@ -370,25 +444,36 @@ def align_crops(frames: torch.Tensor, matrix: torch.Tensor, frame_index: torch.T
     first; mean/std (one or per channel) apply in the output channel order. layout 'NCHW' ->
     [N,C,S,S]; 'NHWC' -> [N,S,S,C].
     """
-    m64, idx, mean_t, std_t = check_align_args(frames, matrix, frame_index, size, mean, std, bgr, layout, out_dtype,
-                                               round_to_uint8)
+    m64, idx, mean_t, std_t = check_align_args(
+        frames, matrix, frame_index, size, mean, std, bgr, layout, out_dtype, round_to_uint8
+    )
     n, c = m64.shape[0], frames.shape[-1]
     dev = frames.device
     if n == 0:
         shape = (0, c, size, size) if layout == "NCHW" else (0, size, size, c)
         return torch.empty(shape, dtype=out_dtype, device=dev)
-    inv = torch.from_numpy(invert_affine64(m64).astype(np.float32)).to(dev)   # crop px -> frame px
+    inv = torch.from_numpy(invert_affine64(m64).astype(np.float32)).to(dev)  # crop px -> frame px
     mean_t, std_t = mean_t.to(dev), std_t.to(dev)
     shape = (n, c, size, size) if layout == "NCHW" else (n, size, size, c)
     out = torch.empty(shape, dtype=out_dtype, device=dev)
-    step = max(1, ALIGN_CHUNK_PIXELS // (size * size))             # bounded temporaries for big batches
+    step = max(1, ALIGN_CHUNK_PIXELS // (size * size))  # bounded temporaries for big batches
     for s0 in range(0, n, step):
-        _align_into(out[s0:s0 + step], frames, inv[s0:s0 + step], idx[s0:s0 + step], size, mean_t, std_t, bgr,
-                    layout, round_to_uint8)
+        _align_into(
+            out[s0 : s0 + step],
+            frames,
+            inv[s0 : s0 + step],
+            idx[s0 : s0 + step],
+            size,
+            mean_t,
+            std_t,
+            bgr,
+            layout,
+            round_to_uint8,
+        )
     return out
 
 
-ALIGN_CHUNK_PIXELS = 1 << 18   # crop pixels per chunk: some tens of MB of temporaries, cache-friendlier
+ALIGN_CHUNK_PIXELS = 1 << 18  # crop pixels per chunk: some tens of MB of temporaries, cache-friendlier
 
 
 def _align_into(out, frames, inv, idx, size, mean_t, std_t, bgr, layout, round_to_uint8):
@@ -398,7 +483,7 @@ def _align_into(out, frames, inv, idx, size, mean_t, std_t, bgr, layout, round_t
     g = torch.arange(size, device=dev, dtype=torch.float32)
     gy, gx = torch.meshgrid(g, g, indexing="ij")
     a = inv[:, None, None, :, :]
-    u = a[..., 0, 0] * gx + a[..., 0, 1] * gy + a[..., 0, 2]          # [n,S,S]
+    u = a[..., 0, 0] * gx + a[..., 0, 1] * gy + a[..., 0, 2]  # [n,S,S]
     v = a[..., 1, 0] * gx + a[..., 1, 1] * gy + a[..., 1, 2]
     x0f, y0f = torch.floor(u), torch.floor(v)
     fx, fy = u - x0f, v - y0f
@@ -413,19 +498,19 @@ def _align_into(out, frames, inv, idx, size, mean_t, std_t, bgr, layout, round_t
     xc0, xc1 = x0f.clamp(0, W - 1).to(torch.int64), (x0f + 1.0).clamp(0, W - 1).to(torch.int64)
     r0 = base + y0f.clamp(0, H - 1).to(torch.int64) * W
     r1 = base + (y0f + 1.0).clamp(0, H - 1).to(torch.int64) * W
-    lin = torch.stack((r0 + xc0, r0 + xc1, r1 + xc0, r1 + xc1), 0).reshape(-1)   # [4*P]
+    lin = torch.stack((r0 + xc0, r0 + xc1, r1 + xc0, r1 + xc1), 0).reshape(-1)  # [4*P]
     P = n * size * size
-    taps = torch.empty((c, 4, P), dtype=torch.float32, device=dev)              # channel planes
+    taps = torch.empty((c, 4, P), dtype=torch.float32, device=dev)  # channel planes
     taps.copy_(frames.reshape(B * H * W, c).index_select(0, lin).view(4, P, c).permute(2, 0, 1))  # uint8: raw
     wx0, wx1, wy0, wy1 = (w.reshape(P) for w in (wx0, wx1, wy0, wy1))
     for oc in range(c):
-        t = taps[c - 1 - oc if bgr else oc]                            # [4, P]; bgr swaps R and B
+        t = taps[c - 1 - oc if bgr else oc]  # [4, P]; bgr swaps R and B
         pix = (t[0] * wx0 + t[1] * wx1) * wy0 + (t[2] * wx0 + t[3] * wx1) * wy1
         if frames.dtype != torch.uint8:
-            pix.mul_(255.0)                                            # 0..255
+            pix.mul_(255.0)  # 0..255
         if round_to_uint8:
-            pix.add_(0.5).floor_().clamp_(0.0, 255.0)                  # cv2 on uint8: round half up, saturate
-        val = ((pix - mean_t[oc:oc + 1]) / std_t[oc:oc + 1]).view(n, size, size)
+            pix.add_(0.5).floor_().clamp_(0.0, 255.0)  # cv2 on uint8: round half up, saturate
+        val = ((pix - mean_t[oc : oc + 1]) / std_t[oc : oc + 1]).view(n, size, size)
         (out[:, oc] if layout == "NCHW" else out[..., oc]).copy_(val)
 
 
@@ -434,17 +519,27 @@ def _align_into(out, frames, inv, idx, size, mean_t, std_t, bgr, layout, round_t
 # --------------------------------------------------------------------------------------------
 def check_attention_args(q, k, v, k_id, v_id, scale, region_mask):
     for name, t, nd in (("q", q, 4), ("k", k, 4), ("v", v, 4), ("k_id", k_id, 5), ("v_id", v_id, 5)):
-        _require(isinstance(t, torch.Tensor) and t.dim() == nd, f"{name} has the wrong shape",
-                 f"{nd} dimensions", lambda: describe_tensor(t))
+        _require(
+            isinstance(t, torch.Tensor) and t.dim() == nd,
+            f"{name} has the wrong shape",
+            f"{nd} dimensions",
+            lambda: describe_tensor(t),
+        )
     B, Hh, Lq, D = q.shape
-    _require(k.shape[:2] == (B, Hh) and k.shape[3] == D and v.shape[:3] == k.shape[:3],
-             "text keys/values do not match the queries", f"k [{B},{Hh},Lt,{D}], v [{B},{Hh},Lt,Dv]",
-             lambda: f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    _require(
+        k.shape[:2] == (B, Hh) and k.shape[3] == D and v.shape[:3] == k.shape[:3],
+        "text keys/values do not match the queries",
+        f"k [{B},{Hh},Lt,{D}], v [{B},{Hh},Lt,Dv]",
+        lambda: f"k {tuple(k.shape)}, v {tuple(v.shape)}",
+    )
     Dv = v.shape[3]
     I, T = k_id.shape[2], k_id.shape[3]
-    _require(k_id.shape[:2] == (B, Hh) and k_id.shape[4] == D and tuple(v_id.shape) == (B, Hh, I, T, Dv),
-             "identity keys/values do not match the queries",
-             f"k_id [{B},{Hh},I,T,{D}], v_id [{B},{Hh},I,T,{Dv}]", lambda: f"k_id {tuple(k_id.shape)}, v_id {tuple(v_id.shape)}")
+    _require(
+        k_id.shape[:2] == (B, Hh) and k_id.shape[4] == D and tuple(v_id.shape) == (B, Hh, I, T, Dv),
+        "identity keys/values do not match the queries",
+        f"k_id [{B},{Hh},I,T,{D}], v_id [{B},{Hh},I,T,{Dv}]",
+        lambda: f"k_id {tuple(k_id.shape)}, v_id {tuple(v_id.shape)}",
+    )
     if isinstance(scale, torch.Tensor):
         st = scale.to(q.device, torch.float32)
         if st.dim() == 0:
@@ -453,22 +548,37 @@ def check_attention_args(q, k, v, k_id, v_id, scale, region_mask):
             _require(st.shape[0] == I, "scale must be a number, [I] or [B, I]", f"[{I}]", lambda: describe_tensor(st))
             st = st.unsqueeze(0).expand(B, I)
         else:
-            _require(tuple(st.shape) == (B, I), "scale must be a number, [I] or [B, I]", f"[{B}, {I}]", lambda: describe_tensor(st))
+            _require(
+                tuple(st.shape) == (B, I),
+                "scale must be a number, [I] or [B, I]",
+                f"[{B}, {I}]",
+                lambda: describe_tensor(st),
+            )
     elif isinstance(scale, (list, tuple)):
         return check_attention_args(q, k, v, k_id, v_id, torch.tensor(scale, dtype=torch.float32), region_mask)
     else:
         st = torch.full((B, I), float(scale), device=q.device, dtype=torch.float32)
     mask = None
     if region_mask is not None:
-        _require(isinstance(region_mask, torch.Tensor) and tuple(region_mask.shape) == (B, I, Lq),
-                 "region_mask must give one weight per identity and query position", f"[{B}, {I}, {Lq}]",
-                 lambda: describe_tensor(region_mask))
+        _require(
+            isinstance(region_mask, torch.Tensor) and tuple(region_mask.shape) == (B, I, Lq),
+            "region_mask must give one weight per identity and query position",
+            f"[{B}, {I}, {Lq}]",
+            lambda: describe_tensor(region_mask),
+        )
         mask = region_mask.to(q.device, torch.float32)
     return st.contiguous(), mask
 
 
-def decoupled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_id: torch.Tensor, v_id: torch.Tensor,
-                        scale, region_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def decoupled_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_id: torch.Tensor,
+    v_id: torch.Tensor,
+    scale,
+    region_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """out = softmax(q k^T / sqrt(D)) v + sum_i scale_i * m_i * softmax(q k_i^T / sqrt(D)) v_i.
 
     q [B,H,Lq,D]; k, v [B,H,Lt,D(v)]; k_id, v_id [B,H,I,T,D(v)]; scale float, [I] or [B,I];
@@ -479,10 +589,10 @@ def decoupled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_id:
     I = k_id.shape[2]
     if I == 0 or k_id.shape[3] == 0:
         return out.to(q.dtype)
-    qi = q.unsqueeze(2).expand(-1, -1, I, -1, -1)                    # [B,H,I,Lq,D]
-    ido = F.scaled_dot_product_attention(qi, k_id, v_id).float()    # [B,H,I,Lq,Dv]
-    w = st[:, None, :, None, None]                                   # [B,1,I,1,1]
+    qi = q.unsqueeze(2).expand(-1, -1, I, -1, -1)  # [B,H,I,Lq,D]
+    ido = F.scaled_dot_product_attention(qi, k_id, v_id).float()  # [B,H,I,Lq,Dv]
+    w = st[:, None, :, None, None]  # [B,1,I,1,1]
     if mask is not None:
-        w = w * mask[:, None, :, :, None]                            # [B,1,I,Lq,1]
+        w = w * mask[:, None, :, :, None]  # [B,1,I,Lq,1]
     out = out + (ido * w).sum(2)
     return out.to(q.dtype)

@@ -7,6 +7,7 @@ dtype - frames read once, model-ready crops written once. int64 offsets. The flo
 the twin's, in the twin's order (taps, bilinear mix, then *255 for float frames), and the kernel is
 compiled without FMA contraction, so the rounding decision matches the twin's.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,10 +20,23 @@ from .triton_common import bilinear, sample_coords
 
 
 @triton.jit
-def _align_kernel(frames_ptr, out_ptr, inv_ptr, fidx_ptr, mean_ptr, std_ptr,
-                  H, W, S,
-                  C: tl.constexpr, IS_U8: tl.constexpr, BGR: tl.constexpr, NCHW: tl.constexpr,
-                  BLOCK: tl.constexpr, ROUND: tl.constexpr = False):
+def _align_kernel(
+    frames_ptr,
+    out_ptr,
+    inv_ptr,
+    fidx_ptr,
+    mean_ptr,
+    std_ptr,
+    H,
+    W,
+    S,
+    C: tl.constexpr,
+    IS_U8: tl.constexpr,
+    BGR: tl.constexpr,
+    NCHW: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ROUND: tl.constexpr = False,
+):
     n = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
     # per face, 7 int32 words: 6 float32 inverse-matrix coefficients (bit patterns), frame index
@@ -49,10 +63,10 @@ def _align_kernel(frames_ptr, out_ptr, inv_ptr, fidx_ptr, mean_ptr, std_ptr,
             c = C - 1 - oc
         else:
             c = oc
-        val = bilinear(frames_ptr, base, cx, cy, fx, fy, H64, W64, C, c, ok, False)   # uint8: 0..255 already
+        val = bilinear(frames_ptr, base, cx, cy, fx, fy, H64, W64, C, c, ok, False)  # uint8: 0..255 already
         if not IS_U8:
             val = val * 255.0
-        if ROUND:                                  # cv2.warpAffine on uint8: round half up, saturate
+        if ROUND:  # cv2.warpAffine on uint8: round half up, saturate
             val = tl.minimum(tl.maximum(tl.floor(val + 0.5), 0.0), 255.0)
         val = (val - tl.load(mean_ptr + oc)) / tl.load(std_ptr + oc)
         if NCHW:
@@ -65,11 +79,22 @@ def _align_kernel(frames_ptr, out_ptr, inv_ptr, fidx_ptr, mean_ptr, std_ptr,
 BLOCK = 256
 
 
-def align_crops(frames, matrix, frame_index, size, mean=0.0, std=1.0, bgr=False, layout="NCHW",
-                out_dtype=torch.float32, round_to_uint8=False):
+def align_crops(
+    frames,
+    matrix,
+    frame_index,
+    size,
+    mean=0.0,
+    std=1.0,
+    bgr=False,
+    layout="NCHW",
+    out_dtype=torch.float32,
+    round_to_uint8=False,
+):
     """Fused alignment; arguments as :func:`kernels.reference.align_crops`."""
-    m64, idx, mean_t, std_t = reference.check_align_args(frames, matrix, frame_index, size, mean, std, bgr,
-                                                          layout, out_dtype, round_to_uint8)
+    m64, idx, mean_t, std_t = reference.check_align_args(
+        frames, matrix, frame_index, size, mean, std, bgr, layout, out_dtype, round_to_uint8
+    )
     return align_crops_checked(frames, m64, idx, size, mean_t, std_t, bgr, layout, out_dtype, round_to_uint8)
 
 
@@ -92,7 +117,22 @@ def align_crops_checked(frames, m64, idx, size, mean_t, std_t, bgr, layout, out_
     buf = host.pin_memory().to(dev, non_blocking=True) if frames.is_cuda else host
     fbuf = buf.view(torch.float32)
     grid = (n, triton.cdiv(size * size, BLOCK))
-    _align_kernel[grid](frames.contiguous(), out, fbuf, buf, fbuf[n * 7:], fbuf[n * 7 + c:],
-                        H, W, size, C=c, IS_U8=frames.dtype == torch.uint8, BGR=bool(bgr),
-                        NCHW=layout == "NCHW", BLOCK=BLOCK, ROUND=bool(round_to_uint8), enable_fp_fusion=False)
+    _align_kernel[grid](
+        frames.contiguous(),
+        out,
+        fbuf,
+        buf,
+        fbuf[n * 7 :],
+        fbuf[n * 7 + c :],
+        H,
+        W,
+        size,
+        C=c,
+        IS_U8=frames.dtype == torch.uint8,
+        BGR=bool(bgr),
+        NCHW=layout == "NCHW",
+        BLOCK=BLOCK,
+        ROUND=bool(round_to_uint8),
+        enable_fp_fusion=False,
+    )
     return out

@@ -9,6 +9,7 @@ m, l, acc - exact, never one softmax over concatenated keys), weights each ident
 scale and optional region mask, and writes the sum once. Offsets in int64; float32 inputs use IEEE
 dot products (no TF32), half inputs accumulate in float32.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,14 +23,35 @@ from . import reference
 
 
 @triton.jit
-def _attend(acc, m_i, l_i, q, k_base, v_base, L, s_kl, s_kd, s_vl, s_vd, offs_d, offs_dv, qk_scale,
-            D, DV, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+def _attend(
+    acc,
+    m_i,
+    l_i,
+    q,
+    k_base,
+    v_base,
+    L,
+    s_kl,
+    s_kd,
+    s_vl,
+    s_vd,
+    offs_d,
+    offs_dv,
+    qk_scale,
+    D,
+    DV,
+    BLOCK_N: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     """Online softmax of q against L keys at k_base/v_base (strided), accumulated into (acc, m_i, l_i)."""
     for start in range(0, L, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         nmask = offs_n < L
-        kt = tl.load(k_base + offs_n[None, :].to(tl.int64) * s_kl + offs_d[:, None].to(tl.int64) * s_kd,
-                     mask=nmask[None, :] & (offs_d[:, None] < D), other=0.0)
+        kt = tl.load(
+            k_base + offs_n[None, :].to(tl.int64) * s_kl + offs_d[:, None].to(tl.int64) * s_kd,
+            mask=nmask[None, :] & (offs_d[:, None] < D),
+            other=0.0,
+        )
         if IEEE:
             s = tl.dot(q, kt, input_precision="ieee") * qk_scale
         else:
@@ -39,8 +61,11 @@ def _attend(acc, m_i, l_i, q, k_base, v_base, L, s_kl, s_kd, s_vl, s_vd, offs_d,
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        vv = tl.load(v_base + offs_n[:, None].to(tl.int64) * s_vl + offs_dv[None, :].to(tl.int64) * s_vd,
-                     mask=nmask[:, None] & (offs_dv[None, :] < DV), other=0.0)
+        vv = tl.load(
+            v_base + offs_n[:, None].to(tl.int64) * s_vl + offs_dv[None, :].to(tl.int64) * s_vd,
+            mask=nmask[:, None] & (offs_dv[None, :] < DV),
+            other=0.0,
+        )
         if IEEE:
             pv = tl.dot(p.to(vv.dtype), vv, input_precision="ieee")
         else:
@@ -51,17 +76,57 @@ def _attend(acc, m_i, l_i, q, k_base, v_base, L, s_kl, s_kd, s_vl, s_vd, offs_d,
 
 
 @triton.jit
-def _decoupled_kernel(q_ptr, k_ptr, v_ptr, kid_ptr, vid_ptr, o_ptr, scale_ptr, mask_ptr,
-                      NH, Lq, Lt, I, T, D, DV, qk_scale,
-                      s_qb, s_qh, s_qm, s_qd,
-                      s_kb, s_kh, s_kl, s_kd,
-                      s_vb, s_vh, s_vl, s_vd,
-                      s_ib, s_ih, s_ii, s_it, s_id,
-                      s_jb, s_jh, s_ji, s_jt, s_jd,
-                      s_ob, s_oh, s_om, s_od,
-                      HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                      IEEE: tl.constexpr):
+def _decoupled_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    kid_ptr,
+    vid_ptr,
+    o_ptr,
+    scale_ptr,
+    mask_ptr,
+    NH,
+    Lq,
+    Lt,
+    I,
+    T,
+    D,
+    DV,
+    qk_scale,
+    s_qb,
+    s_qh,
+    s_qm,
+    s_qd,
+    s_kb,
+    s_kh,
+    s_kl,
+    s_kd,
+    s_vb,
+    s_vh,
+    s_vl,
+    s_vd,
+    s_ib,
+    s_ih,
+    s_ii,
+    s_it,
+    s_id,
+    s_jb,
+    s_jh,
+    s_ji,
+    s_jt,
+    s_jd,
+    s_ob,
+    s_oh,
+    s_om,
+    s_od,
+    HAS_MASK: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // NH
@@ -70,15 +135,36 @@ def _decoupled_kernel(q_ptr, k_ptr, v_ptr, kid_ptr, vid_ptr, o_ptr, scale_ptr, m
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     mmask = offs_m < Lq
-    q = tl.load(q_ptr + b * s_qb + h * s_qh + offs_m[:, None] * s_qm + offs_d[None, :].to(tl.int64) * s_qd,
-                mask=mmask[:, None] & (offs_d[None, :] < D), other=0.0)
+    q = tl.load(
+        q_ptr + b * s_qb + h * s_qh + offs_m[:, None] * s_qm + offs_d[None, :].to(tl.int64) * s_qd,
+        mask=mmask[:, None] & (offs_d[None, :] < D),
+        other=0.0,
+    )
 
     # text group
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_ptr + b * s_kb + h * s_kh, v_ptr + b * s_vb + h * s_vh, Lt,
-                            s_kl, s_kd, s_vl, s_vd, offs_d, offs_dv, qk_scale, D, DV, BLOCK_N, IEEE)
+    acc, m_i, l_i = _attend(
+        acc,
+        m_i,
+        l_i,
+        q,
+        k_ptr + b * s_kb + h * s_kh,
+        v_ptr + b * s_vb + h * s_vh,
+        Lt,
+        s_kl,
+        s_kd,
+        s_vl,
+        s_vd,
+        offs_d,
+        offs_dv,
+        qk_scale,
+        D,
+        DV,
+        BLOCK_N,
+        IEEE,
+    )
     out = acc / l_i[:, None]
 
     # identity groups, each with its own softmax state
@@ -87,9 +173,26 @@ def _decoupled_kernel(q_ptr, k_ptr, v_ptr, kid_ptr, vid_ptr, o_ptr, scale_ptr, m
         acc_i = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
         mi = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         li = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc_i, mi, li = _attend(acc_i, mi, li, q,
-                                kid_ptr + b * s_ib + h * s_ih + i * s_ii, vid_ptr + b * s_jb + h * s_jh + i * s_ji,
-                                T, s_it, s_id, s_jt, s_jd, offs_d, offs_dv, qk_scale, D, DV, BLOCK_T, IEEE)
+        acc_i, mi, li = _attend(
+            acc_i,
+            mi,
+            li,
+            q,
+            kid_ptr + b * s_ib + h * s_ih + i * s_ii,
+            vid_ptr + b * s_jb + h * s_jh + i * s_ji,
+            T,
+            s_it,
+            s_id,
+            s_jt,
+            s_jd,
+            offs_d,
+            offs_dv,
+            qk_scale,
+            D,
+            DV,
+            BLOCK_T,
+            IEEE,
+        )
         contrib = acc_i / li[:, None]
         if HAS_MASK:
             rm = tl.load(mask_ptr + (b * I + i) * Lq + offs_m, mask=mmask, other=0.0)
@@ -97,8 +200,11 @@ def _decoupled_kernel(q_ptr, k_ptr, v_ptr, kid_ptr, vid_ptr, o_ptr, scale_ptr, m
         else:
             out += contrib * w
 
-    tl.store(o_ptr + b * s_ob + h * s_oh + offs_m[:, None] * s_om + offs_dv[None, :].to(tl.int64) * s_od,
-             out.to(o_ptr.dtype.element_ty), mask=mmask[:, None] & (offs_dv[None, :] < DV))
+    tl.store(
+        o_ptr + b * s_ob + h * s_oh + offs_m[:, None] * s_om + offs_dv[None, :].to(tl.int64) * s_od,
+        out.to(o_ptr.dtype.element_ty),
+        mask=mmask[:, None] & (offs_dv[None, :] < DV),
+    )
 
 
 def _pow2(x, lo=16):
@@ -130,8 +236,15 @@ def launch_config(dtype: torch.dtype, D: int, DV: int, Lt: int, T: int) -> dict:
         # 8 warps over 64 queries: ~100 registers/thread at head dim 64 on sm_90 (4 warps: ~133)
         BM, BN, warps, stages = 64, 64, 8, 2
     BT = min(_pow2(T), BN) if T else 16
-    return dict(BLOCK_M=BM, BLOCK_N=min(BN, _pow2(Lt)) if Lt else BN, BLOCK_T=BT, BLOCK_D=BD, BLOCK_DV=BDV,
-                num_warps=warps, num_stages=stages)
+    return dict(
+        BLOCK_M=BM,
+        BLOCK_N=min(BN, _pow2(Lt)) if Lt else BN,
+        BLOCK_T=BT,
+        BLOCK_D=BD,
+        BLOCK_DV=BDV,
+        num_warps=warps,
+        num_stages=stages,
+    )
 
 
 def decoupled_attention(q, k, v, k_id, v_id, scale, region_mask=None, config=None):
@@ -156,9 +269,32 @@ def decoupled_attention(q, k, v, k_id, v_id, scale, region_mask=None, config=Non
         cfg.update(config)
     mask_t = mask.contiguous() if mask is not None else st
     grid = (triton.cdiv(Lq, cfg["BLOCK_M"]), B * NH)
-    qk_scale = (1.0 / math.sqrt(D)) * 1.4426950408889634   # exp2 domain
-    _decoupled_kernel[grid](q, k, v, k_id, v_id, out, st, mask_t,
-                            NH, Lq, Lt, I, T, D, DV, qk_scale,
-                            *q.stride(), *k.stride(), *v.stride(), *k_id.stride(), *v_id.stride(), *out.stride(),
-                            HAS_MASK=mask is not None, IEEE=dt == torch.float32, **cfg)
+    qk_scale = (1.0 / math.sqrt(D)) * 1.4426950408889634  # exp2 domain
+    _decoupled_kernel[grid](
+        q,
+        k,
+        v,
+        k_id,
+        v_id,
+        out,
+        st,
+        mask_t,
+        NH,
+        Lq,
+        Lt,
+        I,
+        T,
+        D,
+        DV,
+        qk_scale,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *k_id.stride(),
+        *v_id.stride(),
+        *out.stride(),
+        HAS_MASK=mask is not None,
+        IEEE=dt == torch.float32,
+        **cfg,
+    )
     return out

@@ -5,6 +5,7 @@ Same float operations in the same order as the torch twins (kernels/reference.py
 and ``align_crops``); both kernels are compiled without FMA contraction so results match the twins.
 Imported lazily with the kernels (requires Triton).
 """
+
 from __future__ import annotations
 
 import triton

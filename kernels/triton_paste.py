@@ -8,6 +8,7 @@ exactly like the twin. All offsets are computed in int64.
 
 Imported lazily by kernels/ops.py on the first CUDA call; importing it requires Triton.
 """
+
 from __future__ import annotations
 
 import struct
@@ -32,8 +33,7 @@ def _pow(x, e):
 
 
 @triton.jit
-def _srgb_to_lab(r, g, b,
-                 m00, m01, m02, m10, m11, m12, m20, m21, m22, wx, wy, wz):
+def _srgb_to_lab(r, g, b, m00, m01, m02, m10, m11, m12, m20, m21, m22, wx, wy, wz):
     r = tl.minimum(tl.maximum(r, 0.0), 1.0)
     g = tl.minimum(tl.maximum(g, 0.0), 1.0)
     b = tl.minimum(tl.maximum(b, 0.0), 1.0)
@@ -62,8 +62,7 @@ def _gamma(c):
 
 
 @triton.jit
-def _lab_to_srgb(L, a, bb,
-                 i00, i01, i02, i10, i11, i12, i20, i21, i22, wx, wy, wz):
+def _lab_to_srgb(L, a, bb, i00, i01, i02, i10, i11, i12, i20, i21, i22, wx, wy, wz):
     fy = (L + 16.0) / 116.0
     fx = fy + a / 500.0
     fz = fy - bb / 200.0
@@ -88,12 +87,44 @@ def _blend_store(out_ptr, off, val, m, ok, OUT_U8: tl.constexpr):
 
 
 @triton.jit
-def _paste_kernel(out_ptr, crops_ptr, masks_ptr, params_ptr, fparams_ptr, lab_ptr, faces_ptr,
-                  H, W, S,
-                  m00, m01, m02, m10, m11, m12, m20, m21, m22,
-                  i00, i01, i02, i10, i11, i12, i20, i21, i22, wx, wy, wz,
-                  C: tl.constexpr, CROP_U8: tl.constexpr, OUT_U8: tl.constexpr, HAS_LAB: tl.constexpr,
-                  BLOCK: tl.constexpr):
+def _paste_kernel(
+    out_ptr,
+    crops_ptr,
+    masks_ptr,
+    params_ptr,
+    fparams_ptr,
+    lab_ptr,
+    faces_ptr,
+    H,
+    W,
+    S,
+    m00,
+    m01,
+    m02,
+    m10,
+    m11,
+    m12,
+    m20,
+    m21,
+    m22,
+    i00,
+    i01,
+    i02,
+    i10,
+    i11,
+    i12,
+    i20,
+    i21,
+    i22,
+    wx,
+    wy,
+    wz,
+    C: tl.constexpr,
+    CROP_U8: tl.constexpr,
+    OUT_U8: tl.constexpr,
+    HAS_LAB: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid_t = tl.program_id(0)
     j = tl.program_id(1)
     face = tl.load(faces_ptr + j).to(tl.int64)
@@ -119,7 +150,7 @@ def _paste_kernel(out_ptr, crops_ptr, masks_ptr, params_ptr, fparams_ptr, lab_pt
     y = y0 + py
     xf = x.to(tl.float32)
     yf = y.to(tl.float32)
-    S64 = face * 0 + S                      # int64 (scalar args may arrive as int32)
+    S64 = face * 0 + S  # int64 (scalar args may arrive as int32)
     cx, cy, fx, fy = sample_coords(a0, a1, a2, a3, a4, a5, xf, yf, S64, S64, False)
     mbase = face * S64 * S64
     m = bilinear(masks_ptr, mbase, cx, cy, fx, fy, S64, S64, 1, 0, ok, False)
@@ -192,20 +223,36 @@ def paste_back_checked(frames, crops, masks, m64, idx, stats, inplace=False):
     host = torch.frombuffer(recs + struct.pack(f"<{len(flat)}i", *flat), dtype=torch.int32)
     if frames.is_cuda:
         buf = host.pin_memory().to(frames.device, non_blocking=True)
-    else:                       # (compile-only tooling on the CPU) an aligned copy, as a device buffer is
+    else:  # (compile-only tooling on the CPU) an aligned copy, as a device buffer is
         buf = host.clone()
     fbuf = buf.view(torch.float32)
     crops_c = crops.contiguous()
     masks_c = masks.contiguous()
-    lab = stats.reshape(n, 12).contiguous() if stats is not None else fbuf   # dummy pointer when unused
+    lab = stats.reshape(n, 12).contiguous() if stats is not None else fbuf  # dummy pointer when unused
     crop_u8, out_u8, has_lab = crops.dtype == torch.uint8, frames.dtype == torch.uint8, stats is not None
     pos = n * 11
     for k in order:
         faces = layers[k]
         grid = (max(tiles[i] for i in faces), len(faces))
-        _paste_kernel[grid](out, crops_c, masks_c, buf, fbuf, lab, buf[pos:pos + len(faces)], H, W, S, *_CONSTS,
-                            C=C, CROP_U8=crop_u8, OUT_U8=out_u8, HAS_LAB=has_lab, BLOCK=BLOCK,
-                            enable_fp_fusion=False)
+        _paste_kernel[grid](
+            out,
+            crops_c,
+            masks_c,
+            buf,
+            fbuf,
+            lab,
+            buf[pos : pos + len(faces)],
+            H,
+            W,
+            S,
+            *_CONSTS,
+            C=C,
+            CROP_U8=crop_u8,
+            OUT_U8=out_u8,
+            HAS_LAB=has_lab,
+            BLOCK=BLOCK,
+            enable_fp_fusion=False,
+        )
         pos += len(faces)
     return out
 

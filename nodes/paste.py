@@ -17,6 +17,7 @@ Exact maths (the cv2 reference in tests/unit/test_paste.py reproduces it):
            sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8 (OpenCV's rule for sigma = 0), zero border
     paste: out = frame * (1 - w * m) + transfer(crop) * (w * m), crop/m sampled bilinearly.
 """
+
 from __future__ import annotations
 
 import logging
@@ -110,8 +111,9 @@ def hull_masks(points_crop: Sequence, size: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def landmark_masks(points_crop: Sequence, size: int, erode_frac: float = 0.1, blur_frac: float = 0.1,
-                   device=None) -> torch.Tensor:
+def landmark_masks(
+    points_crop: Sequence, size: int, erode_frac: float = 0.1, blur_frac: float = 0.1, device=None
+) -> torch.Tensor:
     """Landmark hull masks, eroded + blurred like the box mask, intersected with the box mask."""
     r_e, r_b = mask_radii(size, erode_frac, blur_frac)
     hull = hull_masks(points_crop, size).to(device)
@@ -135,10 +137,21 @@ def color_stats(new_crops: torch.Tensor, original_crops: torch.Tensor, masks: to
     return torch.stack((a, b), 1)
 
 
-def paste_faces(frames: torch.Tensor, crops: torch.Tensor, matrix: torch.Tensor, frame_index: torch.Tensor,
-                masks: Optional[torch.Tensor] = None, *, erode_frac: float = 0.1, blur_frac: float = 0.1,
-                landmarks_crop: Optional[Sequence] = None, color_transfer: bool = False,
-                original_crops: Optional[torch.Tensor] = None, strength=1.0, want_mask: bool = True):
+def paste_faces(
+    frames: torch.Tensor,
+    crops: torch.Tensor,
+    matrix: torch.Tensor,
+    frame_index: torch.Tensor,
+    masks: Optional[torch.Tensor] = None,
+    *,
+    erode_frac: float = 0.1,
+    blur_frac: float = 0.1,
+    landmarks_crop: Optional[Sequence] = None,
+    color_transfer: bool = False,
+    original_crops: Optional[torch.Tensor] = None,
+    strength=1.0,
+    want_mask: bool = True,
+):
     """Blend crops [N,S,S,3] (0..1) back into frames [B,H,W,3].
 
     masks: optional [N,S,S] extra crop-space masks (e.g. a swapper's own mask), multiplied into the
@@ -151,25 +164,43 @@ def paste_faces(frames: torch.Tensor, crops: torch.Tensor, matrix: torch.Tensor,
     if n == 0:
         fm = torch.zeros(frames.shape[:3], device=dev) if want_mask else None
         return frames.clone(), fm
-    feather = feather_masks(n, s, masks, erode_frac=erode_frac, blur_frac=blur_frac, landmarks_crop=landmarks_crop,
-                            strength=strength, device=dev)
+    feather = feather_masks(
+        n,
+        s,
+        masks,
+        erode_frac=erode_frac,
+        blur_frac=blur_frac,
+        landmarks_crop=landmarks_crop,
+        strength=strength,
+        device=dev,
+    )
     crops = crops.to(dev)
     stats = None
     if color_transfer:
         if original_crops is None:
-            raise VisageError("colour transfer needs the original crops", expected="original_crops [N,S,S,3]",
-                              got="None")
+            raise VisageError(
+                "colour transfer needs the original crops", expected="original_crops [N,S,S,3]", got="None"
+            )
         stats = color_stats(crops.float(), original_crops.float(), feather)
     idx = torch.as_tensor(frame_index, dtype=torch.long)
-    out = _kops.paste_back(frames, crops.to(frames.dtype) if frames.is_floating_point() else crops,
-                           matrix, feather, idx.to(dev), stats)
+    out = _kops.paste_back(
+        frames, crops.to(frames.dtype) if frames.is_floating_point() else crops, matrix, feather, idx.to(dev), stats
+    )
     frame_mask = paste_masks(frames.shape, matrix, feather, idx) if want_mask else None
     return out, frame_mask
 
 
-def feather_masks(n: int, size: int, masks: Optional[torch.Tensor] = None, *, erode_frac: float = 0.1,
-                  blur_frac: float = 0.1, landmarks_crop: Optional[Sequence] = None, strength=1.0,
-                  device=None) -> torch.Tensor:
+def feather_masks(
+    n: int,
+    size: int,
+    masks: Optional[torch.Tensor] = None,
+    *,
+    erode_frac: float = 0.1,
+    blur_frac: float = 0.1,
+    landmarks_crop: Optional[Sequence] = None,
+    strength=1.0,
+    device=None,
+) -> torch.Tensor:
     """[n,S,S] crop-space blend weights exactly as :func:`paste_faces` uses them: the feathered box
     (or landmark) mask, times the optional extra masks, times strength (float or [n])."""
     if landmarks_crop is not None:
@@ -182,16 +213,23 @@ def feather_masks(n: int, size: int, masks: Optional[torch.Tensor] = None, *, er
     return feather * (w.view(-1, 1, 1) if w.numel() == n else w.view(1, 1, 1))
 
 
-def paste_weighted(frames: torch.Tensor, crops: torch.Tensor, matrix: torch.Tensor, weights: torch.Tensor,
-                   frame_index: torch.Tensor) -> torch.Tensor:
+def paste_weighted(
+    frames: torch.Tensor, crops: torch.Tensor, matrix: torch.Tensor, weights: torch.Tensor, frame_index: torch.Tensor
+) -> torch.Tensor:
     """out = frame * (1 - w) + crop * w with caller-made crop-space weights [N,S,S] (already feathered,
     0 on the crop border): one ``paste_back``, for callers that build their own blend weights."""
     if crops.shape[0] == 0:
         return frames.clone()
     dev = frames.device
     idx = torch.as_tensor(frame_index, dtype=torch.long).to(dev)
-    return _kops.paste_back(frames, crops.to(dev, frames.dtype) if frames.is_floating_point() else crops.to(dev),
-                            matrix, weights.to(dev).float().clamp(0, 1), idx, None)
+    return _kops.paste_back(
+        frames,
+        crops.to(dev, frames.dtype) if frames.is_floating_point() else crops.to(dev),
+        matrix,
+        weights.to(dev).float().clamp(0, 1),
+        idx,
+        None,
+    )
 
 
 def paste_masks(frame_shape, matrix: torch.Tensor, feather: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:

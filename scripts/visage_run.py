@@ -21,6 +21,7 @@ start, or the connection was lost); 4 timed out.
 This file is self-contained (standard library + optional ``websocket-client`` and Pillow); it does not
 need the tests folder or the pack importable.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,6 +63,7 @@ class RunError(Exception):
 
 # ============================================================================ workflow formats
 
+
 def load_workflow(path: str) -> Tuple[str, dict]:
     """Read a workflow file; returns ("api" | "ui", data)."""
     try:
@@ -83,8 +85,10 @@ def detect_format(data: Any, where: str = "workflow") -> Tuple[str, dict]:
         api = {k: v for k, v in data.items() if not str(k).startswith("_")}
         if api and all(isinstance(v, dict) and "class_type" in v for v in api.values()):
             return "api", {str(k): v for k, v in api.items()}
-    raise RunError(f"{where} is neither a UI-format workflow (a 'nodes' list and 'links') nor an API-format "
-                   f"workflow ({{id: {{class_type, inputs}}}}); in ComfyUI use Workflow > Save, or Export (API)")
+    raise RunError(
+        f"{where} is neither a UI-format workflow (a 'nodes' list and 'links') nor an API-format "
+        f"workflow ({{id: {{class_type, inputs}}}}); in ComfyUI use Workflow > Save, or Export (API)"
+    )
 
 
 def _spec(info: dict, section: str, name: str) -> Tuple[Any, dict]:
@@ -167,8 +171,10 @@ def report_missing_types(missing) -> str:
     for nid, t, title, pack in missing:
         where = f" (from the '{pack}' node pack)" if pack and pack != "comfy-core" else ""
         lines.append(f"  - {node_label(nid, t, title)}: type '{t}' is unknown{where}")
-    lines.append("install the node pack(s) that provide them into ComfyUI/custom_nodes (or update this pack), "
-                 "restart ComfyUI, and run again")
+    lines.append(
+        "install the node pack(s) that provide them into ComfyUI/custom_nodes (or update this pack), "
+        "restart ComfyUI, and run again"
+    )
     return "\n".join(lines)
 
 
@@ -179,8 +185,16 @@ def _link_rows(g: dict) -> List[tuple]:
     rows = []
     for l in g.get("links") or []:
         if isinstance(l, dict):
-            rows.append((int(l["id"]), l["origin_id"], int(l["origin_slot"]), l["target_id"], int(l["target_slot"]),
-                         l.get("type")))
+            rows.append(
+                (
+                    int(l["id"]),
+                    l["origin_id"],
+                    int(l["origin_slot"]),
+                    l["target_id"],
+                    int(l["target_slot"]),
+                    l.get("type"),
+                )
+            )
         elif isinstance(l, (list, tuple)) and len(l) >= 5:
             rows.append((int(l[0]), l[1], int(l[2]), l[3], int(l[4]), l[5] if len(l) > 5 else None))
     return rows
@@ -195,7 +209,7 @@ def flatten_subgraphs(wf: dict) -> dict:
     defs: Dict[str, dict] = {}
 
     def collect(g):
-        for sg in ((g.get("definitions") or {}).get("subgraphs") or []):
+        for sg in (g.get("definitions") or {}).get("subgraphs") or []:
             if isinstance(sg, dict) and sg.get("id"):
                 defs[sg["id"]] = sg
                 collect(sg)
@@ -281,9 +295,17 @@ def flatten_subgraphs(wf: dict) -> dict:
                     inp["link"] = -abs(int(r[1])) - 1_000_000  # stays missing: reported by ui_to_api
                 elif r[0] == "value":
                     prim = f"{key}:value{k}"
-                    out_nodes.append({"id": prim, "type": "PrimitiveNode", "mode": 0, "inputs": [],
-                                      "outputs": [{"name": "value", "type": inp.get("type"), "links": []}],
-                                      "widgets_values": [r[1]], "title": f"{n.get('title') or n['type']}.{inp.get('name')}"})
+                    out_nodes.append(
+                        {
+                            "id": prim,
+                            "type": "PrimitiveNode",
+                            "mode": 0,
+                            "inputs": [],
+                            "outputs": [{"name": "value", "type": inp.get("type"), "links": []}],
+                            "widgets_values": [r[1]],
+                            "title": f"{n.get('title') or n['type']}.{inp.get('name')}",
+                        }
+                    )
                     inp["link"] = new_link((prim, 0), key, k, inp.get("type"))
                 else:
                     inp["link"] = new_link(r, key, k, inp.get("type"))
@@ -335,16 +357,24 @@ def ui_to_api(wf: dict, object_info: dict, primitives: Optional[dict] = None) ->
     for nid, n in nodes.items():
         t = n["type"]
         if t in subgraph_ids or (isinstance(t, str) and len(t) == 36 and t.count("-") == 4 and t not in object_info):
-            raise RunError(f"UI workflow: {node_label(nid, t, n.get('title'))} is a subgraph whose definition is "
-                           f"not in the file ('definitions.subgraphs'); save the workflow again in ComfyUI")
+            raise RunError(
+                f"UI workflow: {node_label(nid, t, n.get('title'))} is a subgraph whose definition is "
+                f"not in the file ('definitions.subgraphs'); save the workflow again in ComfyUI"
+            )
         if t in group_nodes or str(t).startswith("workflow>") or str(t).startswith("workflow/"):
-            raise RunError(f"UI workflow: {node_label(nid, t, n.get('title'))} is a group node; visage_run does not "
-                           f"expand group nodes: in ComfyUI use Export (API) and run that file")
+            raise RunError(
+                f"UI workflow: {node_label(nid, t, n.get('title'))} is a group node; visage_run does not "
+                f"expand group nodes: in ComfyUI use Export (API) and run that file"
+            )
 
-    active = {nid: n for nid, n in nodes.items()
-              if n["type"] not in VIRTUAL_NODES and n.get("mode", 0) not in (MODE_MUTED, MODE_BYPASS)}
-    missing = missing_node_types({nid: (n["type"], n.get("title"), pack_of(n)) for nid, n in active.items()},
-                                 object_info)
+    active = {
+        nid: n
+        for nid, n in nodes.items()
+        if n["type"] not in VIRTUAL_NODES and n.get("mode", 0) not in (MODE_MUTED, MODE_BYPASS)
+    }
+    missing = missing_node_types(
+        {nid: (n["type"], n.get("title"), pack_of(n)) for nid, n in active.items()}, object_info
+    )
     if missing:
         raise RunError(report_missing_types(missing))
 
@@ -354,14 +384,18 @@ def ui_to_api(wf: dict, object_info: dict, primitives: Optional[dict] = None) ->
             raise RunError(f"UI workflow: {target_desc}: a loop of Reroute/bypassed nodes")
         link = links.get(int(link_id))
         if link is None:
-            raise RunError(f"UI workflow: {target_desc} is connected by link {link_id}, but the workflow's 'links' "
-                           f"list has no link {link_id} (the file is damaged or was edited by hand); reconnect the "
-                           f"input in ComfyUI and save again")
+            raise RunError(
+                f"UI workflow: {target_desc} is connected by link {link_id}, but the workflow's 'links' "
+                f"list has no link {link_id} (the file is damaged or was edited by hand); reconnect the "
+                f"input in ComfyUI and save again"
+            )
         origin_id, origin_slot = str(link[0]), int(link[1])
         src = nodes.get(origin_id)
         if src is None:
-            raise RunError(f"UI workflow: {target_desc} is connected (link {link_id}) to node {origin_id}, which is "
-                           f"not in the workflow; reconnect the input in ComfyUI and save again")
+            raise RunError(
+                f"UI workflow: {target_desc} is connected (link {link_id}) to node {origin_id}, which is "
+                f"not in the workflow; reconnect the input in ComfyUI and save again"
+            )
         mode = src.get("mode", 0)
         if src["type"] == "Reroute":
             ins = src.get("inputs") or []
@@ -401,7 +435,7 @@ def ui_to_api(wf: dict, object_info: dict, primitives: Optional[dict] = None) ->
                     inputs[name] = v
             if len(values) < len(slots):
                 # the workflow predates inputs added since: use their defaults, as the editor does
-                for name in slots[len(values):]:
+                for name in slots[len(values) :]:
                     if name is not None:
                         typ, opts = input_type(info, name)
                         if "default" in opts:
@@ -415,9 +449,11 @@ def ui_to_api(wf: dict, object_info: dict, primitives: Optional[dict] = None) ->
             desc = f"{node_label(nid, t, n.get('title'))} input '{name}'"
             got = resolve(inp["link"], desc)
             if input_type(info, name) is None:
-                raise RunError(f"UI workflow: {desc} is connected, but {t} has no input named '{name}' in this "
-                               f"ComfyUI (its inputs: {', '.join(n2 for _s, n2 in input_order(info))}); the node "
-                               f"changed since the workflow was saved: reconnect it in ComfyUI")
+                raise RunError(
+                    f"UI workflow: {desc} is connected, but {t} has no input named '{name}' in this "
+                    f"ComfyUI (its inputs: {', '.join(n2 for _s, n2 in input_order(info))}); the node "
+                    f"changed since the workflow was saved: reconnect it in ComfyUI"
+                )
             if got is None:  # connected to nothing that runs (muted node, empty Reroute)
                 if not is_widget(*input_type(info, name)):
                     inputs.pop(name, None)
@@ -447,18 +483,23 @@ def _primitive_source(link_id, links, nodes, depth=0):
 
 
 def check_api(prompt: dict, object_info: dict) -> None:
-    missing = missing_node_types({nid: (n.get("class_type"), (n.get("_meta") or {}).get("title"), None)
-                                  for nid, n in prompt.items()}, object_info)
+    missing = missing_node_types(
+        {nid: (n.get("class_type"), (n.get("_meta") or {}).get("title"), None) for nid, n in prompt.items()},
+        object_info,
+    )
     if missing:
         raise RunError(report_missing_types(missing))
     for nid, n in prompt.items():
         for name, v in (n.get("inputs") or {}).items():
             if isinstance(v, list) and len(v) == 2 and isinstance(v[1], int) and str(v[0]) not in prompt:
-                raise RunError(f"{node_label(nid, n['class_type'])} input '{name}' is connected to node {v[0]}, "
-                               f"which is not in the workflow")
+                raise RunError(
+                    f"{node_label(nid, n['class_type'])} input '{name}' is connected to node {v[0]}, "
+                    f"which is not in the workflow"
+                )
 
 
 # ============================================================================ --set / --image
+
 
 def find_node(prompt: dict, key: str) -> str:
     if key in prompt:
@@ -470,12 +511,16 @@ def find_node(prompt: dict, key: str) -> str:
     cands = by_title or by_type
     if len(cands) == 1:
         return cands[0]
-    listing = ", ".join(f"{nid}={n.get('class_type')}" + (f" '{(n.get('_meta') or {}).get('title')}'"
-                                                          if (n.get("_meta") or {}).get("title") else "")
-                        for nid, n in sorted(prompt.items(), key=lambda kv: _id_key(kv[0])))
+    listing = ", ".join(
+        f"{nid}={n.get('class_type')}"
+        + (f" '{(n.get('_meta') or {}).get('title')}'" if (n.get("_meta") or {}).get("title") else "")
+        for nid, n in sorted(prompt.items(), key=lambda kv: _id_key(kv[0]))
+    )
     if cands:
-        raise RunError(f"'{key}' matches several nodes ({', '.join(sorted(cands, key=_id_key))}); use the node id. "
-                       f"Nodes: {listing}")
+        raise RunError(
+            f"'{key}' matches several nodes ({', '.join(sorted(cands, key=_id_key))}); use the node id. "
+            f"Nodes: {listing}"
+        )
     raise RunError(f"no node '{key}' in the workflow (use a node id, title or type). Nodes: {listing}")
 
 
@@ -548,8 +593,9 @@ def check_image_file(path: str) -> None:
         with Image.open(path) as im:
             im.verify()
     except Exception as e:
-        raise RunError(f"--image: {path} is not an image Pillow can read ({type(e).__name__}: {e}); "
-                       f"give a PNG, JPEG or WebP file")
+        raise RunError(
+            f"--image: {path} is not an image Pillow can read ({type(e).__name__}: {e}); give a PNG, JPEG or WebP file"
+        )
 
 
 def parse_image_arg(item: str) -> Tuple[str, Optional[str], str]:
@@ -573,6 +619,7 @@ def image_input_name(info: dict, node: dict) -> str:
 
 
 # ============================================================================ server
+
 
 def http_json(url: str, payload: Any = None, timeout: float = 30.0) -> Any:
     data = None if payload is None else json.dumps(payload).encode()
@@ -605,17 +652,31 @@ class Comfy:
             c.ping()
         except (urllib.error.URLError, OSError, ValueError, json.JSONDecodeError) as e:
             reason = getattr(e, "reason", e)
-            raise RunError(f"no ComfyUI is answering at {c.url} ({reason}); start ComfyUI there, check the "
-                           f"address and port, or leave out --url to let visage_run start one", EXIT_NO_COMFY)
+            raise RunError(
+                f"no ComfyUI is answering at {c.url} ({reason}); start ComfyUI there, check the "
+                f"address and port, or leave out --url to let visage_run start one",
+                EXIT_NO_COMFY,
+            )
         return c
 
     @classmethod
-    def start(cls, comfy_path: str, models: Optional[str], cpu: bool, extra_args: List[str], python: str,
-              timeout: float, quiet: bool) -> "Comfy":
+    def start(
+        cls,
+        comfy_path: str,
+        models: Optional[str],
+        cpu: bool,
+        extra_args: List[str],
+        python: str,
+        timeout: float,
+        quiet: bool,
+    ) -> "Comfy":
         main_py = os.path.join(comfy_path, "main.py")
         if not os.path.isfile(main_py):
-            raise RunError(f"{comfy_path} is not a ComfyUI checkout (no main.py); give --comfyui PATH, set "
-                           f"COMFYUI_PATH, or use --url", EXIT_NO_COMFY)
+            raise RunError(
+                f"{comfy_path} is not a ComfyUI checkout (no main.py); give --comfyui PATH, set "
+                f"COMFYUI_PATH, or use --url",
+                EXIT_NO_COMFY,
+            )
         port = free_port()
         tmp = tempfile.mkdtemp(prefix="visage_run_")
         args = [python, main_py, "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch"]
@@ -647,31 +708,39 @@ class Comfy:
         if models:
             env.setdefault("VISAGE_MODELS_DIR", os.path.abspath(models))
         if not quiet:
-            print(f"visage_run: starting ComfyUI from {comfy_path} on 127.0.0.1:{port}"
-                  f"{' (--cpu)' if cpu else ''}; log: {log_path}", file=sys.stderr)
-        proc = subprocess.Popen(args, cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+            print(
+                f"visage_run: starting ComfyUI from {comfy_path} on 127.0.0.1:{port}"
+                f"{' (--cpu)' if cpu else ''}; log: {log_path}",
+                file=sys.stderr,
+            )
+        proc = subprocess.Popen(
+            args, cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         c = cls(f"http://127.0.0.1:{port}")
         c.proc, c.input_dir, c.log_path, c.tmp = proc, input_dir, log_path, tmp
         t0 = time.time()
         while True:
             if proc.poll() is not None:
                 c.stop(keep_tmp=True)
-                raise RunError(f"ComfyUI exited with code {proc.returncode} while starting; last lines of "
-                               f"{log_path}:\n{c.log_tail()}", EXIT_NO_COMFY)
+                raise RunError(
+                    f"ComfyUI exited with code {proc.returncode} while starting; last lines of "
+                    f"{log_path}:\n{c.log_tail()}",
+                    EXIT_NO_COMFY,
+                )
             try:
                 c.ping(timeout=2)
                 break
             except Exception:
                 if time.time() - t0 > timeout:
                     c.stop(keep_tmp=True)
-                    raise RunError(f"ComfyUI did not answer within {timeout:.0f}s; last lines of {log_path}:\n"
-                                   f"{c.log_tail()}", EXIT_NO_COMFY)
+                    raise RunError(
+                        f"ComfyUI did not answer within {timeout:.0f}s; last lines of {log_path}:\n{c.log_tail()}",
+                        EXIT_NO_COMFY,
+                    )
                 time.sleep(0.5)
         pack = "visage" if not installed else os.path.basename(REPO)
         if any("IMPORT FAILED" in line and line.rstrip().endswith(pack) for line in c.log_tail(400000).splitlines()):
-            print(f"visage_run: warning: ComfyUI could not import this pack ({pack}); see {log_path}",
-                  file=sys.stderr)
+            print(f"visage_run: warning: ComfyUI could not import this pack ({pack}); see {log_path}", file=sys.stderr)
         return c
 
     def log_tail(self, n: int = 3000) -> str:
@@ -715,12 +784,19 @@ class Comfy:
         parts = [
             f'--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue\r\n'.encode(),
             f'--{boundary}\r\nContent-Disposition: form-data; name="type"\r\n\r\ninput\r\n'.encode(),
-            (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-             f'Content-Type: {ctype}\r\n\r\n').encode() + data + b"\r\n",
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+                f"Content-Type: {ctype}\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n",
             f"--{boundary}--\r\n".encode(),
         ]
-        req = urllib.request.Request(self.url + "/upload/image", data=b"".join(parts),
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        req = urllib.request.Request(
+            self.url + "/upload/image",
+            data=b"".join(parts),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=120) as r:
                 res = json.loads(r.read())
@@ -745,8 +821,9 @@ class Comfy:
         return (h or {}).get(prompt_id)
 
     def download(self, item: dict, dest_dir: str) -> str:
-        q = urllib.parse.urlencode({"filename": item["filename"], "subfolder": item.get("subfolder", ""),
-                                    "type": item.get("type", "output")})
+        q = urllib.parse.urlencode(
+            {"filename": item["filename"], "subfolder": item.get("subfolder", ""), "type": item.get("type", "output")}
+        )
         sub = item.get("subfolder") or ""
         dest = os.path.join(dest_dir, sub, item["filename"])
         os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -789,9 +866,24 @@ def pack_installed_in(comfy_path: str) -> bool:
 def extra_paths_yaml(models: str) -> str:
     models = os.path.abspath(models)
     return f"visage_run:\n    base_path: {json.dumps(models)}\n    is_default: true\n" + "".join(
-        f"    {k}: {k}/\n" for k in ("checkpoints", "vae", "loras", "controlnet", "clip_vision", "upscale_models",
-                                    "insightface", "facerestore_models", "instantid", "ipadapter",
-                                    "liveportrait", "arc2face", "diffusion_models", "text_encoders"))
+        f"    {k}: {k}/\n"
+        for k in (
+            "checkpoints",
+            "vae",
+            "loras",
+            "controlnet",
+            "clip_vision",
+            "upscale_models",
+            "insightface",
+            "facerestore_models",
+            "instantid",
+            "ipadapter",
+            "liveportrait",
+            "arc2face",
+            "diffusion_models",
+            "text_encoders",
+        )
+    )
 
 
 def find_comfyui(explicit: Optional[str]) -> Optional[str]:
@@ -817,6 +909,7 @@ def have_gpu() -> bool:
 
 
 # ============================================================================ errors
+
 
 def format_validation_error(body: dict, prompt: dict) -> str:
     err = body.get("error") or {}
@@ -851,6 +944,7 @@ def format_execution_error(m: dict, prompt: dict, verbose: bool) -> str:
 
 
 # ============================================================================ progress
+
 
 class Progress:
     """One line on stderr: nodes done / total, the running node, its own step progress."""
@@ -906,8 +1000,9 @@ class Progress:
             sys.stderr.flush()
 
 
-def follow(comfy: Comfy, prompt_id: str, client_id: str, prompt: dict, deadline: float, quiet: bool,
-           verbose: bool, ws=None) -> dict:
+def follow(
+    comfy: Comfy, prompt_id: str, client_id: str, prompt: dict, deadline: float, quiet: bool, verbose: bool, ws=None
+) -> dict:
     """Wait for the prompt, showing progress; returns its history entry (check_status tells failure)."""
     prog = Progress(prompt, quiet)
     try:
@@ -926,8 +1021,9 @@ def check_status(entry: dict, prompt: dict, verbose: bool) -> None:
             if kind == "execution_error":
                 raise RunError(format_execution_error(m, prompt, verbose), EXIT_FAILED)
             if kind == "execution_interrupted":
-                raise RunError(f"the run was interrupted at node {m.get('node_id')} ({m.get('node_type')})",
-                               EXIT_FAILED)
+                raise RunError(
+                    f"the run was interrupted at node {m.get('node_id')} ({m.get('node_type')})", EXIT_FAILED
+                )
         raise RunError(f"the workflow failed: {json.dumps(status)[:2000]}", EXIT_FAILED)
 
 
@@ -938,8 +1034,11 @@ def _follow_ws(comfy, ws, prompt_id, prompt, deadline, prog, verbose):
         if time.time() > deadline:
             raise RunError("timed out waiting for the workflow to finish (raise --timeout)", EXIT_TIMEOUT)
         if comfy.proc is not None and comfy.proc.poll() is not None:
-            raise RunError(f"ComfyUI exited (code {comfy.proc.returncode}) while running the workflow; last lines "
-                           f"of its log:\n{comfy.log_tail()}", EXIT_FAILED)
+            raise RunError(
+                f"ComfyUI exited (code {comfy.proc.returncode}) while running the workflow; last lines "
+                f"of its log:\n{comfy.log_tail()}",
+                EXIT_FAILED,
+            )
         try:
             msg = ws.recv()
         except websocket.WebSocketTimeoutException:
@@ -979,8 +1078,11 @@ def _poll_history(comfy, prompt_id, deadline) -> dict:
             if st.get("completed") or st.get("status_str") in ("success", "error"):
                 return entry
         if comfy.proc is not None and comfy.proc.poll() is not None:
-            raise RunError(f"ComfyUI exited (code {comfy.proc.returncode}) while running the workflow; last lines "
-                           f"of its log:\n{comfy.log_tail()}", EXIT_FAILED)
+            raise RunError(
+                f"ComfyUI exited (code {comfy.proc.returncode}) while running the workflow; last lines "
+                f"of its log:\n{comfy.log_tail()}",
+                EXIT_FAILED,
+            )
         if time.time() > deadline:
             raise RunError("timed out waiting for the workflow to finish (raise --timeout)", EXIT_TIMEOUT)
         time.sleep(0.3)
@@ -1000,9 +1102,12 @@ def collect_outputs(comfy: Comfy, entry: dict, prompt: dict, out_dir: str) -> Li
             else:
                 ui[key] = items
         files += node_files
-        summary[nid] = {"class_type": prompt.get(nid, {}).get("class_type"),
-                        "title": (prompt.get(nid, {}).get("_meta") or {}).get("title"),
-                        "files": [os.path.relpath(p, out_dir) for p in node_files], "ui": ui}
+        summary[nid] = {
+            "class_type": prompt.get(nid, {}).get("class_type"),
+            "title": (prompt.get(nid, {}).get("_meta") or {}).get("title"),
+            "files": [os.path.relpath(p, out_dir) for p in node_files],
+            "ui": ui,
+        }
     with open(os.path.join(out_dir, "outputs.json"), "w", encoding="utf-8") as f:
         json.dump({"outputs": summary}, f, indent=1, default=str)
     return files
@@ -1010,34 +1115,70 @@ def collect_outputs(comfy: Comfy, entry: dict, prompt: dict, out_dir: str) -> Li
 
 # ============================================================================ main
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="visage_run.py", description="Run a ComfyUI workflow (UI or API format) headless.",
-        epilog="exit codes: 0 done, 1 failed while running, 2 bad input / rejected, 3 no ComfyUI, 4 timeout")
+        prog="visage_run.py",
+        description="Run a ComfyUI workflow (UI or API format) headless.",
+        epilog="exit codes: 0 done, 1 failed while running, 2 bad input / rejected, 3 no ComfyUI, 4 timeout",
+    )
     p.add_argument("workflow", help="workflow JSON (UI format or API format)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--comfyui", metavar="PATH", help="start this ComfyUI checkout (default: $COMFYUI_PATH, the "
-                       "ComfyUI this pack is installed in, or /opt/ComfyUI)")
+    where.add_argument(
+        "--comfyui",
+        metavar="PATH",
+        help="start this ComfyUI checkout (default: $COMFYUI_PATH, the "
+        "ComfyUI this pack is installed in, or /opt/ComfyUI)",
+    )
     where.add_argument("--url", help="use the ComfyUI already running at this address (e.g. http://127.0.0.1:8188)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.input=VALUE",
-                   help="set an input (NODE = node id, title or type); repeatable")
-    p.add_argument("--image", dest="images", action="append", default=[], metavar="NODE=FILE",
-                   help="send a local image and load it in NODE (NODE.input=FILE for another input); repeatable")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="NODE.input=VALUE",
+        help="set an input (NODE = node id, title or type); repeatable",
+    )
+    p.add_argument(
+        "--image",
+        dest="images",
+        action="append",
+        default=[],
+        metavar="NODE=FILE",
+        help="send a local image and load it in NODE (NODE.input=FILE for another input); repeatable",
+    )
     p.add_argument("--output", "-o", default="visage_outputs", help="folder for the outputs (default ./visage_outputs)")
-    p.add_argument("--models", metavar="DIR", default=os.environ.get("VISAGE_MODELS_DIR"),
-                   help="ComfyUI-style models/ folder for a started ComfyUI (default $VISAGE_MODELS_DIR, else "
-                        "the ComfyUI's own models/)")
+    p.add_argument(
+        "--models",
+        metavar="DIR",
+        default=os.environ.get("VISAGE_MODELS_DIR"),
+        help="ComfyUI-style models/ folder for a started ComfyUI (default $VISAGE_MODELS_DIR, else "
+        "the ComfyUI's own models/)",
+    )
     p.add_argument("--cpu", action="store_true", help="start ComfyUI with --cpu (the default when no GPU is found)")
     p.add_argument("--gpu", action="store_true", help="do not add --cpu even when no GPU is detected")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run (default 3600)")
     p.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for ComfyUI to start")
-    p.add_argument("--extra-arg", dest="extra_args", action="append", default=[], metavar="ARG",
-                   help="extra argument for ComfyUI's main.py (repeatable, e.g. --extra-arg=--lowvram)")
+    p.add_argument(
+        "--extra-arg",
+        dest="extra_args",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for ComfyUI's main.py (repeatable, e.g. --extra-arg=--lowvram)",
+    )
     p.add_argument("--python", default=sys.executable, help="Python that runs ComfyUI (default: this one)")
-    p.add_argument("--object-info", metavar="FILE", help="use this saved /object_info instead of the server's "
-                   "(with --dry-run: convert and check without any ComfyUI)")
-    p.add_argument("--dry-run", action="store_true", help="convert, apply --set and check, print the API prompt on "
-                   "stdout, do not run")
+    p.add_argument(
+        "--object-info",
+        metavar="FILE",
+        help="use this saved /object_info instead of the server's "
+        "(with --dry-run: convert and check without any ComfyUI)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="convert, apply --set and check, print the API prompt on stdout, do not run",
+    )
     p.add_argument("--save-api", metavar="FILE", help="also write the API-format prompt that is sent")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.add_argument("--verbose", "-v", action="store_true", help="tracebacks of failed nodes")
@@ -1067,11 +1208,15 @@ def run(argv: Optional[List[str]] = None) -> int:
             else:
                 path = find_comfyui(args.comfyui)
                 if path is None:
-                    raise RunError("no ComfyUI found: give --comfyui PATH, set COMFYUI_PATH, install this pack in "
-                                   "ComfyUI/custom_nodes, or use --url of a running ComfyUI", EXIT_NO_COMFY)
+                    raise RunError(
+                        "no ComfyUI found: give --comfyui PATH, set COMFYUI_PATH, install this pack in "
+                        "ComfyUI/custom_nodes, or use --url of a running ComfyUI",
+                        EXIT_NO_COMFY,
+                    )
                 cpu = args.cpu or (not args.gpu and not have_gpu())
-                comfy = Comfy.start(path, args.models, cpu, args.extra_args, args.python, args.start_timeout,
-                                    args.quiet)
+                comfy = Comfy.start(
+                    path, args.models, cpu, args.extra_args, args.python, args.start_timeout, args.quiet
+                )
             if object_info is None:
                 object_info = comfy.object_info()
 
@@ -1101,8 +1246,9 @@ def run(argv: Optional[List[str]] = None) -> int:
             queued = prompt_id
             if not args.quiet:
                 print(f"visage_run: queued prompt {prompt_id} ({len(prompt)} nodes) on {comfy.url}", file=sys.stderr)
-            entry = follow(comfy, prompt_id, client_id, prompt, time.time() + args.timeout, args.quiet,
-                           args.verbose, ws)
+            entry = follow(
+                comfy, prompt_id, client_id, prompt, time.time() + args.timeout, args.quiet, args.verbose, ws
+            )
         finally:
             if ws is not None:
                 try:
@@ -1147,7 +1293,9 @@ def _open_ws(url: str, client_id: str):
         import websocket  # websocket-client; optional: without it progress is polled
     except ImportError:
         return None
-    ws_url = ("wss://" if url.startswith("https://") else "ws://") + url.split("://", 1)[1] + f"/ws?clientId={client_id}"
+    ws_url = (
+        ("wss://" if url.startswith("https://") else "ws://") + url.split("://", 1)[1] + f"/ws?clientId={client_id}"
+    )
     try:
         ws = websocket.create_connection(ws_url, timeout=10)
         ws.settimeout(1.0)

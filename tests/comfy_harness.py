@@ -4,6 +4,7 @@ test-built models, start the server on a free loopback port, post API prompts, r
 Used by tests/comfy/conftest.py, the browser tier and the headless tools. No ComfyUI import here:
 the server runs in its own process, exactly as users run it.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,6 +27,7 @@ def find_comfyui() -> Optional[str]:
     """COMFYUI_PATH, else the ComfyUI this pack sits in (custom_nodes/..), else /opt/ComfyUI —
     the same search as the headless runner (scripts/visage_run.py), which owns the rule."""
     import importlib.util
+
     spec = importlib.util.spec_from_file_location("visage_run", os.path.join(REPO, "scripts", "visage_run.py"))
     runner = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runner)
@@ -53,8 +55,9 @@ def make_base_dir(base: str) -> dict:
 
 
 class ComfyServer:
-    def __init__(self, comfy_path: str, base_dir: str, port: Optional[int] = None, log_path: Optional[str] = None,
-                 extra_args=()):
+    def __init__(
+        self, comfy_path: str, base_dir: str, port: Optional[int] = None, log_path: Optional[str] = None, extra_args=()
+    ):
         self.comfy_path = comfy_path
         self.base_dir = base_dir
         self.port = port or free_port()
@@ -65,18 +68,33 @@ class ComfyServer:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 300.0) -> "ComfyServer":
-        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", self.base_dir, "--disable-auto-launch",
-               "--database-url", "sqlite:///:memory:", *self.extra_args]
+        cmd = [
+            sys.executable,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            self.base_dir,
+            "--disable-auto-launch",
+            "--database-url",
+            "sqlite:///:memory:",
+            *self.extra_args,
+        ]
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=self.comfy_path, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.comfy_path, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         t0 = time.time()
         while time.time() - t0 < timeout:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode} while starting; log:\n{self.log()[-4000:]}")
+                raise RuntimeError(
+                    f"ComfyUI exited with {self.proc.returncode} while starting; log:\n{self.log()[-4000:]}"
+                )
             try:
                 self.get("/system_stats", timeout=2)
                 return self
@@ -112,8 +130,9 @@ class ComfyServer:
         return json.loads(data) if data else None
 
     def post(self, path: str, payload, timeout: float = 30):
-        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 data = r.read()

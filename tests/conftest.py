@@ -4,6 +4,7 @@ The repository root is a ComfyUI custom-node folder, not an installed package. T
 the package ``visage`` without running its root ``__init__.py`` (which registers ComfyUI nodes):
 ``import visage.nodes.face.scrfd`` works anywhere, with or without ComfyUI.
 """
+
 import os
 import sys
 import types
@@ -40,6 +41,7 @@ def fixtures_dir():
 def insightface_image(name):
     """Images shipped inside the insightface wheel (t1.jpg, Tom_Hanks_54745.png)."""
     import insightface
+
     p = os.path.join(os.path.dirname(insightface.__file__), "data", "images", name)
     if not os.path.isfile(p):
         pytest.skip(f"insightface does not ship {name} in this version")
@@ -53,6 +55,7 @@ def pytest_sessionfinish(session, exitstatus):
     if mm is None:
         return
     import gc
+
     try:
         for name, mod in list(sys.modules.items()):
             if name.endswith("nodes.common.model_manager") and hasattr(mod, "MANAGER"):

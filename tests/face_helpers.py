@@ -1,4 +1,5 @@
 """Helpers shared by the face unit tests."""
+
 import numpy as np
 import torch
 
@@ -9,7 +10,8 @@ def bgr_to_batch(*imgs_bgr):
 
 
 def iou(a, b):
-    a = np.asarray(a, np.float64); b = np.asarray(b, np.float64)
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
     x1, y1 = max(a[0], b[0]), max(a[1], b[1])
     x2, y2 = min(a[2], b[2]), min(a[3], b[3])
     inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
@@ -18,7 +20,8 @@ def iou(a, b):
 
 
 def cosine(a, b):
-    a = np.asarray(a, np.float64).ravel(); b = np.asarray(b, np.float64).ravel()
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
@@ -33,6 +36,7 @@ def match_reference(ours, ref):
 
 def insightface_app(pack_dir, det_size=(640, 640)):
     from insightface.app import FaceAnalysis
+
     app = FaceAnalysis(name=pack_dir, providers=["CPUExecutionProvider"])
     app.prepare(ctx_id=-1, det_size=det_size)
     return app

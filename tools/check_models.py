@@ -5,6 +5,7 @@
 Prints one line per known file: ok / present / missing / size-mismatch / sha256-mismatch.
 Exit code 1 when a file is present but does not match its published size or sha256.
 """
+
 import argparse
 import os
 import sys

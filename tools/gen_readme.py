@@ -6,6 +6,7 @@ node schemas and nodes/common/manifest.json.
 Sections sit between ``<!-- BEGIN:nodes -->`` / ``<!-- END:nodes -->`` and
 ``<!-- BEGIN:models -->`` / ``<!-- END:models -->``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,9 @@ def nodes_md(info: dict) -> str:
                     ins.append(f"`{k}`: {_type(spec)}" + ("" if sec == "required" else " (opt.)"))
             outs = [f"`{nm}`: {t}" for nm, t in zip(n.get("output_name", n["output"]), n["output"])]
             desc = (n.get("description") or "").replace("|", "\\|").replace("\n", " ")
-            out.append(f"| **{n['display_name']}** (`{name}`) | {'<br>'.join(ins)} | {'<br>'.join(outs) or '—'} | {desc} |")
+            out.append(
+                f"| **{n['display_name']}** (`{name}`) | {'<br>'.join(ins)} | {'<br>'.join(outs) or '—'} | {desc} |"
+            )
         out.append("")
     return "\n".join(out)
 

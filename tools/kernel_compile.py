@@ -20,6 +20,7 @@ the REAL compiler (Triton -> TTIR -> TTGIR -> LLVM -> PTX -> ptxas -> cubin) for
 per block, or spills registers in a memory-bound kernel (paste / align). Nothing here needs CUDA,
 a driver or a GPU; it needs Triton's bundled ptxas (shipped in the triton wheel).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,7 @@ TARGETS = {
     120: dict(name="RTX 50xx (sm_120)", smem_block=99 * 1024, smem_sm=100 * 1024, regs_sm=65536, warps_sm=48),
 }
 DEFAULT_ARCHES = (80, 86, 89, 90, 120)
-MEMORY_BOUND = ("paste", "align")       # spills there are a defect (--check); attention is reported
+MEMORY_BOUND = ("paste", "align")  # spills there are a defect (--check); attention is reported
 
 
 # ------------------------------------------------------------------------------------------------
@@ -66,7 +67,7 @@ def _fake_driver(arch: int):
         def is_active(cls):
             return True
 
-        def map_python_to_cpp_type(self, ty):          # only launchers use it; we never build one
+        def map_python_to_cpp_type(self, ty):  # only launchers use it; we never build one
             raise NotImplementedError
 
         def get_current_target(self):
@@ -104,6 +105,7 @@ class _CompileOnly:
                 kernel = self.fn.run(*args, grid=grid, warmup=True, **kwargs)
             self.sink.append((kernel, time.perf_counter() - t0, log.getvalue(), grid, kwargs))
             return kernel
+
         return launch
 
 
@@ -120,11 +122,11 @@ def compile_only(arch: int, modules):
         for name, obj in list(vars(mod).items()):
             if isinstance(obj, JITFunction) and name.endswith("_kernel"):
                 saved.append((mod, name, obj))
-                obj.device_caches.clear()            # binder/target are cached per device: rebuild for arch
+                obj.device_caches.clear()  # binder/target are cached per device: rebuild for arch
                 setattr(mod, name, _CompileOnly(obj, sink))
     old_log = knobs.nvidia.dump_ptxas_log
-    knobs.nvidia.dump_ptxas_log = True               # ptxas -v report is printed: we capture it
-    old_driver = driver._active                       # None = lazily created on next use
+    knobs.nvidia.dump_ptxas_log = True  # ptxas -v report is printed: we capture it
+    old_driver = driver._active  # None = lazily created on next use
     driver.set_active(_fake_driver(arch))
     try:
         yield sink
@@ -145,10 +147,12 @@ def ptxas_stats(log: str) -> dict:
     regs = [int(x) for x in _RE_REGS.findall(log)]
     spills = [(int(a), int(b)) for a, b in _RE_SPILL.findall(log)]
     smem = [int(x) for x in _RE_SMEM.findall(log)]
-    return {"registers": max(regs) if regs else None,
-            "spill_stores": max((a for a, _ in spills), default=0),
-            "spill_loads": max((b for _, b in spills), default=0),
-            "ptxas_smem": max(smem) if smem else 0}
+    return {
+        "registers": max(regs) if regs else None,
+        "spill_stores": max((a for a, _ in spills), default=0),
+        "spill_loads": max((b for _, b in spills), default=0),
+        "ptxas_smem": max(smem) if smem else 0,
+    }
 
 
 def occupancy(arch: int, num_warps: int, regs: int, smem: int) -> dict:
@@ -158,8 +162,11 @@ def occupancy(arch: int, num_warps: int, regs: int, smem: int) -> dict:
     by_regs = t["regs_sm"] // (regs_warp * num_warps) if regs else t["warps_sm"] // num_warps
     by_smem = t["smem_sm"] // smem if smem else by_regs
     blocks = max(0, min(by_regs, by_smem, t["warps_sm"] // num_warps))
-    return {"blocks_per_sm": blocks, "warps_per_sm": blocks * num_warps,
-            "occupancy": round(blocks * num_warps / t["warps_sm"], 3)}
+    return {
+        "blocks_per_sm": blocks,
+        "warps_per_sm": blocks * num_warps,
+        "occupancy": round(blocks * num_warps / t["warps_sm"], 3),
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -167,11 +174,14 @@ def occupancy(arch: int, num_warps: int, regs: int, smem: int) -> dict:
 # ------------------------------------------------------------------------------------------------
 def _paste_variants():
     import torch
+
     g = torch.Generator().manual_seed(0)
 
     def case(frame_dt, crop_dt, lab, n_frames=2, faces=((0, 0.0), (1, 12.0), (1, -30.0)), S=128):
         import math
+
         from visage.kernels import reference
+
         H, W = 72, 96
         fr = torch.rand(n_frames, H, W, 3, generator=g)
         fr = (fr * 255).round().to(torch.uint8) if frame_dt == torch.uint8 else fr.to(frame_dt)
@@ -196,6 +206,7 @@ def _paste_variants():
     def runner(frame_dt, crop_dt, lab):
         def run(mod):
             mod.paste_back(*case(frame_dt, crop_dt, lab))
+
         return run
 
     u8, f32, f16, bf16 = torch.uint8, torch.float32, torch.float16, torch.bfloat16
@@ -211,6 +222,7 @@ def _paste_variants():
 
 def _align_variants():
     import torch
+
     g = torch.Generator().manual_seed(1)
 
     def runner(frame_dt, size, bgr, layout, out_dt, mean, std, **extra):
@@ -218,25 +230,38 @@ def _align_variants():
             fr = torch.rand(2, 80, 120, 3, generator=g)
             fr = (fr * 255).round().to(torch.uint8) if frame_dt == torch.uint8 else fr.to(frame_dt)
             M = torch.tensor([[[1.1, 0.2, -10.0], [-0.2, 1.1, 4.0]], [[0.9, -0.1, 3.0], [0.1, 0.9, -2.0]]])
-            mod.align_crops(fr, M, torch.tensor([0, 1]), size, mean=mean, std=std, bgr=bgr, layout=layout,
-                            out_dtype=out_dt, **extra)
+            mod.align_crops(
+                fr, M, torch.tensor([0, 1]), size, mean=mean, std=std, bgr=bgr, layout=layout, out_dtype=out_dt, **extra
+            )
+
         return run
 
     u8, f32, f16 = torch.uint8, torch.float32, torch.float16
     return [
-        ("align", "ArcFace 112: uint8 -> float32 NCHW, (x-127.5)/127.5", runner(u8, 112, False, "NCHW", f32, 127.5, 127.5)),
+        (
+            "align",
+            "ArcFace 112: uint8 -> float32 NCHW, (x-127.5)/127.5",
+            runner(u8, 112, False, "NCHW", f32, 127.5, 127.5),
+        ),
         ("align", "inswapper 128: float32 -> float32 NCHW, x/255", runner(f32, 128, False, "NCHW", f32, 0.0, 255.0)),
-        ("align", "FFHQ 512: float32 -> float16 NCHW, per-channel", runner(f32, 512, False, "NCHW", f16,
-                                                                          (127.5, 120.0, 110.0), (127.5, 127.5, 127.5))),
+        (
+            "align",
+            "FFHQ 512: float32 -> float16 NCHW, per-channel",
+            runner(f32, 512, False, "NCHW", f16, (127.5, 120.0, 110.0), (127.5, 127.5, 127.5)),
+        ),
         ("align", "BGR 112 (mobileface): float32 -> NCHW", runner(f32, 112, True, "NCHW", f32, 127.5, 128.0)),
         ("align", "NHWC crops 0..1 (paste originals)", runner(f32, 128, False, "NHWC", f32, 0.0, 255.0)),
-        ("align", "ArcFace 112, cv2 uint8 rounding", runner(u8, 112, False, "NCHW", f32, 127.5, 127.5,
-                                                            round_to_uint8=True)),
+        (
+            "align",
+            "ArcFace 112, cv2 uint8 rounding",
+            runner(u8, 112, False, "NCHW", f32, 127.5, 127.5, round_to_uint8=True),
+        ),
     ]
 
 
 def _attention_variants():
     import torch
+
     g = torch.Generator().manual_seed(2)
 
     def runner(dt, heads, D, Lq, Lt, n_id, T, mask):
@@ -250,6 +275,7 @@ def _attention_variants():
             scale = torch.full((B, n_id), 0.8)
             rm = torch.rand(B, n_id, Lq, generator=g) if mask else None
             mod.decoupled_attention(q, k, v, kid, vid, scale, rm)
+
         return run
 
     f16, bf16, f32 = torch.float16, torch.bfloat16, torch.float32
@@ -269,6 +295,7 @@ def variants():
 
 def _modules():
     from visage.kernels import triton_align, triton_attention, triton_paste
+
     return {"paste": triton_paste, "align": triton_align, "attention": triton_attention}
 
 
@@ -280,6 +307,7 @@ def compile_all(arches, only=None, log=None):
     """
     import shutil
     import tempfile
+
     os.environ.pop("TRITON_INTERPRET", None)
     old_cache = os.environ.get("TRITON_CACHE_DIR")
     cache = tempfile.mkdtemp(prefix="visage-kernel-compile-")
@@ -308,16 +336,16 @@ def _compile_all(arches, only, log):
                 try:
                     run(mods[op])
                     rec["status"] = "ok"
-                except Exception as e:     # a compile error is the finding: record it, keep going
+                except Exception as e:  # a compile error is the finding: record it, keep going
                     rec["status"] = "FAILED"
                     rec["error"] = f"{type(e).__name__}: {str(e)[:2000]}"
                 rec["seconds"] = round(time.perf_counter() - t0, 2)
             kernels, seen = [], set()
-            for kernel, secs, ptxas_log, grid, kwargs in sink:
+            for kernel, secs, ptxas_log, _grid, _kwargs in sink:
                 if kernel is None:
                     continue
                 md = kernel.metadata
-                if md.hash in seen:          # same specialisation launched again (e.g. a second paste layer)
+                if md.hash in seen:  # same specialisation launched again (e.g. a second paste layer)
                     continue
                 seen.add(md.hash)
                 if ptxas_log.strip():
@@ -327,8 +355,15 @@ def _compile_all(arches, only, log):
                     rec["status"] = "FAILED"
                     rec["error"] = f"{md.name}: no ptxas report captured (kernel not compiled by this run?)"
                 smem = max(int(md.shared), st["ptxas_smem"])
-                k = {"name": md.name, "num_warps": md.num_warps, "num_stages": md.num_stages, "shared": smem,
-                     "compile_s": round(secs, 2), "cubin_bytes": len(kernel.asm.get("cubin", b"")), **st}
+                k = {
+                    "name": md.name,
+                    "num_warps": md.num_warps,
+                    "num_stages": md.num_stages,
+                    "shared": smem,
+                    "compile_s": round(secs, 2),
+                    "cubin_bytes": len(kernel.asm.get("cubin", b"")),
+                    **st,
+                }
                 k.update(occupancy(arch, md.num_warps, st["registers"], smem))
                 kernels.append(k)
             rec["kernels"] = kernels
@@ -354,8 +389,10 @@ def problems(rows):
             if k["shared"] > lim:
                 out.append(f"{where}: needs {k['shared']} B shared memory per block, the target allows {lim} B")
             if r["op"] in MEMORY_BOUND and (k["spill_stores"] or k["spill_loads"]):
-                out.append(f"{where}: {k['name']} spills registers ({k['spill_stores']} B stores, "
-                           f"{k['spill_loads']} B loads) in a memory-bound kernel")
+                out.append(
+                    f"{where}: {k['name']} spills registers ({k['spill_stores']} B stores, "
+                    f"{k['spill_loads']} B loads) in a memory-bound kernel"
+                )
             if k["blocks_per_sm"] < 1:
                 out.append(f"{where}: {k['name']} cannot be resident on one SM (registers/shared memory)")
     return out
@@ -366,20 +403,28 @@ def format_row(r) -> str:
         return f"sm_{r['arch']:<4} {r['op']:<10} {r['variant']:<52} {r['status']}: {r.get('error', '')[:300]}"
     parts = []
     for k in r["kernels"]:
-        parts.append(f"{k['registers']:>3} regs  spill {k['spill_stores']:>4}/{k['spill_loads']:<4} "
-                     f"smem {k['shared'] / 1024:6.1f} KiB  warps {k['num_warps']}  occ {k['occupancy']:.2f}  "
-                     f"({k['compile_s']:.1f} s)")
+        parts.append(
+            f"{k['registers']:>3} regs  spill {k['spill_stores']:>4}/{k['spill_loads']:<4} "
+            f"smem {k['shared'] / 1024:6.1f} KiB  warps {k['num_warps']}  occ {k['occupancy']:.2f}  "
+            f"({k['compile_s']:.1f} s)"
+        )
     return f"sm_{r['arch']:<4} {r['op']:<10} {r['variant']:<52} " + "; ".join(sorted(set(parts)))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default=",".join(str(a) for a in DEFAULT_ARCHES),
-                    help="comma-separated compute capabilities (80, 86, 89, 90, 120)")
+    ap.add_argument(
+        "--arch",
+        default=",".join(str(a) for a in DEFAULT_ARCHES),
+        help="comma-separated compute capabilities (80, 86, 89, 90, 120)",
+    )
     ap.add_argument("--only", default="", help="comma-separated ops: paste, align, attention")
     ap.add_argument("--json", help="write the records here")
-    ap.add_argument("--check", action="store_true", help="exit 1 on a failed compile, too much shared memory, "
-                                                         "or spills in a memory-bound kernel")
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 on a failed compile, too much shared memory, or spills in a memory-bound kernel",
+    )
     a = ap.parse_args(argv)
     try:
         import triton  # noqa: F401

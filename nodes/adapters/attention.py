@@ -23,6 +23,7 @@ adapter's weights. Casts to the step's device/dtype and mask resizes are cached 
 so ``__deepcopy__`` returns the same object. A second adapter on the same model makes a new patch
 holding both entries (:meth:`IdentityAttentionPatch.with_entry`); the first model is untouched.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,8 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..common.errors import VisageError
 from ...kernels import ops
+from ..common.errors import VisageError
 
 log = logging.getLogger("visage")
 
@@ -42,6 +43,7 @@ BlockKey = Tuple[str, int, int]
 
 
 # ------------------------------------------------------------------------------ model structure
+
 
 def cross_attention_blocks(unet: nn.Module) -> List[Tuple[BlockKey, int, int]]:
     """Every cross-attention of an openaimodel-style UNet, in diffusers' processor order.
@@ -73,47 +75,68 @@ def cross_attention_blocks(unet: nn.Module) -> List[Tuple[BlockKey, int, int]]:
     return out
 
 
-def match_layers(adapter_info, blocks: Sequence[Tuple[BlockKey, int, int]], model_name: str = "the model"
-                 ) -> Dict[BlockKey, int]:
+def match_layers(
+    adapter_info, blocks: Sequence[Tuple[BlockKey, int, int]], model_name: str = "the model"
+) -> Dict[BlockKey, int]:
     """block key -> index of the adapter's ip layer; a clear error when the file does not fit."""
     n_ad = len(adapter_info.layer_widths)
     ctx = {c for _, _, c in blocks}
     if not blocks:
-        raise VisageError("The model has no cross-attention blocks", expected="an SD1.5 or SDXL UNet",
-                          got=model_name, fix="connect a Stable Diffusion 1.5 / SDXL model")
+        raise VisageError(
+            "The model has no cross-attention blocks",
+            expected="an SD1.5 or SDXL UNet",
+            got=model_name,
+            fix="connect a Stable Diffusion 1.5 / SDXL model",
+        )
     model_desc = f"{len(blocks)} cross-attention layers with context {sorted(ctx)}"
     from .loaders import BASES
+
     model_base = BASES.get(next(iter(ctx)), "another architecture") if len(ctx) == 1 else "another architecture"
-    if n_ad != len(blocks) or ctx != {adapter_info.cross_attention_dim} or \
-            [w for _, w, _ in blocks] != list(adapter_info.layer_widths):
-        raise VisageError(f"'{adapter_info.file}' does not fit this model: the adapter is {adapter_info.describe()}, "
-                          f"the model has {model_desc} ({model_base})",
-                          expected=f"a {adapter_info.base} model for this adapter",
-                          got=f"a {model_base} model ({model_desc})",
-                          fix=f"use the adapter made for {model_base} models, or load a {adapter_info.base} checkpoint")
+    if (
+        n_ad != len(blocks)
+        or ctx != {adapter_info.cross_attention_dim}
+        or [w for _, w, _ in blocks] != list(adapter_info.layer_widths)
+    ):
+        raise VisageError(
+            f"'{adapter_info.file}' does not fit this model: the adapter is {adapter_info.describe()}, "
+            f"the model has {model_desc} ({model_base})",
+            expected=f"a {adapter_info.base} model for this adapter",
+            got=f"a {model_base} model ({model_desc})",
+            fix=f"use the adapter made for {model_base} models, or load a {adapter_info.base} checkpoint",
+        )
     return {key: i for i, (key, _, _) in enumerate(blocks)}
 
 
 # ------------------------------------------------------------------------------ masks
 
+
 def check_masks(masks: Optional[torch.Tensor], n_identities: int) -> Optional[torch.Tensor]:
     """[I, H, W] float 0..1 or None. One mask per identity; several identities need masks."""
     if masks is None:
         if n_identities > 1:
-            raise VisageError(f"{n_identities} identities but no masks",
-                              expected="one MASK per identity (the region each face goes to)",
-                              got="no mask", fix="connect a mask batch with one mask per identity, or use one identity")
+            raise VisageError(
+                f"{n_identities} identities but no masks",
+                expected="one MASK per identity (the region each face goes to)",
+                got="no mask",
+                fix="connect a mask batch with one mask per identity, or use one identity",
+            )
         return None
     if masks.ndim == 2:
         masks = masks.unsqueeze(0)
     if masks.ndim != 3:
-        raise VisageError("The region masks have the wrong layout", expected="a MASK batch [N, H, W]",
-                          got=f"shape {tuple(masks.shape)}", fix="connect a MASK output")
+        raise VisageError(
+            "The region masks have the wrong layout",
+            expected="a MASK batch [N, H, W]",
+            got=f"shape {tuple(masks.shape)}",
+            fix="connect a MASK output",
+        )
     if masks.shape[0] != n_identities:
-        raise VisageError(f"{n_identities} identities but {masks.shape[0]} masks",
-                          expected="exactly one mask per identity, in identity order",
-                          got=f"{n_identities} identities and {masks.shape[0]} masks",
-                          fix="give as many masks as identities (batch masks with a 'Batch Masks' node)")
+        raise VisageError(
+            f"{n_identities} identities but {masks.shape[0]} masks",
+            expected="exactly one mask per identity, in identity order",
+            got=f"{n_identities} identities and {masks.shape[0]} masks",
+            fix="give as many masks as identities (batch masks with a 'Batch Masks' node)",
+        )
     return masks.float().clamp(0, 1)
 
 
@@ -121,13 +144,15 @@ def check_mask_fits_latent(mask_hw: Tuple[int, int], latent_hw: Tuple[int, int])
     """Masks are drawn at latent size or image size (latent x 8 or any whole multiple)."""
     mh, mw = mask_hw
     lh, lw = latent_hw
-    ok = (mh % lh == 0 and mw % lw == 0 and mh // lh == mw // lw)
+    ok = mh % lh == 0 and mw % lw == 0 and mh // lh == mw // lw
     if not ok:
-        raise VisageError(f"The region masks are {mw}x{mh} but the latent is {lw}x{lh}",
-                          expected=f"masks the size of the image ({lw * 8}x{lh * 8}) or of the latent ({lw}x{lh})",
-                          got=f"{mw}x{mh} masks",
-                          fix="make the masks from an image of the generated size, or resize them (e.g. with "
-                              "'Upscale Image' before 'Convert Image to Mask')")
+        raise VisageError(
+            f"The region masks are {mw}x{mh} but the latent is {lw}x{lh}",
+            expected=f"masks the size of the image ({lw * 8}x{lh * 8}) or of the latent ({lw}x{lh})",
+            got=f"{mw}x{mh} masks",
+            fix="make the masks from an image of the generated size, or resize them (e.g. with "
+            "'Upscale Image' before 'Convert Image to Mask')",
+        )
 
 
 def resize_masks(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -143,8 +168,10 @@ def resize_masks(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------ the patch
 
-def project_identity_kv(ip_layers: nn.ModuleList, cond_tokens: torch.Tensor, uncond_tokens: torch.Tensor
-                        ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+
+def project_identity_kv(
+    ip_layers: nn.ModuleList, cond_tokens: torch.Tensor, uncond_tokens: torch.Tensor
+) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     """Identity keys/values for every layer, computed once: [(k [2,I,T,W], v [2,I,T,W]), ...]
     (index 0 = conditional tokens, 1 = unconditional tokens)."""
     if cond_tokens.ndim == 2:
@@ -165,14 +192,21 @@ def project_identity_kv(ip_layers: nn.ModuleList, cond_tokens: torch.Tensor, unc
 class IdentityEntry(nn.Module):
     """One application of an adapter: identity K/V per layer (projected once), weights, window, masks."""
 
-    def __init__(self, kv: Sequence[Tuple[torch.Tensor, torch.Tensor]], layer_map: Dict[BlockKey, int],
-                 weights, sigma_start: float = float("inf"), sigma_end: float = 0.0,
-                 masks: Optional[torch.Tensor] = None, name: str = "identity"):
+    def __init__(
+        self,
+        kv: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+        layer_map: Dict[BlockKey, int],
+        weights,
+        sigma_start: float = float("inf"),
+        sigma_end: float = 0.0,
+        masks: Optional[torch.Tensor] = None,
+        name: str = "identity",
+    ):
         super().__init__()
         self.layer_map = dict(layer_map)
         self.n_layers = len(kv)
         for i, (k, v) in enumerate(kv):
-            self.register_buffer(f"k_{i}", k.detach().clone(), persistent=False)     # [2, I, T, W]
+            self.register_buffer(f"k_{i}", k.detach().clone(), persistent=False)  # [2, I, T, W]
             self.register_buffer(f"v_{i}", v.detach().clone(), persistent=False)
         n = int(kv[0][0].shape[1])
         self._n = n
@@ -213,8 +247,9 @@ class IdentityAttentionPatch(nn.Module):
     when None) computes the text attention when it is not ours -- our identity terms are added.
     """
 
-    def __init__(self, entries: Sequence[IdentityEntry], previous: Optional[Dict[BlockKey, object]] = None,
-                 text_attention=None):
+    def __init__(
+        self, entries: Sequence[IdentityEntry], previous: Optional[Dict[BlockKey, object]] = None, text_attention=None
+    ):
         super().__init__()
         self.entries = nn.ModuleList(entries)
         self.previous = dict(previous or {})
@@ -238,8 +273,9 @@ class IdentityAttentionPatch(nn.Module):
     def models(self):  # ComfyUI: extra ModelPatchers to load with the UNet (none: we are moved by model_patches_to)
         return []
 
-    def with_entry(self, entry: IdentityEntry, previous: Optional[Dict[BlockKey, object]] = None
-                   ) -> "IdentityAttentionPatch":
+    def with_entry(
+        self, entry: IdentityEntry, previous: Optional[Dict[BlockKey, object]] = None
+    ) -> "IdentityAttentionPatch":
         """A new patch = this one + ``entry`` (this one is left untouched)."""
         prev = dict(self.previous)
         prev.update(previous or {})
@@ -272,8 +308,11 @@ class IdentityAttentionPatch(nn.Module):
         B, Lq, inner = q.shape
         d = inner // heads
         sigmas = extra_options.get("sigmas")
-        live = [(i, e) for i, e in enumerate(self.entries)
-                if bkey in e.layer_map and e.active(sigmas) and any(w != 0 for w in e.weights)]
+        live = [
+            (i, e)
+            for i, e in enumerate(self.entries)
+            if bkey in e.layer_map and e.active(sigmas) and any(w != 0 for w in e.weights)
+        ]
         prev = self.previous.get(bkey)
         if prev is not None and not isinstance(prev, IdentityAttentionPatch):
             base = prev(q, k, v, extra_options)
@@ -296,8 +335,17 @@ class IdentityAttentionPatch(nn.Module):
         # The identity operands of one block depend only on the call's layout, never on the step:
         # assembled once (small gathers, host->device copies of weights) and reused every step, so a
         # sampling step adds no host->device copy and no stream synchronisation.
-        akey = ("assembled", bkey, B, tuple(cond_or_uncond), tuple(i for i, _ in live), heads, hw,
-                str(q.device), str(q.dtype))
+        akey = (
+            "assembled",
+            bkey,
+            B,
+            tuple(cond_or_uncond),
+            tuple(i for i, _ in live),
+            heads,
+            hw,
+            str(q.device),
+            str(q.dtype),
+        )
         groups = self._cache.get(akey)
         if groups is None:
             groups = self._assemble(live, bkey, B, cond_or_uncond, heads, hw, Lq, q.device, q.dtype)
@@ -321,27 +369,27 @@ class IdentityAttentionPatch(nn.Module):
         per = B // len(cond_or_uncond)
         sel = torch.tensor([int(cond_or_uncond[r // per] == 1) for r in range(B)], dtype=torch.long).to(device)
         groups: Dict[int, List[Tuple[int, IdentityEntry]]] = {}
-        for i, e in live:                    # entries with the same token count share one kernel call
+        for i, e in live:  # entries with the same token count share one kernel call
             groups.setdefault(e.n_tokens, []).append((i, e))
         out = []
         for T, members in groups.items():
             ks, vs, scales, masks = [], [], [], []
             any_mask = any(e.masks is not None for _, e in members)
             for i, e in members:
-                kk, vv = self._kv(i, e.layer_map[bkey], device, dtype)            # [2, I, T, W]
-                ks.append(kk[sel])                                                # [B, I, T, W]
+                kk, vv = self._kv(i, e.layer_map[bkey], device, dtype)  # [2, I, T, W]
+                ks.append(kk[sel])  # [B, I, T, W]
                 vs.append(vv[sel])
                 scales.append(torch.tensor(e.weights, dtype=torch.float32).to(device).expand(B, -1))
                 if any_mask:
                     if e.masks is None:
                         masks.append(torch.ones(B, e.n_identities, Lq, device=device))
                     else:
-                        m = resize_masks(e.masks.to(device), *hw)                # [I, Lq]
+                        m = resize_masks(e.masks.to(device), *hw)  # [I, Lq]
                         masks.append(m.unsqueeze(0).expand(B, -1, -1))
             k_id = torch.cat(ks, 1)
             v_id = torch.cat(vs, 1)
             I = k_id.shape[1]
-            k_id = k_id.view(B, I, T, heads, -1).permute(0, 3, 1, 2, 4)         # [B, H, I, T, D]
+            k_id = k_id.view(B, I, T, heads, -1).permute(0, 3, 1, 2, 4)  # [B, H, I, T, D]
             v_id = v_id.view(B, I, T, heads, -1).permute(0, 3, 1, 2, 4)
             scale = torch.cat(scales, 1).contiguous()
             region = torch.cat(masks, 1).to(dtype).contiguous() if any_mask else None
@@ -365,7 +413,7 @@ class IdentityAttentionPatch(nn.Module):
                         break
                     f *= 2
             if h is None:
-                s = int(round(lq ** 0.5))
+                s = int(round(lq**0.5))
                 h, w = s, lq // max(s, 1)
         orig = extra_options.get("original_shape")
         if orig is not None:
@@ -391,7 +439,7 @@ def _identity_terms(qh, k_id, v_id, scale, region):
     """Σ_i w_i m_i softmax(q k_iᵀ/√d) v_i only (used when the text attention came from elsewhere)."""
     B, H, I, T, D = k_id.shape
     qi = qh.unsqueeze(2).expand(-1, -1, I, -1, -1)
-    o = F.scaled_dot_product_attention(qi, k_id, v_id).float()              # [B,H,I,Lq,D]
+    o = F.scaled_dot_product_attention(qi, k_id, v_id).float()  # [B,H,I,Lq,D]
     w = scale.to(o.device)[:, None, :, None, None]
     if region is not None:
         w = w * region.float()[:, None, :, :, None]

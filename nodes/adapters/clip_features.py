@@ -13,6 +13,7 @@ Encoding ViT-H is by far the slowest part of the node on a CPU, and the node re-
 weight or window changes, so features are cached per vision model (held weakly: a model that is
 unloaded takes its entries with it), keyed by the exact crop pixels.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,13 +66,19 @@ class ClipFeatureCache:
 def zero_pixel_hidden(vision_model, size: int, device, intermediate_output: int = -2) -> torch.Tensor:
     """Penultimate hidden states [1, T, C] of an all-zero normalised input, through a ComfyUI-style
     CLIP vision module: ``vision_model(pixel_values=..., intermediate_output=-2)`` -> (last, penultimate, ...)."""
-    out = vision_model(pixel_values=torch.zeros(1, 3, size, size, device=device), intermediate_output=intermediate_output)
+    out = vision_model(
+        pixel_values=torch.zeros(1, 3, size, size, device=device), intermediate_output=intermediate_output
+    )
     return out[1]
 
 
-def faceid_plus_clip_features(crops: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor],
-                              encode_zero: Callable[[], torch.Tensor], cache: ClipFeatureCache, model
-                              ) -> Tuple[torch.Tensor, torch.Tensor]:
+def faceid_plus_clip_features(
+    crops: torch.Tensor,
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    encode_zero: Callable[[], torch.Tensor],
+    cache: ClipFeatureCache,
+    model,
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """(cond [N, T, C], uncond [N, T, C]) float32 on the host: the crops' features and the zero input's
     features repeated per face. ``encode(crops [N, S, S, 3] 0..1)`` and ``encode_zero()`` return penultimate
     hidden states."""
@@ -79,10 +86,13 @@ def faceid_plus_clip_features(crops: torch.Tensor, encode: Callable[[torch.Tenso
     zero = cache.get(model, "zero", lambda: encode_zero().float().cpu())
     if cond.ndim != 3 or zero.ndim != 3 or cond.shape[1:] != zero.shape[1:]:
         from ..common.errors import VisageError
-        raise VisageError("The CLIP vision model gave features of an unexpected shape",
-                          expected="penultimate hidden states [N, tokens, width] (CLIP-ViT-H-14: [N, 257, 1280])",
-                          got=f"{tuple(cond.shape)} and {tuple(zero.shape)}",
-                          fix="load CLIP-ViT-H-14-laion2B-s32B-b79K with 'Load CLIP Vision'")
+
+        raise VisageError(
+            "The CLIP vision model gave features of an unexpected shape",
+            expected="penultimate hidden states [N, tokens, width] (CLIP-ViT-H-14: [N, 257, 1280])",
+            got=f"{tuple(cond.shape)} and {tuple(zero.shape)}",
+            fix="load CLIP-ViT-H-14-laion2B-s32B-b79K with 'Load CLIP Vision'",
+        )
     return cond, zero.expand(cond.shape[0], -1, -1).contiguous()
 
 
@@ -90,10 +100,13 @@ def check_clip_width(features: torch.Tensor, expected: int) -> None:
     """A FaceID Plus file's perceiver reads features of one width (ViT-H: 1280); another encoder is refused."""
     if expected and int(features.shape[-1]) != int(expected):
         from ..common.errors import VisageError
+
         names = {1024: "CLIP-ViT-L-14", 1280: "CLIP-ViT-H-14", 1664: "CLIP-ViT-bigG-14"}
         got = names.get(int(features.shape[-1]), "a CLIP vision model")
-        raise VisageError("The CLIP vision model does not fit this FaceID Plus file",
-                          expected=f"{names.get(int(expected), 'a CLIP vision model')} features ({expected} wide)",
-                          got=f"{got} features ({int(features.shape[-1])} wide)",
-                          fix="load CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors with 'Load CLIP Vision' "
-                              "(FaceID Plus / Plus V2 are trained on ViT-H)")
+        raise VisageError(
+            "The CLIP vision model does not fit this FaceID Plus file",
+            expected=f"{names.get(int(expected), 'a CLIP vision model')} features ({expected} wide)",
+            got=f"{got} features ({int(features.shape[-1])} wide)",
+            fix="load CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors with 'Load CLIP Vision' "
+            "(FaceID Plus / Plus V2 are trained on ViT-H)",
+        )

@@ -11,6 +11,7 @@
 * :func:`arc2face_tokens` -- Arc2Face: the ArcFace embedding, zero-padded to the text encoder's
   width, replaces the placeholder token of "photo of a id person".
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
@@ -28,38 +29,56 @@ ARC2FACE_PLACEHOLDER = "id"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 
 
-def identity_embeddings(faces: Optional[FaceSet], embeds: Optional[FaceEmbeds], normed: bool,
-                        dim: int = 512, what: str = "identity") -> torch.Tensor:
+def identity_embeddings(
+    faces: Optional[FaceSet], embeds: Optional[FaceEmbeds], normed: bool, dim: int = 512, what: str = "identity"
+) -> torch.Tensor:
     """[I, D] embeddings, one per identity. ``embeds`` wins when both are given."""
     if embeds is not None:
         e = embeds.normed if normed else embeds.raw
         if e.shape[0] == 0:
-            raise VisageError(f"The {what} embeddings are empty", expected="at least one identity", got="0 rows",
-                              fix="check the node producing the embeddings")
+            raise VisageError(
+                f"The {what} embeddings are empty",
+                expected="at least one identity",
+                got="0 rows",
+                fix="check the node producing the embeddings",
+            )
     else:
         if faces is None:
-            raise VisageError(f"No {what} was given", expected="'faces' (VISAGE_FACES) or 'embeds' (VISAGE_EMBEDS)",
-                              got="neither", fix="connect the faces from 'Visage Analyze Faces'")
+            raise VisageError(
+                f"No {what} was given",
+                expected="'faces' (VISAGE_FACES) or 'embeds' (VISAGE_EMBEDS)",
+                got="neither",
+                fix="connect the faces from 'Visage Analyze Faces'",
+            )
         flat = faces.flat()
         if not flat:
-            raise VisageError(f"The {what} has no face", expected="at least one analysed face",
-                              got=f"{faces.batch_size} image(s), no face found",
-                              fix="use a reference image with a visible face, or lower the detection threshold")
+            raise VisageError(
+                f"The {what} has no face",
+                expected="at least one analysed face",
+                got=f"{faces.batch_size} image(s), no face found",
+                fix="use a reference image with a visible face, or lower the detection threshold",
+            )
         missing = [i for i, f in enumerate(flat) if f.embedding is None]
         if missing:
-            raise VisageError(f"The {what} faces carry no embedding",
-                              expected="faces analysed with a recognition model (ArcFace)",
-                              got=f"face(s) {missing} without embedding ({faces.analyzer or 'analyzer'})",
-                              fix="use an analyzer pack with a recognition model (antelopev2 / buffalo_l)")
-        e = torch.stack([(f.normed_embedding if normed and f.normed_embedding is not None else f.embedding).float()
-                         for f in flat])
+            raise VisageError(
+                f"The {what} faces carry no embedding",
+                expected="faces analysed with a recognition model (ArcFace)",
+                got=f"face(s) {missing} without embedding ({faces.analyzer or 'analyzer'})",
+                fix="use an analyzer pack with a recognition model (antelopev2 / buffalo_l)",
+            )
+        e = torch.stack(
+            [(f.normed_embedding if normed and f.normed_embedding is not None else f.embedding).float() for f in flat]
+        )
         if normed:
             e = e / e.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     e = e.float().reshape(e.shape[0], -1)
     if e.shape[1] != dim:
-        raise VisageError(f"The {what} embeddings are {e.shape[1]}-d", expected=f"{dim}-d ArcFace embeddings",
-                          got=f"{e.shape[1]}-d ({getattr(embeds, 'encoder', '') or 'unknown encoder'})",
-                          fix="use an ArcFace recognizer (antelopev2 glintr100 / buffalo_l w600k_r50)")
+        raise VisageError(
+            f"The {what} embeddings are {e.shape[1]}-d",
+            expected=f"{dim}-d ArcFace embeddings",
+            got=f"{e.shape[1]}-d ({getattr(embeds, 'encoder', '') or 'unknown encoder'})",
+            fix="use an ArcFace recognizer (antelopev2 glintr100 / buffalo_l w600k_r50)",
+        )
     return e
 
 
@@ -85,17 +104,27 @@ def instantid_tokens(image_proj, emb: torch.Tensor, noise: float = 0.0) -> Tuple
 
 
 @torch.no_grad()
-def faceid_tokens(image_proj, kind: str, emb: torch.Tensor, clip_cond: Optional[torch.Tensor] = None,
-                  clip_uncond: Optional[torch.Tensor] = None, shortcut: bool = False, scale: float = 1.0,
-                  portrait_groups: Optional[Sequence[int]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def faceid_tokens(
+    image_proj,
+    kind: str,
+    emb: torch.Tensor,
+    clip_cond: Optional[torch.Tensor] = None,
+    clip_uncond: Optional[torch.Tensor] = None,
+    shortcut: bool = False,
+    scale: float = 1.0,
+    portrait_groups: Optional[Sequence[int]] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """FaceID tokens [I, T, C] (Portrait: faces of one identity concatenated, T = 16 * faces)."""
     p = next(image_proj.parameters())
     e = emb.to(p.device, p.dtype)
     if kind == "faceid_plus":
         if clip_cond is None:
-            raise VisageError("FaceID Plus needs CLIP-vision features of the face",
-                              expected="a CLIP_VISION model (ViT-H) connected to 'clip_vision' and the face image",
-                              got="no clip_vision / image", fix="connect 'Load CLIP Vision' (CLIP-ViT-H-14) and the image")
+            raise VisageError(
+                "FaceID Plus needs CLIP-vision features of the face",
+                expected="a CLIP_VISION model (ViT-H) connected to 'clip_vision' and the face image",
+                got="no clip_vision / image",
+                fix="connect 'Load CLIP Vision' (CLIP-ViT-H-14) and the image",
+            )
         cc = clip_cond.to(p.device, p.dtype)
         cu = clip_uncond.to(p.device, p.dtype)
         cond = image_proj(e, cc, shortcut=shortcut, scale=scale)
@@ -104,21 +133,25 @@ def faceid_tokens(image_proj, kind: str, emb: torch.Tensor, clip_cond: Optional[
     if kind == "faceid_portrait" and portrait_groups:
         cond, uncond, i = [], [], 0
         for n in portrait_groups:
-            grp = e[i:i + n].unsqueeze(0)
+            grp = e[i : i + n].unsqueeze(0)
             cond.append(image_proj(grp))
             uncond.append(image_proj(torch.zeros_like(grp)))
             i += n
         t = {c.shape[1] for c in cond}
         if len(t) != 1:
-            raise VisageError("Portrait identities must have the same number of reference faces",
-                              expected="equal face counts per identity", got=str(list(portrait_groups)),
-                              fix="give each identity the same number of reference images")
+            raise VisageError(
+                "Portrait identities must have the same number of reference faces",
+                expected="equal face counts per identity",
+                got=str(list(portrait_groups)),
+                fix="give each identity the same number of reference images",
+            )
         return torch.cat(cond).float().cpu(), torch.cat(uncond).float().cpu()
     return image_proj(e).float().cpu(), image_proj(torch.zeros_like(e)).float().cpu()
 
 
 def _draw_kps(canvas: np.ndarray, kps: np.ndarray) -> np.ndarray:
     from ..face.draw import draw_kps
+
     return draw_kps(canvas, kps)
 
 
@@ -134,8 +167,9 @@ def keypoint_hints(kps_list: Sequence[np.ndarray], size: Tuple[int, int], per_id
     return from_uint8_np(canvas).unsqueeze(0)
 
 
-def arc2face_tokens(token_rows: List[List[tuple]], placeholder_id: int, embedding: torch.Tensor, width: int
-                    ) -> List[List[tuple]]:
+def arc2face_tokens(
+    token_rows: List[List[tuple]], placeholder_id: int, embedding: torch.Tensor, width: int
+) -> List[List[tuple]]:
     """Replace the placeholder token with the zero-padded, L2-normalised ArcFace embedding.
 
     ``token_rows`` is a ComfyUI token list ([[(token, weight), ...], ...]); the embedding becomes a
@@ -144,8 +178,12 @@ def arc2face_tokens(token_rows: List[List[tuple]], placeholder_id: int, embeddin
     e = embedding.float().reshape(-1)
     e = e / e.norm().clamp_min(1e-12)
     if e.shape[0] > width:
-        raise VisageError("The identity embedding is wider than the text encoder", expected=f"<= {width}",
-                          got=str(e.shape[0]), fix="use Arc2Face's CLIP text encoder with ArcFace embeddings")
+        raise VisageError(
+            "The identity embedding is wider than the text encoder",
+            expected=f"<= {width}",
+            got=str(e.shape[0]),
+            fix="use Arc2Face's CLIP text encoder with ArcFace embeddings",
+        )
     padded = F.pad(e, (0, width - e.shape[0]))
     found = 0
     out = []
@@ -160,8 +198,12 @@ def arc2face_tokens(token_rows: List[List[tuple]], placeholder_id: int, embeddin
                 new.append(t)
         out.append(new)
     if not found:
-        raise VisageError("The Arc2Face prompt has no placeholder token", expected=f"the word '{ARC2FACE_PLACEHOLDER}'",
-                          got="no placeholder", fix=f"keep the prompt '{ARC2FACE_PROMPT}'")
+        raise VisageError(
+            "The Arc2Face prompt has no placeholder token",
+            expected=f"the word '{ARC2FACE_PLACEHOLDER}'",
+            got="no placeholder",
+            fix=f"keep the prompt '{ARC2FACE_PROMPT}'",
+        )
     return out
 
 
@@ -170,15 +212,23 @@ def faceid_plus_crops(images: torch.Tensor, faces: FaceSet) -> torch.Tensor:
     kps, image_size=224)`` (ArcFace template scaled to 224), [N, 224, 224, 3] float 0..1, one per face."""
     from ...kernels import ops as kops
     from ..face.align import estimate_norm
+
     flat = faces.flat()
     if not flat:
-        raise VisageError("FaceID Plus has no face to crop", expected="at least one analysed face",
-                          got="no face", fix="use a reference image with a visible face")
+        raise VisageError(
+            "FaceID Plus has no face to crop",
+            expected="at least one analysed face",
+            got="no face",
+            fix="use a reference image with a visible face",
+        )
     for f in flat:
         if f.image_index >= images.shape[0]:
-            raise VisageError("The faces do not belong to this image batch",
-                              expected=f"faces of a batch of {images.shape[0]} image(s)",
-                              got=f"a face of image {f.image_index}", fix="connect the image the faces were analysed in")
+            raise VisageError(
+                "The faces do not belong to this image batch",
+                expected=f"faces of a batch of {images.shape[0]} image(s)",
+                got=f"a face of image {f.image_index}",
+                fix="connect the image the faces were analysed in",
+            )
     mats = torch.from_numpy(np.stack([estimate_norm(f.kps, 224) for f in flat])).float()
     idx = torch.tensor([f.image_index for f in flat], dtype=torch.long)
     return kops.align_crops(images, mats, idx, 224, mean=0.0, std=255.0, layout="NHWC", out_dtype=torch.float32)

@@ -14,6 +14,7 @@ Pure torch. A released file holds two groups:
 ``torch.load(weights_only=True)``); ``.safetensors`` files use ``image_proj.`` / ``ip_adapter.``
 key prefixes. The variant and the base model are detected from keys and shapes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,18 +55,20 @@ _IP_KEY = re.compile(r"^(\d+)\.to_([kv])_ip\.weight$")
 @dataclass
 class AdapterInfo:
     kind: str
-    base: str                   # "SD1.5" / "SDXL" / "SD2.x" / "unknown(<C>)"
-    cross_attention_dim: int    # context width of the UNet's cross-attentions (= token width)
-    num_tokens: int             # tokens per identity (Portrait: per face)
-    embedding_dim: int          # face-embedding width (512 ArcFace)
-    layer_keys: List[int] = field(default_factory=list)      # sorted ip_adapter indices
-    layer_widths: List[int] = field(default_factory=list)    # to_k_ip out features per layer
+    base: str  # "SD1.5" / "SDXL" / "SD2.x" / "unknown(<C>)"
+    cross_attention_dim: int  # context width of the UNet's cross-attentions (= token width)
+    num_tokens: int  # tokens per identity (Portrait: per face)
+    embedding_dim: int  # face-embedding width (512 ArcFace)
+    layer_keys: List[int] = field(default_factory=list)  # sorted ip_adapter indices
+    layer_widths: List[int] = field(default_factory=list)  # to_k_ip out features per layer
     clip_embeddings_dim: int = 0  # FaceID Plus only
     file: str = ""
 
     def describe(self) -> str:
-        return (f"{KIND_NAMES.get(self.kind, self.kind)} for {self.base} ({len(self.layer_keys)} cross-attention "
-                f"layers, context {self.cross_attention_dim})")
+        return (
+            f"{KIND_NAMES.get(self.kind, self.kind)} for {self.base} ({len(self.layer_keys)} cross-attention "
+            f"layers, context {self.cross_attention_dim})"
+        )
 
 
 def read_adapter_state(path: str) -> Dict[str, Dict[str, torch.Tensor]]:
@@ -75,6 +78,7 @@ def read_adapter_state(path: str) -> Dict[str, Dict[str, torch.Tensor]]:
     try:
         if ext == ".safetensors":
             from safetensors.torch import load_file
+
             flat = load_file(path, device="cpu")
             groups: Dict[str, Dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
             for k, v in flat.items():
@@ -94,16 +98,22 @@ def read_adapter_state(path: str) -> Dict[str, Dict[str, torch.Tensor]]:
                     if head in groups and isinstance(v, torch.Tensor):
                         groups[head][rest] = v
         else:
-            raise ModelFileInvalid(path, f"has the extension '{ext}'", expected,
-                                   fix="choose the adapter's .bin or .safetensors file")
+            raise ModelFileInvalid(
+                path, f"has the extension '{ext}'", expected, fix="choose the adapter's .bin or .safetensors file"
+            )
     except ModelFileInvalid:
         raise
     except Exception as e:  # truncated zip, pickle refused by weights_only, header garbage ...
-        raise ModelFileInvalid(path, f"cannot be read as {ext} ({type(e).__name__}: {str(e)[:200]})", expected) from None
+        raise ModelFileInvalid(
+            path, f"cannot be read as {ext} ({type(e).__name__}: {str(e)[:200]})", expected
+        ) from None
     if not groups["image_proj"] or not groups["ip_adapter"]:
         missing = [g for g in ("image_proj", "ip_adapter") if not groups[g]]
-        raise ModelFileInvalid(path, f"has no '{', '.join(missing)}' tensors (is it a checkpoint, LoRA or "
-                                     f"ControlNet rather than an adapter?)", expected)
+        raise ModelFileInvalid(
+            path,
+            f"has no '{', '.join(missing)}' tensors (is it a checkpoint, LoRA or ControlNet rather than an adapter?)",
+            expected,
+        )
     return groups
 
 
@@ -115,13 +125,19 @@ def _ip_layers(path: str, ip: Dict[str, torch.Tensor]) -> Tuple[List[int], List[
         if m:
             (ks if m.group(2) == "k" else vs)[int(m.group(1))] = v
     if not ks or set(ks) != set(vs):
-        raise ModelFileInvalid(path, "its 'ip_adapter' group lacks matching '<n>.to_k_ip.weight' / "
-                                     "'<n>.to_v_ip.weight' pairs", "to_k_ip and to_v_ip for every cross-attention")
+        raise ModelFileInvalid(
+            path,
+            "its 'ip_adapter' group lacks matching '<n>.to_k_ip.weight' / '<n>.to_v_ip.weight' pairs",
+            "to_k_ip and to_v_ip for every cross-attention",
+        )
     keys = sorted(ks)
     ctx = {int(ks[k].shape[1]) for k in keys} | {int(vs[k].shape[1]) for k in keys}
     if len(ctx) != 1:
-        raise ModelFileInvalid(path, f"its to_k_ip/to_v_ip layers disagree on the context width ({sorted(ctx)})",
-                               "one context width for all layers")
+        raise ModelFileInvalid(
+            path,
+            f"its to_k_ip/to_v_ip layers disagree on the context width ({sorted(ctx)})",
+            "one context width for all layers",
+        )
     widths = [int(ks[k].shape[0]) for k in keys]
     return keys, widths, ctx.pop()
 
@@ -142,19 +158,38 @@ def detect(path: str, groups: Dict[str, Dict[str, torch.Tensor]]) -> AdapterInfo
         return AdapterInfo(kind, base, ctx, q, emb, keys, widths, file=name)
     if "perceiver_resampler.proj_in.weight" in proj:
         out_c = int(proj["norm.weight"].shape[0])
-        return AdapterInfo(FACEID_PLUS, base, ctx, int(proj["proj.2.weight"].shape[0]) // out_c,
-                           int(proj["proj.0.weight"].shape[1]), keys, widths,
-                           clip_embeddings_dim=int(proj["perceiver_resampler.proj_in.weight"].shape[1]), file=name)
+        return AdapterInfo(
+            FACEID_PLUS,
+            base,
+            ctx,
+            int(proj["proj.2.weight"].shape[0]) // out_c,
+            int(proj["proj.0.weight"].shape[1]),
+            keys,
+            widths,
+            clip_embeddings_dim=int(proj["perceiver_resampler.proj_in.weight"].shape[1]),
+            file=name,
+        )
     if "norm.weight" in proj and "proj.0.weight" in proj and "proj.2.weight" in proj:
         out_c = int(proj["norm.weight"].shape[0])
         tokens = int(proj["proj.2.weight"].shape[0]) // out_c
         kind = FACEID_PORTRAIT if tokens >= 16 else FACEID
         return AdapterInfo(kind, base, ctx, tokens, int(proj["proj.0.weight"].shape[1]), keys, widths, file=name)
     if "proj.weight" in proj or "proj.3.weight" in proj:
-        return AdapterInfo("ipadapter_clip", base, ctx, 4, int(proj.get("proj.weight", proj.get("proj.0.weight")).shape[-1]),
-                           keys, widths, file=name)
-    raise ModelFileInvalid(path, f"its 'image_proj' keys ({sorted(proj)[:6]}...) match no known adapter",
-                           "InstantID or IP-Adapter FaceID / FaceID Plus / Portrait weights")
+        return AdapterInfo(
+            "ipadapter_clip",
+            base,
+            ctx,
+            4,
+            int(proj.get("proj.weight", proj.get("proj.0.weight")).shape[-1]),
+            keys,
+            widths,
+            file=name,
+        )
+    raise ModelFileInvalid(
+        path,
+        f"its 'image_proj' keys ({sorted(proj)[:6]}...) match no known adapter",
+        "InstantID or IP-Adapter FaceID / FaceID Plus / Portrait weights",
+    )
 
 
 class IPLayer(nn.Module):
@@ -193,18 +228,33 @@ def build_image_proj(info: AdapterInfo, proj: Dict[str, torch.Tensor]) -> nn.Mod
         depth = len({k.split(".")[1] for k in proj if k.startswith("layers.")})
         heads = int(proj["layers.0.0.to_q.weight"].shape[0]) // 64
         ff_mult = int(proj["layers.0.1.1.weight"].shape[0]) / dim
-        return Resampler(dim=dim, depth=depth, dim_head=64, heads=heads, num_queries=info.num_tokens,
-                         embedding_dim=info.embedding_dim, output_dim=int(proj["proj_out.weight"].shape[0]),
-                         ff_mult=ff_mult)
+        return Resampler(
+            dim=dim,
+            depth=depth,
+            dim_head=64,
+            heads=heads,
+            num_queries=info.num_tokens,
+            embedding_dim=info.embedding_dim,
+            output_dim=int(proj["proj_out.weight"].shape[0]),
+            ff_mult=ff_mult,
+        )
     if info.kind in (FACEID, FACEID_PORTRAIT):
-        return MLPProjModel(cross_attention_dim=int(proj["norm.weight"].shape[0]), id_embeddings_dim=info.embedding_dim,
-                            num_tokens=info.num_tokens, hidden_dim=int(proj["proj.0.weight"].shape[0]))
+        return MLPProjModel(
+            cross_attention_dim=int(proj["norm.weight"].shape[0]),
+            id_embeddings_dim=info.embedding_dim,
+            num_tokens=info.num_tokens,
+            hidden_dim=int(proj["proj.0.weight"].shape[0]),
+        )
     if info.kind == FACEID_PLUS:
         c = int(proj["norm.weight"].shape[0])
-        return ProjPlusModel(cross_attention_dim=c, id_embeddings_dim=info.embedding_dim,
-                             clip_embeddings_dim=info.clip_embeddings_dim, num_tokens=info.num_tokens,
-                             heads=int(proj["perceiver_resampler.layers.0.0.to_q.weight"].shape[0]) // 64,
-                             hidden_dim=int(proj["proj.0.weight"].shape[0]))
+        return ProjPlusModel(
+            cross_attention_dim=c,
+            id_embeddings_dim=info.embedding_dim,
+            clip_embeddings_dim=info.clip_embeddings_dim,
+            num_tokens=info.num_tokens,
+            heads=int(proj["perceiver_resampler.layers.0.0.to_q.weight"].shape[0]) // 64,
+            hidden_dim=int(proj["proj.0.weight"].shape[0]),
+        )
     raise AssertionError(info.kind)
 
 
@@ -217,22 +267,30 @@ def load_identity_adapter(path: str, expect: str = "any") -> IdentityAdapter:
     info = detect(path, groups)
     wanted = {"instantid": (INSTANTID,), "faceid": FACEID_KINDS, "any": (INSTANTID,) + FACEID_KINDS}[expect]
     if info.kind not in wanted:
-        what = {"instantid": "an InstantID ip-adapter file (models/instantid)",
-                "faceid": "an IP-Adapter FaceID / FaceID Plus / Portrait file (models/ipadapter)",
-                "any": "an InstantID or IP-Adapter FaceID file"}[expect]
-        fix = {"instantid": "load FaceID files with 'Visage Apply IP-Adapter FaceID'; InstantID needs "
-                            "InstantID's ip-adapter.bin",
-               "faceid": "load InstantID's ip-adapter.bin with 'Visage Apply InstantID'; this node needs an "
-                         "ip-adapter-faceid*.bin",
-               "any": "choose a face-ID adapter file"}[expect]
-        raise VisageError(f"'{os.path.basename(path)}' is {info.describe()}", expected=what,
-                          got=info.describe(), fix=fix)
+        what = {
+            "instantid": "an InstantID ip-adapter file (models/instantid)",
+            "faceid": "an IP-Adapter FaceID / FaceID Plus / Portrait file (models/ipadapter)",
+            "any": "an InstantID or IP-Adapter FaceID file",
+        }[expect]
+        fix = {
+            "instantid": "load FaceID files with 'Visage Apply IP-Adapter FaceID'; InstantID needs "
+            "InstantID's ip-adapter.bin",
+            "faceid": "load InstantID's ip-adapter.bin with 'Visage Apply InstantID'; this node needs an "
+            "ip-adapter-faceid*.bin",
+            "any": "choose a face-ID adapter file",
+        }[expect]
+        raise VisageError(
+            f"'{os.path.basename(path)}' is {info.describe()}", expected=what, got=info.describe(), fix=fix
+        )
     module = IdentityAdapter(info, build_image_proj(info, groups["image_proj"]))
     try:
         module.load_released(groups)
     except RuntimeError as e:
-        raise ModelFileInvalid(path, f"its tensors do not fit {KIND_NAMES[info.kind]} ({str(e)[:300]})",
-                               "the released key names and shapes") from None
+        raise ModelFileInvalid(
+            path,
+            f"its tensors do not fit {KIND_NAMES[info.kind]} ({str(e)[:300]})",
+            "the released key names and shapes",
+        ) from None
     module.info.file = os.path.basename(path)
     log.info("Visage: %s -> %s", os.path.basename(path), info.describe())
     return module

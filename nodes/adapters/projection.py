@@ -17,6 +17,7 @@ Maths follow the published IP-Adapter code (resampler.py / ip_adapter_faceid.py)
 attention concatenates the (normed) features and latents as keys/values, scales q and k by
 ``dim_head ** -0.25`` each (= ``1/sqrt(dim_head)`` overall) and takes a float softmax.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -51,7 +52,7 @@ class PerceiverAttention(nn.Module):
         q = self.to_q(latents)
         k, v = self.to_kv(torch.cat([x, latents], dim=-2)).chunk(2, dim=-1)
         q, k, v = (_heads(t, self.heads) for t in (q, k, v))
-        w = (q @ k.transpose(-2, -1)) * (self.dim_head ** -0.5)
+        w = (q @ k.transpose(-2, -1)) * (self.dim_head**-0.5)
         w = torch.softmax(w.float(), dim=-1).to(q.dtype)
         out = (w @ v).transpose(1, 2).reshape(b, nl, -1)
         return self.to_out(out)
@@ -60,16 +61,17 @@ class PerceiverAttention(nn.Module):
 def feed_forward(dim: int, mult: float = 4) -> nn.Sequential:
     """Keys 0 (LayerNorm), 1 (Linear, no bias), 3 (Linear, no bias); GELU (exact) at 2."""
     inner = int(dim * mult)
-    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, inner, bias=False), nn.GELU(),
-                         nn.Linear(inner, dim, bias=False))
+    return nn.Sequential(
+        nn.LayerNorm(dim), nn.Linear(dim, inner, bias=False), nn.GELU(), nn.Linear(inner, dim, bias=False)
+    )
 
 
 class _PerceiverStack(nn.Module):
     def __init__(self, dim: int, depth: int, dim_head: int, heads: int, ff_mult: float):
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.ModuleList([PerceiverAttention(dim, dim_head, heads), feed_forward(dim, ff_mult)])
-            for _ in range(depth))
+            nn.ModuleList([PerceiverAttention(dim, dim_head, heads), feed_forward(dim, ff_mult)]) for _ in range(depth)
+        )
 
     def run_layers(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         for attn, ff in self.layers:
@@ -81,10 +83,19 @@ class _PerceiverStack(nn.Module):
 class Resampler(_PerceiverStack):
     """IP-Adapter / InstantID resampler: learned queries over projected input tokens."""
 
-    def __init__(self, dim: int = 1280, depth: int = 4, dim_head: int = 64, heads: int = 20,
-                 num_queries: int = 16, embedding_dim: int = 512, output_dim: int = 2048, ff_mult: float = 4):
+    def __init__(
+        self,
+        dim: int = 1280,
+        depth: int = 4,
+        dim_head: int = 64,
+        heads: int = 20,
+        num_queries: int = 16,
+        embedding_dim: int = 512,
+        output_dim: int = 2048,
+        ff_mult: float = 4,
+    ):
         super().__init__(dim, depth, dim_head, heads, ff_mult)
-        self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim ** 0.5)
+        self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim**0.5)
         self.proj_in = nn.Linear(embedding_dim, dim)
         self.proj_out = nn.Linear(dim, output_dim)
         self.norm_out = nn.LayerNorm(output_dim)
@@ -105,8 +116,16 @@ class Resampler(_PerceiverStack):
 class FacePerceiverResampler(_PerceiverStack):
     """FaceID Plus: the face tokens (latents) attend to CLIP-vision features."""
 
-    def __init__(self, dim: int = 768, depth: int = 4, dim_head: int = 64, heads: int = 12,
-                 embedding_dim: int = 1280, output_dim: int = 768, ff_mult: float = 4):
+    def __init__(
+        self,
+        dim: int = 768,
+        depth: int = 4,
+        dim_head: int = 64,
+        heads: int = 12,
+        embedding_dim: int = 1280,
+        output_dim: int = 768,
+        ff_mult: float = 4,
+    ):
         super().__init__(dim, depth, dim_head, heads, ff_mult)
         self.proj_in = nn.Linear(embedding_dim, dim)
         self.proj_out = nn.Linear(dim, output_dim)
@@ -121,16 +140,22 @@ class FacePerceiverResampler(_PerceiverStack):
 class MLPProjModel(nn.Module):
     """IP-Adapter FaceID (4 tokens) / FaceID Portrait (16 tokens) projection."""
 
-    def __init__(self, cross_attention_dim: int = 768, id_embeddings_dim: int = 512, num_tokens: int = 4,
-                 hidden_dim: Optional[int] = None):
+    def __init__(
+        self,
+        cross_attention_dim: int = 768,
+        id_embeddings_dim: int = 512,
+        num_tokens: int = 4,
+        hidden_dim: Optional[int] = None,
+    ):
         super().__init__()
         hidden_dim = hidden_dim or id_embeddings_dim * 2
         self.cross_attention_dim = cross_attention_dim
         self.num_tokens = num_tokens
         self.embedding_dim = id_embeddings_dim
         self.output_dim = cross_attention_dim
-        self.proj = nn.Sequential(nn.Linear(id_embeddings_dim, hidden_dim), nn.GELU(),
-                                  nn.Linear(hidden_dim, cross_attention_dim * num_tokens))
+        self.proj = nn.Sequential(
+            nn.Linear(id_embeddings_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, cross_attention_dim * num_tokens)
+        )
         self.norm = nn.LayerNorm(cross_attention_dim)
 
     def forward(self, id_embeds: torch.Tensor) -> torch.Tensor:
@@ -144,9 +169,15 @@ class MLPProjModel(nn.Module):
 class ProjPlusModel(nn.Module):
     """IP-Adapter FaceID Plus (V1: no shortcut) / Plus V2 (shortcut with scale)."""
 
-    def __init__(self, cross_attention_dim: int = 768, id_embeddings_dim: int = 512,
-                 clip_embeddings_dim: int = 1280, num_tokens: int = 4, heads: Optional[int] = None,
-                 hidden_dim: Optional[int] = None):
+    def __init__(
+        self,
+        cross_attention_dim: int = 768,
+        id_embeddings_dim: int = 512,
+        clip_embeddings_dim: int = 1280,
+        num_tokens: int = 4,
+        heads: Optional[int] = None,
+        hidden_dim: Optional[int] = None,
+    ):
         super().__init__()
         hidden_dim = hidden_dim or id_embeddings_dim * 2
         self.cross_attention_dim = cross_attention_dim
@@ -154,15 +185,23 @@ class ProjPlusModel(nn.Module):
         self.embedding_dim = id_embeddings_dim
         self.clip_embeddings_dim = clip_embeddings_dim
         self.output_dim = cross_attention_dim
-        self.proj = nn.Sequential(nn.Linear(id_embeddings_dim, hidden_dim), nn.GELU(),
-                                  nn.Linear(hidden_dim, cross_attention_dim * num_tokens))
+        self.proj = nn.Sequential(
+            nn.Linear(id_embeddings_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, cross_attention_dim * num_tokens)
+        )
         self.norm = nn.LayerNorm(cross_attention_dim)
         self.perceiver_resampler = FacePerceiverResampler(
-            dim=cross_attention_dim, depth=4, dim_head=64, heads=heads or cross_attention_dim // 64,
-            embedding_dim=clip_embeddings_dim, output_dim=cross_attention_dim, ff_mult=4)
+            dim=cross_attention_dim,
+            depth=4,
+            dim_head=64,
+            heads=heads or cross_attention_dim // 64,
+            embedding_dim=clip_embeddings_dim,
+            output_dim=cross_attention_dim,
+            ff_mult=4,
+        )
 
-    def forward(self, id_embeds: torch.Tensor, clip_embeds: torch.Tensor, shortcut: bool = False,
-                scale: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, id_embeds: torch.Tensor, clip_embeds: torch.Tensor, shortcut: bool = False, scale: float = 1.0
+    ) -> torch.Tensor:
         """id_embeds [B, D]; clip_embeds [B, S, clip_dim] (CLIP-vision penultimate hidden states)."""
         x = self.proj(id_embeds)
         x = self.norm(x.reshape(-1, self.num_tokens, self.cross_attention_dim))
@@ -170,4 +209,3 @@ class ProjPlusModel(nn.Module):
         if shortcut:
             out = x + scale * out
         return out
-

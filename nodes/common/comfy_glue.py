@@ -8,17 +8,17 @@
 * device helpers (ComfyUI's torch device, intermediate device) and a progress helper that
   reports through ``comfy.utils.ProgressBar`` and honours cancel.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 
-import torch
-
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.utils
 import folder_paths
+import torch
 
 from . import model_manager, paths
 
@@ -59,8 +59,9 @@ class ComfyBackend:
             return  # a CPU-only runtime session (e.g. onnxruntime on the CPU): no GPU memory to manage
         offload = mm.unet_offload_device() if handle.device.type != "cpu" else torch.device("cpu")
         module.to(offload)
-        patcher = comfy.model_patcher.ModelPatcher(module, load_device=handle.device, offload_device=offload,
-                                                   size=handle.nbytes)
+        patcher = comfy.model_patcher.ModelPatcher(
+            module, load_device=handle.device, offload_device=offload, size=handle.nbytes
+        )
         handle.backend_state = patcher
 
     def ready(self, handle: model_manager.ModelHandle):

@@ -3,6 +3,7 @@
 Every user-facing failure in Visage goes through :class:`VisageError` (or a subclass) so a
 headless server gets one readable line instead of a traceback from deep inside a model.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Optional
@@ -11,8 +12,9 @@ from typing import Iterable, Optional
 class VisageError(RuntimeError):
     """A user-facing error: expected / got / fix."""
 
-    def __init__(self, what: str, *, expected: Optional[str] = None, got: Optional[str] = None,
-                 fix: Optional[str] = None):
+    def __init__(
+        self, what: str, *, expected: Optional[str] = None, got: Optional[str] = None, fix: Optional[str] = None
+    ):
         self.what = what
         self.expected = expected
         self.got = got
@@ -30,8 +32,9 @@ class VisageError(RuntimeError):
 class ModelFileMissing(VisageError):
     """A model file (or pack folder) is not where Visage looked for it. Visage never downloads."""
 
-    def __init__(self, name: str, searched: Iterable[str], source: Optional[str] = None,
-                 folder_name: Optional[str] = None):
+    def __init__(
+        self, name: str, searched: Iterable[str], source: Optional[str] = None, folder_name: Optional[str] = None
+    ):
         searched = [str(s) for s in searched]
         self.name = name
         self.searched = searched
@@ -41,8 +44,12 @@ class ModelFileMissing(VisageError):
             fix += f" (ComfyUI model folder '{folder_name}'; extra_model_paths.yaml entries count)"
         if source:
             fix += f". Users get it from: {source}"
-        super().__init__(f"Model file '{name}' was not found; Visage never downloads models",
-                         expected=f"'{name}' in {where}", got="no such file", fix=fix)
+        super().__init__(
+            f"Model file '{name}' was not found; Visage never downloads models",
+            expected=f"'{name}' in {where}",
+            got="no such file",
+            fix=fix,
+        )
 
 
 class ModelFileInvalid(VisageError):
@@ -50,8 +57,12 @@ class ModelFileInvalid(VisageError):
 
     def __init__(self, path: str, problem: str, expected: str, fix: Optional[str] = None):
         self.path = path
-        super().__init__(f"Model file '{path}' cannot be used: {problem}", expected=expected,
-                         got=problem, fix=fix or "replace the file with an intact copy of the released model")
+        super().__init__(
+            f"Model file '{path}' cannot be used: {problem}",
+            expected=expected,
+            got=problem,
+            fix=fix or "replace the file with an intact copy of the released model",
+        )
 
 
 class NoFaceError(VisageError):
@@ -59,11 +70,13 @@ class NoFaceError(VisageError):
 
     def __init__(self, indices: Iterable[int], where: str = "image batch"):
         idx = list(indices)
-        super().__init__(f"No face was found in {where} item(s) {idx}",
-                         expected="at least one face per image",
-                         got=f"{len(idx)} image(s) without a face",
-                         fix="check the image, lower min_score / the detection threshold, or set "
-                             "on_no_face to 'skip' or 'passthrough' to let such images through")
+        super().__init__(
+            f"No face was found in {where} item(s) {idx}",
+            expected="at least one face per image",
+            got=f"{len(idx)} image(s) without a face",
+            fix="check the image, lower min_score / the detection threshold, or set "
+            "on_no_face to 'skip' or 'passthrough' to let such images through",
+        )
 
 
 def describe_tensor(t) -> str:

@@ -3,6 +3,7 @@
 IMAGE: float tensor [B, H, W, C], 0..1, C = 3 (RGB) — sometimes 4 (RGBA) from loaders.
 MASK:  float tensor [B, H, W], 0..1.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from .errors import VisageError, describe_tensor
 
-MIN_SIDE = 16           # smaller images cannot hold a detectable face
+MIN_SIDE = 16  # smaller images cannot hold a detectable face
 MAX_PIXELS = 8192 * 8192 + 1  # 8K square and below; above we refuse (memory) with a clear message
 
 
@@ -19,25 +20,44 @@ def check_image(image, name: str = "image") -> torch.Tensor:
     if isinstance(image, (list, tuple)) and image and all(isinstance(i, torch.Tensor) for i in image):
         shapes = {tuple(i.shape[-3:]) for i in image}
         if len(shapes) > 1:
-            raise VisageError(f"The images of '{name}' differ in size", expected="one size for every image of a batch",
-                              got=f"sizes {sorted(shapes)}",
-                              fix="resize them to one size first (e.g. Upscale Image), or analyse them in separate runs")
+            raise VisageError(
+                f"The images of '{name}' differ in size",
+                expected="one size for every image of a batch",
+                got=f"sizes {sorted(shapes)}",
+                fix="resize them to one size first (e.g. Upscale Image), or analyse them in separate runs",
+            )
         image = torch.cat([i if i.ndim == 4 else i.unsqueeze(0) for i in image])
     if not isinstance(image, torch.Tensor):
-        raise VisageError(f"'{name}' is not an IMAGE", expected="a ComfyUI IMAGE tensor [B,H,W,C]",
-                          got=type(image).__name__, fix="connect an IMAGE output (e.g. Load Image)")
+        raise VisageError(
+            f"'{name}' is not an IMAGE",
+            expected="a ComfyUI IMAGE tensor [B,H,W,C]",
+            got=type(image).__name__,
+            fix="connect an IMAGE output (e.g. Load Image)",
+        )
     if image.ndim == 3:
         image = image.unsqueeze(0)
     if image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
-        raise VisageError(f"'{name}' has the wrong layout", expected="[B,H,W,C] with C = 1, 3 or 4",
-                          got=describe_tensor(image), fix="connect an IMAGE output, not a MASK or latent")
+        raise VisageError(
+            f"'{name}' has the wrong layout",
+            expected="[B,H,W,C] with C = 1, 3 or 4",
+            got=describe_tensor(image),
+            fix="connect an IMAGE output, not a MASK or latent",
+        )
     if image.shape[0] == 0:
-        raise VisageError(f"'{name}' is an empty batch", expected="at least one image", got="0 images",
-                          fix="check the node that produces the batch")
+        raise VisageError(
+            f"'{name}' is an empty batch",
+            expected="at least one image",
+            got="0 images",
+            fix="check the node that produces the batch",
+        )
     h, w = int(image.shape[1]), int(image.shape[2])
     if h * w > MAX_PIXELS:
-        raise VisageError(f"'{name}' is too large to analyse ({w}x{h})", expected="at most 8192x8192 pixels",
-                          got=f"{w}x{h}", fix="downscale the image first (e.g. ImageScale)")
+        raise VisageError(
+            f"'{name}' is too large to analyse ({w}x{h})",
+            expected="at most 8192x8192 pixels",
+            got=f"{w}x{h}",
+            fix="downscale the image first (e.g. ImageScale)",
+        )
     if image.shape[-1] == 4:
         image = image[..., :3]
     elif image.shape[-1] == 1:

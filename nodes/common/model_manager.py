@@ -21,6 +21,7 @@ Backends
 
 This module imports no ComfyUI code.
 """
+
 from __future__ import annotations
 
 import logging
@@ -158,9 +159,16 @@ class ModelManager:
             self._cache.clear()
             self.backend = backend
 
-    def get(self, kind: str, path: str, loader: Callable[[str, torch.device, torch.dtype], Any], *,
-            device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32,
-            name: Optional[str] = None) -> ModelHandle:
+    def get(
+        self,
+        kind: str,
+        path: str,
+        loader: Callable[[str, torch.device, torch.dtype], Any],
+        *,
+        device: Optional[torch.device] = None,
+        dtype: torch.dtype = torch.float32,
+        name: Optional[str] = None,
+    ) -> ModelHandle:
         """Return the cached model for (file identity, kind, device, dtype), loading it once.
 
         ``loader(path, device, dtype)`` builds the module (on CPU is fine: the backend places it).

@@ -16,6 +16,7 @@ Used for saved identity embeddings (face family), face models (swap family) and 
 
 Typical names (letters, digits, space, '-', '_', '.') come through unchanged. Returns name + ext.
 """
+
 from __future__ import annotations
 
 import re
@@ -35,12 +36,16 @@ def safe_stem(name: Optional[str], default: Optional[str] = None, ext: str = ".s
         s = s[: -len(ext)]
     s = _BAD_RUN.sub("_", s).strip(". ")
     if _DEVICE.match(s):
-        s = s.split(".", 1)[0] + "_" + s[len(s.split(".", 1)[0]):]
+        s = s.split(".", 1)[0] + "_" + s[len(s.split(".", 1)[0]) :]
     s = s[:MAX_STEM].rstrip(". ")
     if not s:
         if default is None:
-            raise VisageError("A file name is needed", expected="a name with letters or digits, e.g. 'alice'",
-                              got=repr(name), fix="type a name")
+            raise VisageError(
+                "A file name is needed",
+                expected="a name with letters or digits, e.g. 'alice'",
+                got=repr(name),
+                fix="type a name",
+            )
         return safe_stem(default, None, ext)
     return s
 

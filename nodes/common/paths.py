@@ -7,6 +7,7 @@ Pure Python: the folder lists come from a *resolver* that the ComfyUI glue sets 
 Visage never downloads: :func:`find_file` raises :class:`ModelFileMissing` naming the file, the
 folders searched and where users get the file (from the manifest).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +19,7 @@ from .errors import ModelFileMissing
 
 # Visage's model folders: ComfyUI folder name -> default sub-folder of models/
 FOLDERS: Dict[str, str] = {
-    "insightface": "insightface",          # insightface packs live in models/insightface/models/<pack>/
+    "insightface": "insightface",  # insightface packs live in models/insightface/models/<pack>/
     "insightface_packs": "insightface/models",
     "facerestore_models": "facerestore_models",
     "instantid": "instantid",
@@ -101,6 +102,7 @@ def find_file(folder_name: str, name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------- manifest
+
 
 def manifest() -> List[dict]:
     with open(_MANIFEST_PATH, "r", encoding="utf-8") as f:

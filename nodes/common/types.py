@@ -20,6 +20,7 @@ Conventions
 * Affine matrices are float32 ``[2, 3]``; ``matrix`` maps source-image pixels to crop pixels,
   ``inverse`` maps crop pixels back to the source image (paste-back uses it).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -37,19 +38,19 @@ VISAGE_ALIGNED = "VISAGE_ALIGNED"
 class Face:
     """One detected face in one image of a batch."""
 
-    image_index: int                 # index of the image in the IMAGE batch
-    bbox: torch.Tensor               # [4] x1, y1, x2, y2 (pixels)
-    score: float                     # detector confidence
-    kps: torch.Tensor                # [5, 2]
-    landmarks_2d_106: Optional[torch.Tensor] = None   # [106, 2]
-    landmarks_3d_68: Optional[torch.Tensor] = None    # [68, 3] (x, y in pixels, z relative)
-    landmarks_2d_68: Optional[torch.Tensor] = None    # [68, 2] (from a 2D 68-point model, or 3d_68[:, :2])
-    pose: Optional[torch.Tensor] = None               # [3] pitch, yaw, roll in degrees
+    image_index: int  # index of the image in the IMAGE batch
+    bbox: torch.Tensor  # [4] x1, y1, x2, y2 (pixels)
+    score: float  # detector confidence
+    kps: torch.Tensor  # [5, 2]
+    landmarks_2d_106: Optional[torch.Tensor] = None  # [106, 2]
+    landmarks_3d_68: Optional[torch.Tensor] = None  # [68, 3] (x, y in pixels, z relative)
+    landmarks_2d_68: Optional[torch.Tensor] = None  # [68, 2] (from a 2D 68-point model, or 3d_68[:, :2])
+    pose: Optional[torch.Tensor] = None  # [3] pitch, yaw, roll in degrees
     age: Optional[int] = None
-    gender: Optional[str] = None                      # "F" or "M"
-    embedding: Optional[torch.Tensor] = None          # [D] raw recognizer output
-    normed_embedding: Optional[torch.Tensor] = None   # [D] L2-normalised
-    encoder: Optional[str] = None                     # recognizer name, e.g. "glintr100"
+    gender: Optional[str] = None  # "F" or "M"
+    embedding: Optional[torch.Tensor] = None  # [D] raw recognizer output
+    normed_embedding: Optional[torch.Tensor] = None  # [D] L2-normalised
+    encoder: Optional[str] = None  # recognizer name, e.g. "glintr100"
 
     @property
     def width(self) -> float:
@@ -94,8 +95,8 @@ class FaceSet:
 
     faces: Tuple[Tuple[Face, ...], ...]
     image_sizes: Tuple[Tuple[int, int], ...]
-    analyzer: str = ""                # analyzer description (pack name), for messages
-    selection: str = "all"            # how faces were chosen
+    analyzer: str = ""  # analyzer description (pack name), for messages
+    selection: str = "all"  # how faces were chosen
 
     def __post_init__(self):
         if len(self.faces) != len(self.image_sizes):
@@ -138,8 +139,10 @@ class FaceEmbeds:
 
     def __post_init__(self):
         if self.raw.ndim != 2 or self.raw.shape != self.normed.shape:
-            raise ValueError(f"FaceEmbeds: raw and normed must both be [K, D]; got "
-                             f"{tuple(self.raw.shape)} and {tuple(self.normed.shape)}")
+            raise ValueError(
+                f"FaceEmbeds: raw and normed must both be [K, D]; got "
+                f"{tuple(self.raw.shape)} and {tuple(self.normed.shape)}"
+            )
 
     @property
     def dim(self) -> int:
@@ -153,19 +156,20 @@ class FaceEmbeds:
     def from_raw(raw: torch.Tensor, encoder: str, sources: Sequence[int] = (), fusion: str = "none") -> "FaceEmbeds":
         raw = raw.detach().float().reshape(-1, raw.shape[-1]).cpu()
         normed = raw / raw.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return FaceEmbeds(raw=raw, normed=normed, encoder=encoder,
-                          sources=tuple(sources) or (1,) * raw.shape[0], fusion=fusion)
+        return FaceEmbeds(
+            raw=raw, normed=normed, encoder=encoder, sources=tuple(sources) or (1,) * raw.shape[0], fusion=fusion
+        )
 
 
 @dataclass(frozen=True)
 class AlignedFaces:
     """Aligned crops plus the transforms to paste them back (the ``VISAGE_ALIGNED`` port)."""
 
-    crops: torch.Tensor              # [N, S, S, 3] float 0..1 (ComfyUI IMAGE layout)
-    matrix: torch.Tensor             # [N, 2, 3] source pixels -> crop pixels
-    inverse: torch.Tensor            # [N, 2, 3] crop pixels -> source pixels
-    image_index: torch.Tensor        # [N] long: which image of the batch each crop came from
-    template: str                    # "arcface_112", "ffhq_512", ...
+    crops: torch.Tensor  # [N, S, S, 3] float 0..1 (ComfyUI IMAGE layout)
+    matrix: torch.Tensor  # [N, 2, 3] source pixels -> crop pixels
+    inverse: torch.Tensor  # [N, 2, 3] crop pixels -> source pixels
+    image_index: torch.Tensor  # [N] long: which image of the batch each crop came from
+    template: str  # "arcface_112", "ffhq_512", ...
     size: int
     image_sizes: Tuple[Tuple[int, int], ...] = field(default=())
 

@@ -9,6 +9,7 @@ scaled by ``scale`` and the centre shifted by ``vy_ratio * side`` along the up a
 
 Matrices follow ``AlignedFaces``: ``matrix`` maps frame pixels to crop pixels, ``inverse`` back.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
@@ -45,23 +46,30 @@ def anchor_points(face: Face) -> Tuple[np.ndarray, np.ndarray]:
     return np.concatenate([k, corners]), np.stack([(k[0] + k[1]) / 2, (k[3] + k[4]) / 2])
 
 
-def crop_matrix(face: Face, size: int = CROP_SIZE, scale: float = 2.3, vx_ratio: float = 0.0,
-                vy_ratio: float = -0.125, rotate: bool = True) -> np.ndarray:
+def crop_matrix(
+    face: Face,
+    size: int = CROP_SIZE,
+    scale: float = 2.3,
+    vx_ratio: float = 0.0,
+    vy_ratio: float = -0.125,
+    rotate: bool = True,
+) -> np.ndarray:
     """[2,3] float64 frame px -> crop px for a LivePortrait crop of ``face``."""
     pts, pt2 = anchor_points(face)
     uy = pt2[1] - pt2[0]
     n = np.linalg.norm(uy)
     uy = np.array([0.0, 1.0]) if n <= 1e-3 else uy / n
     ux = np.array([uy[1], -uy[0]])
-    rot = np.stack([ux, uy])                       # rows: face x axis, face y axis
+    rot = np.stack([ux, uy])  # rows: face x axis, face y axis
     c0 = pts.mean(0)
     r = (pts - c0) @ rot.T
     lo, hi = r.min(0), r.max(0)
     c1 = (lo + hi) / 2
     side = float(max(hi - lo)) * scale
     if side <= 1e-6:
-        raise VisageError("The face is too small to crop", expected="a face a few pixels wide",
-                          got=f"landmark extent {side:.3g} px")
+        raise VisageError(
+            "The face is too small to crop", expected="a face a few pixels wide", got=f"landmark extent {side:.3g} px"
+        )
     center = c0 + ux * c1[0] + uy * c1[1] + ux * (vx_ratio * side) + uy * (vy_ratio * side)
     s = size / side
     if rotate:
@@ -70,8 +78,13 @@ def crop_matrix(face: Face, size: int = CROP_SIZE, scale: float = 2.3, vx_ratio:
         cos_t, sin_t = 1.0, 0.0
     cx, cy = center
     t = size / 2.0
-    return np.array([[s * cos_t, s * sin_t, t - s * (cos_t * cx + sin_t * cy)],
-                     [-s * sin_t, s * cos_t, t - s * (-sin_t * cx + cos_t * cy)]], dtype=np.float64)
+    return np.array(
+        [
+            [s * cos_t, s * sin_t, t - s * (cos_t * cx + sin_t * cy)],
+            [-s * sin_t, s * cos_t, t - s * (-sin_t * cx + cos_t * cy)],
+        ],
+        dtype=np.float64,
+    )
 
 
 def invert(m: np.ndarray) -> np.ndarray:
@@ -79,8 +92,13 @@ def invert(m: np.ndarray) -> np.ndarray:
     return np.linalg.inv(h)[:2]
 
 
-def select_face(faces: Sequence[Face], mode: str = "largest", index: int = 0,
-                reference: Optional[FaceEmbeds] = None, image_size: Optional[Tuple[int, int]] = None) -> Optional[Face]:
+def select_face(
+    faces: Sequence[Face],
+    mode: str = "largest",
+    index: int = 0,
+    reference: Optional[FaceEmbeds] = None,
+    image_size: Optional[Tuple[int, int]] = None,
+) -> Optional[Face]:
     """One face of one image: the largest, the index-th (in the FaceSet's order), the one nearest
     the image centre, or the one most similar to ``reference`` (cosine of normed embeddings).
     None when the image has no face (or the index is out of range)."""
@@ -98,19 +116,29 @@ def select_face(faces: Sequence[Face], mode: str = "largest", index: int = 0,
         h, w = image_size
         return min(faces, key=lambda f: (f.center[0] - w / 2) ** 2 + (f.center[1] - h / 2) ** 2)
     if reference is None:
-        raise VisageError("Face selection 'identity' needs a reference", expected="a VISAGE_EMBEDS input (reference)",
-                          got="nothing connected", fix="connect Visage Face Embeds of the person, or pick another selection")
+        raise VisageError(
+            "Face selection 'identity' needs a reference",
+            expected="a VISAGE_EMBEDS input (reference)",
+            got="nothing connected",
+            fix="connect Visage Face Embeds of the person, or pick another selection",
+        )
     with_emb = [f for f in faces if f.normed_embedding is not None]
     if not with_emb:
-        raise VisageError("Face selection 'identity' needs embeddings on the faces",
-                          expected="faces analysed with a recognition model", got="faces without embeddings",
-                          fix="use an analyzer pack with a recognizer")
+        raise VisageError(
+            "Face selection 'identity' needs embeddings on the faces",
+            expected="faces analysed with a recognition model",
+            got="faces without embeddings",
+            fix="use an analyzer pack with a recognizer",
+        )
     ref = reference.normed.float().mean(0)
     ref = ref / ref.norm().clamp_min(1e-12)
     if ref.shape[-1] != with_emb[0].normed_embedding.shape[-1]:
-        raise VisageError("The reference embedding comes from another recognizer",
-                          expected=f"{with_emb[0].normed_embedding.shape[-1]}-d embeddings ({with_emb[0].encoder})",
-                          got=f"{ref.shape[-1]}-d ({reference.encoder})", fix="embed the reference with the same analyzer")
+        raise VisageError(
+            "The reference embedding comes from another recognizer",
+            expected=f"{with_emb[0].normed_embedding.shape[-1]}-d embeddings ({with_emb[0].encoder})",
+            got=f"{ref.shape[-1]}-d ({reference.encoder})",
+            fix="embed the reference with the same analyzer",
+        )
     return max(with_emb, key=lambda f: float(f.normed_embedding.float() @ ref))
 
 
@@ -119,10 +147,12 @@ def check_faceset(faces: FaceSet, images: torch.Tensor, name: str) -> None:
     b, h, w = int(images.shape[0]), int(images.shape[1]), int(images.shape[2])
     sizes = set(tuple(s) for s in faces.image_sizes)
     if faces.batch_size != b or sizes != {(h, w)}:
-        raise VisageError(f"'{name}' faces were analysed on another image batch",
-                          expected=f"faces of {b} image(s) of {w}x{h}",
-                          got=f"faces of {faces.batch_size} image(s) of sizes {sorted(sizes)[:3]}",
-                          fix=f"connect Visage Analyze Faces run on the same images as '{name}'")
+        raise VisageError(
+            f"'{name}' faces were analysed on another image batch",
+            expected=f"faces of {b} image(s) of {w}x{h}",
+            got=f"faces of {faces.batch_size} image(s) of sizes {sorted(sizes)[:3]}",
+            fix=f"connect Visage Analyze Faces run on the same images as '{name}'",
+        )
 
 
 def face_mask(size: int = CROP_SIZE, inner: float = 0.55, outer: float = 0.85, power: float = 4.0) -> torch.Tensor:

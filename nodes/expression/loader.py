@@ -21,6 +21,7 @@ else may be there (``num_batches_tracked`` is optional). Anything else raises
 :class:`ModelFileInvalid` naming what the file looks like (another LivePortrait part, an
 unrelated architecture, a narrower/wider variant) with example keys.
 """
+
 from __future__ import annotations
 
 import logging
@@ -92,12 +93,16 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     try:
         if path.lower().endswith((".safetensors", ".sft")):
             from safetensors.torch import load_file
+
             sd = load_file(path, device="cpu")
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ModelFileInvalid(path, f"it cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:200]})",
-                               "an intact LivePortrait .safetensors (or released .pth) file")
+        raise ModelFileInvalid(
+            path,
+            f"it cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:200]})",
+            "an intact LivePortrait .safetensors (or released .pth) file",
+        )
     if not isinstance(sd, dict):
         raise ModelFileInvalid(path, f"it holds a {type(sd).__name__}, not a state dict", "a state dict")
     flat: Dict[str, torch.Tensor] = {}
@@ -133,25 +138,36 @@ def validate(kind: str, sd: Dict[str, torch.Tensor], path: str) -> None:
     if missing or unexpected:
         found = _looks_like(sd)
         if found != f"LivePortrait's {kind}":
-            problem = (f"it holds {found} ({len(sd)} tensors, e.g. {', '.join(list(sd)[:3])}), not "
-                       f"LivePortrait's {kind}")
+            problem = f"it holds {found} ({len(sd)} tensors, e.g. {', '.join(list(sd)[:3])}), not LivePortrait's {kind}"
         else:
-            problem = (f"it is a different variant of LivePortrait's {kind}: {len(missing)} released key(s) missing"
-                       f"{' (e.g. ' + ', '.join(missing[:3]) + ')' if missing else ''}, {len(unexpected)} unexpected"
-                       f"{' (e.g. ' + ', '.join(unexpected[:3]) + ')' if unexpected else ''}")
-        raise ModelFileInvalid(path, problem, f"'{name}' with the {len(required)} released keys of {kind}",
-                               fix=f"put the released {FILES[kind]} into models/{FOLDER}/ (from {SOURCE})")
+            problem = (
+                f"it is a different variant of LivePortrait's {kind}: {len(missing)} released key(s) missing"
+                f"{' (e.g. ' + ', '.join(missing[:3]) + ')' if missing else ''}, {len(unexpected)} unexpected"
+                f"{' (e.g. ' + ', '.join(unexpected[:3]) + ')' if unexpected else ''}"
+            )
+        raise ModelFileInvalid(
+            path,
+            problem,
+            f"'{name}' with the {len(required)} released keys of {kind}",
+            fix=f"put the released {FILES[kind]} into models/{FOLDER}/ (from {SOURCE})",
+        )
     bad = [(k, tuple(sd[k].shape), exp[k]) for k in sorted(required) if tuple(sd[k].shape) != exp[k]]
     if bad:
         k, got, want = bad[0]
-        raise ModelFileInvalid(path, f"{len(bad)} tensor(s) have other shapes than the released {kind} "
-                               f"(e.g. '{k}' is {list(got)}, released {list(want)}): another width/variant",
-                               f"the released shapes of {kind}",
-                               fix=f"use the released {FILES[kind]} (from {SOURCE})")
+        raise ModelFileInvalid(
+            path,
+            f"{len(bad)} tensor(s) have other shapes than the released {kind} "
+            f"(e.g. '{k}' is {list(got)}, released {list(want)}): another width/variant",
+            f"the released shapes of {kind}",
+            fix=f"use the released {FILES[kind]} (from {SOURCE})",
+        )
     nonfloat = [k for k in required if not sd[k].is_floating_point()]
     if nonfloat:
-        raise ModelFileInvalid(path, f"tensor '{nonfloat[0]}' is {sd[nonfloat[0]].dtype}, not floating point",
-                               "float16/bfloat16/float32 weights")
+        raise ModelFileInvalid(
+            path,
+            f"tensor '{nonfloat[0]}' is {sd[nonfloat[0]].dtype}, not floating point",
+            "float16/bfloat16/float32 weights",
+        )
 
 
 def fold_spectral(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -179,8 +195,9 @@ def to_module_state(kind: str, sd: Dict[str, torch.Tensor]) -> Dict[str, torch.T
     return sd
 
 
-def load_network(kind: str, path: str, device="cpu", dtype=torch.float32, cfg: Optional[N.LivePortraitCfg] = None,
-                 check: bool = True) -> torch.nn.Module:
+def load_network(
+    kind: str, path: str, device="cpu", dtype=torch.float32, cfg: Optional[N.LivePortraitCfg] = None, check: bool = True
+) -> torch.nn.Module:
     """Build ``kind`` and load ``path`` into it (strict). ``cfg``/``check=False`` only for test twins."""
     sd = read_state_dict(path)
     if check:
@@ -190,8 +207,11 @@ def load_network(kind: str, path: str, device="cpu", dtype=torch.float32, cfg: O
     res = module.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     missing = [k for k in res.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or res.unexpected_keys:
-        raise ModelFileInvalid(path, f"keys do not fit {kind}: missing {missing[:3]}, unexpected {res.unexpected_keys[:3]}",
-                               f"the released keys of {kind}")
+        raise ModelFileInvalid(
+            path,
+            f"keys do not fit {kind}: missing {missing[:3]}, unexpected {res.unexpected_keys[:3]}",
+            f"the released keys of {kind}",
+        )
     return module.to(dtype=dtype).eval()
 
 
@@ -212,8 +232,13 @@ class LivePortraitModels:
         return f"LivePortraitModels({self.folder}, {self.device}, {self.dtype})"
 
 
-def load_models(device="cpu", dtype=torch.float32, folder_name: str = FOLDER, cfg: Optional[N.LivePortraitCfg] = None,
-                files: Optional[Dict[str, str]] = None) -> LivePortraitModels:
+def load_models(
+    device="cpu",
+    dtype=torch.float32,
+    folder_name: str = FOLDER,
+    cfg: Optional[N.LivePortraitCfg] = None,
+    files: Optional[Dict[str, str]] = None,
+) -> LivePortraitModels:
     """Find the five files (never downloads) and load them through the model manager."""
     files = dict(FILES, **(files or {}))
     device = torch.device(device)
@@ -229,10 +254,21 @@ def load_models(device="cpu", dtype=torch.float32, folder_name: str = FOLDER, cf
             except VisageError:
                 raise missing from None
         handles[kind] = MANAGER.get(
-            f"liveportrait:{kind}" + ("" if cfg is None else ":test"), path,
+            f"liveportrait:{kind}" + ("" if cfg is None else ":test"),
+            path,
             lambda p, d, t, _k=kind: load_network(_k, p, "cpu", t, cfg=cfg, check=cfg is None),
-            device=device, dtype=dtype, name=f"LivePortrait {kind}")
+            device=device,
+            dtype=dtype,
+            name=f"LivePortrait {kind}",
+        )
     folder = os.path.dirname(handles["appearance_feature_extractor"].key[1][0])
-    return LivePortraitModels(handles["appearance_feature_extractor"], handles["motion_extractor"],
-                              handles["warping_module"], handles["spade_generator"],
-                              handles["stitching_retargeting_module"], device, dtype, folder)
+    return LivePortraitModels(
+        handles["appearance_feature_extractor"],
+        handles["motion_extractor"],
+        handles["warping_module"],
+        handles["spade_generator"],
+        handles["stitching_retargeting_module"],
+        device,
+        dtype,
+        folder,
+    )

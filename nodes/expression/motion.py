@@ -7,6 +7,7 @@ softmax-expectation * 3 - 97.5), expression deltas ``exp`` [21,3], translation `
 scale ``s``. The driving keypoints are ``x = s * (kp @ R + exp) + t`` with ``t_z = 0`` and
 ``R = (Rz Ry Rx)^T`` (row-vector convention, ``x @ R``).
 """
+
 from __future__ import annotations
 
 import math
@@ -24,6 +25,7 @@ VISAGE_LIVEPORTRAIT = "VISAGE_LIVEPORTRAIT"
 
 
 # ----------------------------------------------------------------------------------- pose
+
 
 def headpose_to_degree(bins: torch.Tensor) -> torch.Tensor:
     """[B,66] logits -> [B] degrees (expectation over 3-degree bins, centred at -97.5 + 1.5)."""
@@ -47,21 +49,27 @@ def rotation_matrix(pitch: torch.Tensor, yaw: torch.Tensor, roll: torch.Tensor) 
 class KeypointInfo:
     """Motion-extractor output, refined: angles in degrees. Batched over B images."""
 
-    kp: torch.Tensor        # [B,K,3] canonical keypoints
-    exp: torch.Tensor       # [B,K,3] expression deltas
-    pitch: torch.Tensor     # [B] degrees
-    yaw: torch.Tensor       # [B]
-    roll: torch.Tensor      # [B]
-    scale: torch.Tensor     # [B,1]
-    t: torch.Tensor         # [B,3]
+    kp: torch.Tensor  # [B,K,3] canonical keypoints
+    exp: torch.Tensor  # [B,K,3] expression deltas
+    pitch: torch.Tensor  # [B] degrees
+    yaw: torch.Tensor  # [B]
+    roll: torch.Tensor  # [B]
+    scale: torch.Tensor  # [B,1]
+    t: torch.Tensor  # [B,3]
 
     @staticmethod
     def from_raw(raw: Dict[str, torch.Tensor]) -> "KeypointInfo":
         b = raw["kp"].shape[0]
         f = {k: v.float() for k, v in raw.items()}
-        return KeypointInfo(kp=f["kp"].reshape(b, -1, 3), exp=f["exp"].reshape(b, -1, 3),
-                            pitch=headpose_to_degree(f["pitch"]), yaw=headpose_to_degree(f["yaw"]),
-                            roll=headpose_to_degree(f["roll"]), scale=f["scale"].reshape(b, 1), t=f["t"].reshape(b, 3))
+        return KeypointInfo(
+            kp=f["kp"].reshape(b, -1, 3),
+            exp=f["exp"].reshape(b, -1, 3),
+            pitch=headpose_to_degree(f["pitch"]),
+            yaw=headpose_to_degree(f["yaw"]),
+            roll=headpose_to_degree(f["roll"]),
+            scale=f["scale"].reshape(b, 1),
+            t=f["t"].reshape(b, 3),
+        )
 
     def __len__(self):
         return int(self.kp.shape[0])
@@ -78,14 +86,22 @@ class KeypointInfo:
 
     @staticmethod
     def cat(items: Sequence["KeypointInfo"]) -> "KeypointInfo":
-        return KeypointInfo(**{k: torch.cat([getattr(it, k) for it in items], 0)
-                               for k in ("kp", "exp", "pitch", "yaw", "roll", "scale", "t")})
+        return KeypointInfo(
+            **{
+                k: torch.cat([getattr(it, k) for it in items], 0)
+                for k in ("kp", "exp", "pitch", "yaw", "roll", "scale", "t")
+            }
+        )
 
     def to(self, device) -> "KeypointInfo":
-        return KeypointInfo(**{k: getattr(self, k).to(device) for k in ("kp", "exp", "pitch", "yaw", "roll", "scale", "t")})
+        return KeypointInfo(
+            **{k: getattr(self, k).to(device) for k in ("kp", "exp", "pitch", "yaw", "roll", "scale", "t")}
+        )
 
 
-def compose(kp: torch.Tensor, rot: torch.Tensor, exp: torch.Tensor, scale: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def compose(
+    kp: torch.Tensor, rot: torch.Tensor, exp: torch.Tensor, scale: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
     """x = scale * (kp @ R + exp) + t, with t_z = 0. kp/exp [B,K,3], rot [B,3,3], scale [B,1], t [B,3]."""
     txy = torch.cat([t[:, :2], torch.zeros_like(t[:, 2:])], dim=-1)
     return scale[:, :, None] * (kp @ rot + exp) + txy[:, None, :]
@@ -97,6 +113,7 @@ def transform_keypoints(info: KeypointInfo) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------- expression type
+
 
 @dataclass(frozen=True)
 class Expression:
@@ -114,11 +131,18 @@ class Expression:
 
     def __post_init__(self):
         if tuple(self.exp.shape) != (NUM_KP, 3):
-            raise VisageError("An expression must hold 21x3 keypoint offsets", expected="exp [21,3]",
-                              got=f"shape {tuple(self.exp.shape)}", fix="save/load expressions with Visage's nodes")
+            raise VisageError(
+                "An expression must hold 21x3 keypoint offsets",
+                expected="exp [21,3]",
+                got=f"shape {tuple(self.exp.shape)}",
+                fix="save/load expressions with Visage's nodes",
+            )
         if tuple(self.rotation.shape) != (3,):
-            raise VisageError("An expression must hold 3 rotation offsets", expected="rotation [3]",
-                              got=f"shape {tuple(self.rotation.shape)}")
+            raise VisageError(
+                "An expression must hold 3 rotation offsets",
+                expected="rotation [3]",
+                got=f"shape {tuple(self.rotation.shape)}",
+            )
         if self.t is None:
             object.__setattr__(self, "t", torch.zeros(3))
 
@@ -142,34 +166,51 @@ class Expression:
     # -- files (safetensors)
     def save(self, path: str) -> str:
         from safetensors.torch import save_file
+
         d = os.path.dirname(path)
         if d:
             os.makedirs(d, exist_ok=True)
-        save_file({"exp": self.exp.float().contiguous().cpu(), "rotation": self.rotation.float().contiguous().cpu(),
-                   "scale": torch.tensor([float(self.scale)]), "t": self.t.float().contiguous().cpu()},
-                  path, metadata={"format": "visage_expression", "version": "1", "keypoints": str(NUM_KP)})
+        save_file(
+            {
+                "exp": self.exp.float().contiguous().cpu(),
+                "rotation": self.rotation.float().contiguous().cpu(),
+                "scale": torch.tensor([float(self.scale)]),
+                "t": self.t.float().contiguous().cpu(),
+            },
+            path,
+            metadata={"format": "visage_expression", "version": "1", "keypoints": str(NUM_KP)},
+        )
         return path
 
     @staticmethod
     def load(path: str) -> "Expression":
         from safetensors import safe_open
+
         try:
             with safe_open(path, framework="pt", device="cpu") as f:
                 meta = f.metadata() or {}
                 keys = set(f.keys())
                 tensors = {k: f.get_tensor(k) for k in keys}
         except Exception as e:
-            raise VisageError(f"'{os.path.basename(path)}' cannot be read as an expression file",
-                              expected="a .safetensors written by Visage Save Expression",
-                              got=f"{type(e).__name__}: {str(e)[:160]}", fix="pick another file")
+            raise VisageError(
+                f"'{os.path.basename(path)}' cannot be read as an expression file",
+                expected="a .safetensors written by Visage Save Expression",
+                got=f"{type(e).__name__}: {str(e)[:160]}",
+                fix="pick another file",
+            )
         if meta.get("format") != "visage_expression" or not {"exp", "rotation"} <= keys:
-            raise VisageError(f"'{os.path.basename(path)}' is not a Visage expression file",
-                              expected="metadata format=visage_expression with tensors exp, rotation, scale, t",
-                              got=f"metadata {dict(list(meta.items())[:3])}, tensors {sorted(keys)[:5]}",
-                              fix="pick a file saved by Visage Save Expression")
-        return Expression(tensors["exp"].float(), tensors["rotation"].float(),
-                          float(tensors.get("scale", torch.zeros(1)).reshape(-1)[0]),
-                          tensors.get("t", torch.zeros(3)).float())
+            raise VisageError(
+                f"'{os.path.basename(path)}' is not a Visage expression file",
+                expected="metadata format=visage_expression with tensors exp, rotation, scale, t",
+                got=f"metadata {dict(list(meta.items())[:3])}, tensors {sorted(keys)[:5]}",
+                fix="pick a file saved by Visage Save Expression",
+            )
+        return Expression(
+            tensors["exp"].float(),
+            tensors["rotation"].float(),
+            float(tensors.get("scale", torch.zeros(1)).reshape(-1)[0]),
+            tensors.get("t", torch.zeros(3)).float(),
+        )
 
 
 # ----------------------------------------------------------------------------------- sliders
@@ -177,8 +218,16 @@ class Expression:
 # Sign-dependent sliders have a (positive, negative) pair of term lists.
 _BLINK = [(11, 1, -0.001), (13, 1, 0.0003), (15, 1, -0.001), (16, 1, 0.0003), (1, 1, -0.00025), (2, 1, 0.00025)]
 SLIDER_TERMS = {
-    "smile": [(20, 1, -0.01), (14, 1, -0.02), (17, 1, 0.0065), (17, 2, 0.003), (13, 1, -0.00275),
-              (16, 1, -0.00275), (3, 1, -0.0035), (7, 1, -0.0035)],
+    "smile": [
+        (20, 1, -0.01),
+        (14, 1, -0.02),
+        (17, 1, 0.0065),
+        (17, 2, 0.003),
+        (13, 1, -0.00275),
+        (16, 1, -0.00275),
+        (3, 1, -0.0035),
+        (7, 1, -0.0035),
+    ],
     "aaa": [(19, 1, 0.001), (19, 2, 0.0001), (17, 1, -0.0001)],
     "eee": [(20, 2, -0.001), (20, 1, -0.001), (14, 1, -0.001)],
     "woo": [(14, 1, 0.001), (3, 1, -0.0005), (7, 1, -0.0005), (17, 2, -0.0005)],
@@ -186,23 +235,30 @@ SLIDER_TERMS = {
     "pupil_x": ([(11, 0, 0.0007), (15, 0, 0.001)], [(11, 0, 0.001), (15, 0, 0.0007)]),
     "pupil_y": [(11, 1, -0.001), (15, 1, -0.001)] + [(k, a, -0.5 * c) for k, a, c in _BLINK],
     "blink": _BLINK,
-    "eyebrow": ([(1, 1, 0.001), (2, 1, -0.001)],
-                [(1, 0, -0.001), (2, 0, 0.001), (1, 1, 0.0003), (2, 1, -0.0003)]),
+    "eyebrow": ([(1, 1, 0.001), (2, 1, -0.001)], [(1, 0, -0.001), (2, 0, 0.001), (1, 1, 0.0003), (2, 1, -0.0003)]),
 }
 # rotation effects: slider -> [(angle index 0=pitch 1=yaw 2=roll, degrees per unit)]
 SLIDER_ROTATION = {
     "rotate_pitch": [(0, 1.0)],
-    "rotate_yaw": [(1, -1.0)],        # AdvancedLivePortrait flips yaw so + turns to the viewer's right
+    "rotate_yaw": [(1, -1.0)],  # AdvancedLivePortrait flips yaw so + turns to the viewer's right
     "rotate_roll": [(2, 1.0)],
     "aaa": [(0, -0.05)],
     "wink": [(2, -0.1), (1, -0.1)],
 }
 # (default, min, max, step) as users know them
 SLIDERS = {
-    "rotate_pitch": (0.0, -20.0, 20.0, 0.5), "rotate_yaw": (0.0, -20.0, 20.0, 0.5), "rotate_roll": (0.0, -20.0, 20.0, 0.5),
-    "blink": (0.0, -20.0, 5.0, 0.5), "eyebrow": (0.0, -10.0, 15.0, 0.5), "wink": (0.0, 0.0, 25.0, 0.5),
-    "pupil_x": (0.0, -15.0, 15.0, 0.5), "pupil_y": (0.0, -15.0, 15.0, 0.5), "aaa": (0.0, -30.0, 120.0, 1.0),
-    "eee": (0.0, -20.0, 15.0, 0.2), "woo": (0.0, -20.0, 15.0, 0.2), "smile": (0.0, -0.3, 1.3, 0.01),
+    "rotate_pitch": (0.0, -20.0, 20.0, 0.5),
+    "rotate_yaw": (0.0, -20.0, 20.0, 0.5),
+    "rotate_roll": (0.0, -20.0, 20.0, 0.5),
+    "blink": (0.0, -20.0, 5.0, 0.5),
+    "eyebrow": (0.0, -10.0, 15.0, 0.5),
+    "wink": (0.0, 0.0, 25.0, 0.5),
+    "pupil_x": (0.0, -15.0, 15.0, 0.5),
+    "pupil_y": (0.0, -15.0, 15.0, 0.5),
+    "aaa": (0.0, -30.0, 120.0, 1.0),
+    "eee": (0.0, -20.0, 15.0, 0.2),
+    "woo": (0.0, -20.0, 15.0, 0.2),
+    "smile": (0.0, -0.3, 1.3, 0.01),
 }
 EYE_KPS = (1, 2, 11, 13, 15, 16)
 MOUTH_KPS = (14, 17, 19, 20)
@@ -268,8 +324,9 @@ def edited_keypoints(src: KeypointInfo, offset: Expression, src_ratio: float = 1
         return compose(src.kp, src.rotation(), exp, src.scale, src.t)
     r = offset.rotation.to(dev)
     rot = rotation_matrix(src.pitch + r[0], src.yaw + r[1], src.roll + r[2])
-    return compose(src.kp, rot, exp + offset.exp.to(dev)[None], src.scale * (1.0 + offset.scale),
-                   src.t + offset.t.to(dev)[None])
+    return compose(
+        src.kp, rot, exp + offset.exp.to(dev)[None], src.scale * (1.0 + offset.scale), src.t + offset.t.to(dev)[None]
+    )
 
 
 # ----------------------------------------------------------------------------------- transfer
@@ -280,8 +337,9 @@ EYES_KPS = (11, 13, 15, 16, 18)
 REGIONS = ("all", "expression", "pose", "lips", "eyes")
 
 
-def driven_keypoints(src: KeypointInfo, drv: KeypointInfo, drv0: KeypointInfo, mode: str = "relative",
-                     region: str = "all") -> torch.Tensor:
+def driven_keypoints(
+    src: KeypointInfo, drv: KeypointInfo, drv0: KeypointInfo, mode: str = "relative", region: str = "all"
+) -> torch.Tensor:
     """LivePortrait's image-source animation: driving frames ``drv`` [N] (first frame ``drv0``) on a
     one-image source ``src`` -> x_d [N,K,3].
 
@@ -332,6 +390,7 @@ def driven_keypoints(src: KeypointInfo, drv: KeypointInfo, drv0: KeypointInfo, m
 
 # ----------------------------------------------------------------------------------- ratios (68 pts)
 
+
 def _dist(p, a, b):
     return torch.linalg.vector_norm(p[..., a, :] - p[..., b, :], dim=-1)
 
@@ -354,6 +413,7 @@ def lip_open_ratio(lmk68: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------- smoothing
+
 
 def smooth_sequence(x: torch.Tensor, strength: float) -> torch.Tensor:
     """Rauch-Tung-Striebel smoother of a random walk, independently per coordinate. x [N,...].
@@ -393,5 +453,12 @@ def smooth_info(info: KeypointInfo, strength: float) -> KeypointInfo:
     if strength <= 0 or len(info) < 2:
         return info
     ang = smooth_sequence(info.angles(), strength)
-    return replace(info, exp=smooth_sequence(info.exp, strength), pitch=ang[:, 0], yaw=ang[:, 1], roll=ang[:, 2],
-                   scale=smooth_sequence(info.scale, strength), t=smooth_sequence(info.t, strength))
+    return replace(
+        info,
+        exp=smooth_sequence(info.exp, strength),
+        pitch=ang[:, 0],
+        yaw=ang[:, 1],
+        roll=ang[:, 2],
+        scale=smooth_sequence(info.scale, strength),
+        t=smooth_sequence(info.t, strength),
+    )

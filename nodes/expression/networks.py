@@ -21,6 +21,7 @@ loader folds the stored power-iteration vectors into ``weight`` exactly as torch
 Widths are parameters so unit tests can build narrow twins; :data:`RELEASED` is the released
 configuration and the loader only accepts files with exactly its keys and shapes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ NUM_BINS = 66
 
 
 # ----------------------------------------------------------------------------------- configs
+
 
 @dataclass(frozen=True)
 class AppearanceCfg:
@@ -102,16 +104,27 @@ RELEASED = LivePortraitCfg()
 def tiny_cfg() -> LivePortraitCfg:
     """A narrow twin (same structure, same keypoint layout) for fast unit tests."""
     return LivePortraitCfg(
-        appearance=AppearanceCfg(block_expansion=8, max_features=16, reshape_channel=4, reshape_depth=4, num_resblocks=1),
+        appearance=AppearanceCfg(
+            block_expansion=8, max_features=16, reshape_channel=4, reshape_depth=4, num_resblocks=1
+        ),
         motion=MotionCfg(depths=(1, 1, 1, 1), dims=(8, 16, 16, 32)),
-        warping=WarpingCfg(block_expansion=8, max_features=16, reshape_channel=4, dm_block_expansion=4,
-                           dm_max_features=16, dm_num_blocks=2, dm_reshape_depth=4, dm_compress=1),
+        warping=WarpingCfg(
+            block_expansion=8,
+            max_features=16,
+            reshape_channel=4,
+            dm_block_expansion=4,
+            dm_max_features=16,
+            dm_num_blocks=2,
+            dm_reshape_depth=4,
+            dm_compress=1,
+        ),
         spade=SpadeCfg(block_expansion=8, max_features=64, out_channels=8, spade_hidden=8),
         stitch=StitchCfg(),
     )
 
 
 # ----------------------------------------------------------------------------------- blocks
+
 
 class SameBlock2d(nn.Module):
     def __init__(self, cin, cout, lrelu=False):
@@ -172,6 +185,7 @@ class UpBlock3d(nn.Module):
 
 # ----------------------------------------------------------------------------------- F
 
+
 class AppearanceFeatureExtractor(nn.Module):
     def __init__(self, cfg: AppearanceCfg = AppearanceCfg()):
         super().__init__()
@@ -180,7 +194,7 @@ class AppearanceFeatureExtractor(nn.Module):
         blocks = []
         cout = cfg.block_expansion
         for i in range(cfg.num_down_blocks):
-            cin = min(cfg.max_features, cfg.block_expansion * 2 ** i)
+            cin = min(cfg.max_features, cfg.block_expansion * 2**i)
             cout = min(cfg.max_features, cfg.block_expansion * 2 ** (i + 1))
             blocks.append(DownBlock2d(cin, cout))
         self.down_blocks = nn.ModuleList(blocks)
@@ -200,6 +214,7 @@ class AppearanceFeatureExtractor(nn.Module):
 
 
 # ----------------------------------------------------------------------------------- M
+
 
 class ChannelsFirstLayerNorm(nn.Module):
     def __init__(self, c, eps=1e-6):
@@ -248,8 +263,12 @@ class ConvNeXtV2Head(nn.Module):
         self.downsample_layers = nn.ModuleList()
         self.downsample_layers.append(nn.Sequential(nn.Conv2d(3, d[0], 4, stride=4), ChannelsFirstLayerNorm(d[0])))
         for i in range(3):
-            self.downsample_layers.append(nn.Sequential(ChannelsFirstLayerNorm(d[i]), nn.Conv2d(d[i], d[i + 1], 2, stride=2)))
-        self.stages = nn.ModuleList(nn.Sequential(*[ConvNeXtBlock(d[i]) for _ in range(cfg.depths[i])]) for i in range(4))
+            self.downsample_layers.append(
+                nn.Sequential(ChannelsFirstLayerNorm(d[i]), nn.Conv2d(d[i], d[i + 1], 2, stride=2))
+            )
+        self.stages = nn.ModuleList(
+            nn.Sequential(*[ConvNeXtBlock(d[i]) for _ in range(cfg.depths[i])]) for i in range(4)
+        )
         self.norm = nn.LayerNorm(d[-1], eps=1e-6)
         k = cfg.num_kp
         self.fc_kp = nn.Linear(d[-1], 3 * k)
@@ -264,8 +283,15 @@ class ConvNeXtV2Head(nn.Module):
         for i in range(4):
             x = self.stages[i](self.downsample_layers[i](x))
         x = self.norm(x.mean(dim=(-2, -1)))
-        return {"pitch": self.fc_pitch(x), "yaw": self.fc_yaw(x), "roll": self.fc_roll(x), "t": self.fc_t(x),
-                "exp": self.fc_exp(x), "scale": self.fc_scale(x), "kp": self.fc_kp(x)}
+        return {
+            "pitch": self.fc_pitch(x),
+            "yaw": self.fc_yaw(x),
+            "roll": self.fc_roll(x),
+            "t": self.fc_t(x),
+            "exp": self.fc_exp(x),
+            "scale": self.fc_scale(x),
+            "kp": self.fc_kp(x),
+        }
 
 
 class MotionExtractor(nn.Module):
@@ -280,10 +306,13 @@ class MotionExtractor(nn.Module):
 
 # ----------------------------------------------------------------------------------- W
 
+
 def coordinate_grid(d: int, h: int, w: int, ref: torch.Tensor) -> torch.Tensor:
     """[d,h,w,3] (x right, y down, z in), each axis spanning -1..1 over its cells."""
+
     def axis(n):
         return torch.arange(n, dtype=ref.dtype, device=ref.device) * (2.0 / (n - 1)) - 1.0
+
     z, y, x = torch.meshgrid(axis(d), axis(h), axis(w), indexing="ij")
     return torch.stack([x, y, z], dim=-1)
 
@@ -299,13 +328,17 @@ class Hourglass3d(nn.Module):
         super().__init__()
         self.encoder = nn.Module()
         self.encoder.down_blocks = nn.ModuleList(
-            DownBlock3d(in_features if i == 0 else min(max_features, block_expansion * 2 ** i),
-                        min(max_features, block_expansion * 2 ** (i + 1))) for i in range(num_blocks))
+            DownBlock3d(
+                in_features if i == 0 else min(max_features, block_expansion * 2**i),
+                min(max_features, block_expansion * 2 ** (i + 1)),
+            )
+            for i in range(num_blocks)
+        )
         self.decoder = nn.Module()
         ups = []
         for i in reversed(range(num_blocks)):
             cin = (1 if i == num_blocks - 1 else 2) * min(max_features, block_expansion * 2 ** (i + 1))
-            ups.append(UpBlock3d(cin, min(max_features, block_expansion * 2 ** i)))
+            ups.append(UpBlock3d(cin, min(max_features, block_expansion * 2**i)))
         self.decoder.up_blocks = nn.ModuleList(ups)
         self.out_filters = block_expansion + in_features
         self.decoder.conv = nn.Conv3d(self.out_filters, self.out_filters, 3, padding=1)
@@ -330,26 +363,32 @@ class DenseMotionNetwork(nn.Module):
         self.mask = nn.Conv3d(self.hourglass.out_filters, k + 1, 7, padding=3)
         self.compress = nn.Conv3d(cfg.reshape_channel, c, 1)
         self.norm = nn.BatchNorm3d(c, affine=True)
-        self.occlusion = (nn.Conv2d(self.hourglass.out_filters * cfg.dm_reshape_depth, 1, 7, padding=3)
-                          if cfg.estimate_occlusion_map else None)
+        self.occlusion = (
+            nn.Conv2d(self.hourglass.out_filters * cfg.dm_reshape_depth, 1, 7, padding=3)
+            if cfg.estimate_occlusion_map
+            else None
+        )
 
     def forward(self, feature, kp_driving, kp_source):
         b, _, d, h, w = feature.shape
         k = self.num_kp
-        feat = F.relu(self.norm(self.compress(feature)))                       # [B,c,d,h,w]
-        grid = coordinate_grid(d, h, w, kp_source)                               # [d,h,w,3]
+        feat = F.relu(self.norm(self.compress(feature)))  # [B,c,d,h,w]
+        grid = coordinate_grid(d, h, w, kp_source)  # [d,h,w,3]
         # sparse motions: background identity + per-keypoint translation (driving -> source)
-        shift = (kp_source - kp_driving)[:, :, None, None, None, :]             # [B,K,1,1,1,3]
+        shift = (kp_source - kp_driving)[:, :, None, None, None, :]  # [B,K,1,1,1,3]
         motions = torch.cat([grid[None, None].expand(b, 1, d, h, w, 3), grid[None, None] + shift], dim=1)
         c = feat.shape[1]
-        warped = F.grid_sample(feat[:, None].expand(b, k + 1, c, d, h, w).reshape(b * (k + 1), c, d, h, w),
-                               motions.reshape(b * (k + 1), d, h, w, 3), align_corners=False)
+        warped = F.grid_sample(
+            feat[:, None].expand(b, k + 1, c, d, h, w).reshape(b * (k + 1), c, d, h, w),
+            motions.reshape(b * (k + 1), d, h, w, 3),
+            align_corners=False,
+        )
         warped = warped.reshape(b, k + 1, c, d, h, w)
-        heat = keypoint_gaussians(kp_driving, grid) - keypoint_gaussians(kp_source, grid)   # [B,K,d,h,w]
+        heat = keypoint_gaussians(kp_driving, grid) - keypoint_gaussians(kp_source, grid)  # [B,K,d,h,w]
         heat = torch.cat([heat.new_zeros(b, 1, d, h, w), heat], dim=1)[:, :, None]
         x = torch.cat([heat, warped], dim=2).reshape(b, -1, d, h, w)
         pred = self.hourglass(x)
-        mask = torch.softmax(self.mask(pred), dim=1)                             # [B,K+1,d,h,w]
+        mask = torch.softmax(self.mask(pred), dim=1)  # [B,K+1,d,h,w]
         deformation = torch.einsum("bkdhwc,bkdhw->bdhwc", motions, mask)
         occlusion = None
         if self.occlusion is not None:
@@ -362,7 +401,7 @@ class WarpingNetwork(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.dense_motion_network = DenseMotionNetwork(cfg)
-        c = cfg.block_expansion * 2 ** cfg.num_down_blocks
+        c = cfg.block_expansion * 2**cfg.num_down_blocks
         self.third = SameBlock2d(cfg.max_features, c, lrelu=True)
         self.fourth = nn.Conv2d(c, c, 1)
 
@@ -377,6 +416,7 @@ class WarpingNetwork(nn.Module):
 
 
 # ----------------------------------------------------------------------------------- G
+
 
 class SPADE(nn.Module):
     def __init__(self, norm_nc, label_nc, hidden=128):
@@ -422,7 +462,7 @@ class SPADEDecoder(nn.Module):
     def __init__(self, cfg: SpadeCfg = SpadeCfg()):
         super().__init__()
         self.cfg = cfg
-        cin = min(cfg.max_features, cfg.block_expansion * 2 ** cfg.num_down_blocks)
+        cin = min(cfg.max_features, cfg.block_expansion * 2**cfg.num_down_blocks)
         hid = cfg.spade_hidden
         self.fc = nn.Conv2d(cin, 2 * cin, 3, padding=1)
         for i in range(6):
@@ -445,6 +485,7 @@ class SPADEDecoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------------- S / R
+
 
 class MLP(nn.Module):
     def __init__(self, input_size: int, hidden: List[int], output_size: int):
@@ -474,8 +515,8 @@ class StitchingRetargeting(nn.Module):
         """x_s, x_d [B,K,3] -> x_d with the stitching correction (K*3 deltas + tx, ty) added."""
         b, k = x_s.shape[:2]
         delta = self.retarget_shoulder_module(torch.cat([x_s.reshape(b, -1), x_d.reshape(b, -1)], dim=1))
-        d_exp = delta[:, :3 * k].reshape(b, k, 3)
-        d_txy = delta[:, 3 * k:3 * k + 2].reshape(b, 1, 2)
+        d_exp = delta[:, : 3 * k].reshape(b, k, 3)
+        d_txy = delta[:, 3 * k : 3 * k + 2].reshape(b, 1, 2)
         out = x_d + d_exp
         return torch.cat([out[..., :2] + d_txy, out[..., 2:]], dim=-1)
 

@@ -4,6 +4,7 @@ Everything here is plain torch (no ComfyUI). ``Engine`` runs the five networks t
 model-manager handles (``handle.model()`` right before each use) and keeps per-network timings
 (used by ``bench/bench_expression.py``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import paste as P
 from ..common.errors import NoFaceError, VisageError
 from ..common.types import Face, FaceEmbeds, FaceSet
-from .. import paste as P
 from . import crop as C
 from . import motion as M
 
@@ -45,7 +46,7 @@ class Direct:
 class FaceJob:
     image_index: int
     face: Face
-    matrix: np.ndarray          # [2,3] frame -> crop(512)
+    matrix: np.ndarray  # [2,3] frame -> crop(512)
 
 
 class Engine:
@@ -75,14 +76,17 @@ class Engine:
     def motion(self, x256: torch.Tensor) -> M.KeypointInfo:
         with self._timed("motion_extractor"):
             net = self.models.motion.model()
-            parts = [M.KeypointInfo.from_raw(net(self._in(x256[i:i + self.chunk]))) for i in range(0, x256.shape[0], self.chunk)]
+            parts = [
+                M.KeypointInfo.from_raw(net(self._in(x256[i : i + self.chunk])))
+                for i in range(0, x256.shape[0], self.chunk)
+            ]
         return M.KeypointInfo.cat(parts)
 
     @torch.no_grad()
     def appearance(self, x256: torch.Tensor) -> torch.Tensor:
         with self._timed("appearance_feature_extractor"):
             net = self.models.appearance.model()
-            return torch.cat([net(self._in(x256[i:i + self.chunk])) for i in range(0, x256.shape[0], self.chunk)])
+            return torch.cat([net(self._in(x256[i : i + self.chunk])) for i in range(0, x256.shape[0], self.chunk)])
 
     @torch.no_grad()
     def stitch(self, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
@@ -122,8 +126,7 @@ class Engine:
         with self._timed("crop"):
             m = torch.from_numpy(np.stack([j.matrix for j in jobs])).float()
             idx = torch.tensor([j.image_index for j in jobs], dtype=torch.long)
-            out = P._kops.align_crops(images, m.to(images.device), idx.to(images.device), self.crop_size,
-                                      layout="NHWC")
+            out = P._kops.align_crops(images, m.to(images.device), idx.to(images.device), self.crop_size, layout="NHWC")
             return (out / 255.0).clamp(0, 1)
 
     @staticmethod
@@ -137,22 +140,39 @@ class Engine:
         with self._timed("paste"):
             n = len(jobs)
             if new_crops.shape[1] != self.crop_size:
-                new_crops = F.interpolate(new_crops.permute(0, 3, 1, 2), size=(self.crop_size,) * 2, mode="bilinear",
-                                          align_corners=False).permute(0, 2, 3, 1)
+                new_crops = F.interpolate(
+                    new_crops.permute(0, 3, 1, 2), size=(self.crop_size,) * 2, mode="bilinear", align_corners=False
+                ).permute(0, 2, 3, 1)
             # our own soft face mask already reaches 0 well inside the crop, so the shared box mask is
             # left at full size (erode/blur 0): no seam at the crop box, and no 50-px erosion cost
             mask = C.face_mask(self.crop_size, inner=max(0.05, 0.85 - 3.0 * feather), outer=0.85)
             mask = mask.to(frames.device).expand(n, -1, -1)
             m = torch.from_numpy(np.stack([j.matrix for j in jobs])).float()
-            return P.paste_faces(frames, new_crops.clamp(0, 1).to(frames.device), m, torch.tensor(out_index),
-                                 masks=mask, erode_frac=0.0, blur_frac=0.0,
-                                 color_transfer=color_transfer, original_crops=orig_crops)
+            return P.paste_faces(
+                frames,
+                new_crops.clamp(0, 1).to(frames.device),
+                m,
+                torch.tensor(out_index),
+                masks=mask,
+                erode_frac=0.0,
+                blur_frac=0.0,
+                color_transfer=color_transfer,
+                original_crops=orig_crops,
+            )
 
 
 # ---------------------------------------------------------------------------------------- helpers
 
-def find_jobs(images: torch.Tensor, faces: FaceSet, select: str, index: int, reference: Optional[FaceEmbeds],
-              crop_scale: float, vy_ratio: float) -> List[Optional[FaceJob]]:
+
+def find_jobs(
+    images: torch.Tensor,
+    faces: FaceSet,
+    select: str,
+    index: int,
+    reference: Optional[FaceEmbeds],
+    crop_scale: float,
+    vy_ratio: float,
+) -> List[Optional[FaceJob]]:
     jobs: List[Optional[FaceJob]] = []
     for b in range(images.shape[0]):
         f = C.select_face(faces.faces[b], select, index, reference, faces.image_sizes[b])
@@ -163,17 +183,20 @@ def find_jobs(images: torch.Tensor, faces: FaceSet, select: str, index: int, ref
 def _ratios(face: Face, what: str) -> torch.Tensor:
     lm = face.landmarks_68
     if lm is None:
-        raise VisageError(f"{what} retargeting needs 68-point landmarks",
-                          expected="faces analysed with a landmark model (e.g. 1k3d68 of an insightface pack)",
-                          got="faces without landmarks", fix=f"use a pack with landmarks or turn {what} retargeting off")
+        raise VisageError(
+            f"{what} retargeting needs 68-point landmarks",
+            expected="faces analysed with a landmark model (e.g. 1k3d68 of an insightface pack)",
+            got="faces without landmarks",
+            fix=f"use a pack with landmarks or turn {what} retargeting off",
+        )
     return M.eye_open_ratios(lm) if what == "eye" else M.lip_open_ratio(lm)
 
 
 @dataclass
 class Result:
-    images: torch.Tensor        # [B',H,W,3]
-    crops: torch.Tensor         # [N,512,512,3] generated crops (one per generated face)
-    masks: torch.Tensor         # [B',H,W] frame-space paste masks
+    images: torch.Tensor  # [B',H,W,3]
+    crops: torch.Tensor  # [N,512,512,3] generated crops (one per generated face)
+    masks: torch.Tensor  # [B',H,W] frame-space paste masks
     expression: Optional[M.Expression] = None
     generated: int = 0
 
@@ -184,11 +207,29 @@ def _empty_crop(images):
 
 # ---------------------------------------------------------------------------------------- editor
 
+
 @torch.no_grad()
-def edit(engine: Engine, images: torch.Tensor, faces: FaceSet, offset: M.Expression, *, select="largest", index=0,
-         reference=None, src_ratio=1.0, sample: Optional[M.KeypointInfo] = None, sample_parts="expression",
-         sample_ratio=1.0, stitching=True, crop_scale=2.3, vy_ratio=-0.125, feather=0.1, color_transfer=True,
-         on_no_face="error", progress: Progress = None) -> Result:
+def edit(
+    engine: Engine,
+    images: torch.Tensor,
+    faces: FaceSet,
+    offset: M.Expression,
+    *,
+    select="largest",
+    index=0,
+    reference=None,
+    src_ratio=1.0,
+    sample: Optional[M.KeypointInfo] = None,
+    sample_parts="expression",
+    sample_ratio=1.0,
+    stitching=True,
+    crop_scale=2.3,
+    vy_ratio=-0.125,
+    feather=0.1,
+    color_transfer=True,
+    on_no_face="error",
+    progress: Progress = None,
+) -> Result:
     """Edit one face per image of ``images`` by ``offset`` (+ parts of a ``sample`` face)."""
     if on_no_face not in ON_NO_FACE:
         raise VisageError("Unknown on_no_face", expected=", ".join(ON_NO_FACE), got=repr(on_no_face))
@@ -206,7 +247,9 @@ def edit(engine: Engine, images: torch.Tensor, faces: FaceSet, offset: M.Express
     out_index = [keep.index(j.image_index) for j in live]
     frames = images[keep]
     if not live:
-        return Result(frames.clone(), _empty_crop(images), torch.zeros(frames.shape[:3], device=images.device), offset, 0)
+        return Result(
+            frames.clone(), _empty_crop(images), torch.zeros(frames.shape[:3], device=images.device), offset, 0
+        )
     crops = engine.crops(images, live)
     x256 = Engine.net_input(crops)
     info = engine.motion(x256)
@@ -217,7 +260,7 @@ def edit(engine: Engine, images: torch.Tensor, faces: FaceSet, offset: M.Express
         x_d = engine.stitch(x_s, x_d)
     gen = []
     for i in range(len(live)):
-        gen.append(engine.decode(f_s[i:i + 1], x_s[i:i + 1], x_d[i:i + 1]))
+        gen.append(engine.decode(f_s[i : i + 1], x_s[i : i + 1], x_d[i : i + 1]))
         if progress:
             progress(i + 1, len(live))
     new = torch.cat(gen).permute(0, 2, 3, 1)
@@ -232,14 +275,17 @@ def reconstruct(engine: Engine, crops512: torch.Tensor, stitching=True) -> torch
     f_s = engine.appearance(x256)
     x_s = M.transform_keypoints(info)
     x_d = engine.stitch(x_s, x_s) if stitching else x_s
-    return torch.cat([engine.decode(f_s[i:i + 1], x_s[i:i + 1], x_d[i:i + 1]) for i in range(len(info))])
+    return torch.cat([engine.decode(f_s[i : i + 1], x_s[i : i + 1], x_d[i : i + 1]) for i in range(len(info))])
 
 
 @torch.no_grad()
-def sample_info(engine: Engine, images: torch.Tensor, faces: FaceSet, select="largest", index=0,
-                crop_scale=2.3, vy_ratio=-0.125) -> M.KeypointInfo:
+def sample_info(
+    engine: Engine, images: torch.Tensor, faces: FaceSet, select="largest", index=0, crop_scale=2.3, vy_ratio=-0.125
+) -> M.KeypointInfo:
     C.check_faceset(faces, images, "sample_image")
-    jobs = find_jobs(images[:1], FaceSet(faces.faces[:1], faces.image_sizes[:1]), select, index, None, crop_scale, vy_ratio)
+    jobs = find_jobs(
+        images[:1], FaceSet(faces.faces[:1], faces.image_sizes[:1]), select, index, None, crop_scale, vy_ratio
+    )
     if jobs[0] is None:
         raise NoFaceError([0], "sample_image")
     return engine.motion(Engine.net_input(engine.crops(images, jobs)))
@@ -247,12 +293,33 @@ def sample_info(engine: Engine, images: torch.Tensor, faces: FaceSet, select="la
 
 # ---------------------------------------------------------------------------------------- transfer
 
+
 @torch.no_grad()
-def transfer(engine: Engine, source: torch.Tensor, source_faces: FaceSet, driving: torch.Tensor,
-             driving_faces: FaceSet, *, select="largest", index=0, reference=None, driving_select="largest",
-             mode="relative", region="all", eye_retargeting=False, lip_retargeting=False, smoothing=0.0,
-             multiplier=1.0, stitching=True, crop_scale=2.3, vy_ratio=-0.125, feather=0.1, color_transfer=True,
-             on_no_face="passthrough", progress: Progress = None) -> Result:
+def transfer(
+    engine: Engine,
+    source: torch.Tensor,
+    source_faces: FaceSet,
+    driving: torch.Tensor,
+    driving_faces: FaceSet,
+    *,
+    select="largest",
+    index=0,
+    reference=None,
+    driving_select="largest",
+    mode="relative",
+    region="all",
+    eye_retargeting=False,
+    lip_retargeting=False,
+    smoothing=0.0,
+    multiplier=1.0,
+    stitching=True,
+    crop_scale=2.3,
+    vy_ratio=-0.125,
+    feather=0.1,
+    color_transfer=True,
+    on_no_face="passthrough",
+    progress: Progress = None,
+) -> Result:
     """Animate the source face(s) with the driving frames' motion. One output frame per driving frame
     (fewer only with on_no_face='skip'). A one-image source is animated by every driving frame; a
     source batch as long as the driving batch pairs frame i with frame i (video to video)."""
@@ -262,9 +329,12 @@ def transfer(engine: Engine, source: torch.Tensor, source_faces: FaceSet, drivin
     C.check_faceset(driving_faces, driving, "driving")
     bs, n = source.shape[0], driving.shape[0]
     if bs not in (1, n):
-        raise VisageError("The source batch must be one image or as long as the driving frames",
-                          expected=f"1 or {n} source image(s)", got=f"{bs} source images",
-                          fix="pick one source frame (ImageFromBatch) or match the frame counts")
+        raise VisageError(
+            "The source batch must be one image or as long as the driving frames",
+            expected=f"1 or {n} source image(s)",
+            got=f"{bs} source images",
+            fix="pick one source frame (ImageFromBatch) or match the frame counts",
+        )
     src_jobs = find_jobs(source, source_faces, select, index, reference, crop_scale, vy_ratio)
     drv_jobs = find_jobs(driving, driving_faces, driving_select, 0, None, crop_scale, vy_ratio)
     src_missing = [b for b, j in enumerate(src_jobs) if j is None]
@@ -277,8 +347,11 @@ def transfer(engine: Engine, source: torch.Tensor, source_faces: FaceSet, drivin
     if not keep:
         raise NoFaceError(drv_missing or src_missing, "driving" if drv_missing else "source")
     if drv_missing or src_missing:
-        log.info("Visage expression transfer: %d frame(s) without a usable face are %s", n - len(ok),
-                 "passed through" if on_no_face == "passthrough" else "skipped")
+        log.info(
+            "Visage expression transfer: %d frame(s) without a usable face are %s",
+            n - len(ok),
+            "passed through" if on_no_face == "passthrough" else "skipped",
+        )
     frames = source[[src_of(i) for i in keep]].clone()
     masks = torch.zeros(frames.shape[:3], device=source.device)
     if not ok:
@@ -304,7 +377,7 @@ def transfer(engine: Engine, source: torch.Tensor, source_faces: FaceSet, drivin
     for k, i in enumerate(ok):
         sk = pos[src_of(i)]
         si = s_info.select(sk)
-        x_s = x_s_all[sk:sk + 1]
+        x_s = x_s_all[sk : sk + 1]
         x_d = M.driven_keypoints(si, d_info.select(k), d0, mode, region)
         if eye_retargeting or lip_retargeting:
             s_face, d_face = s_jobs[sk].face, d_jobs[k].face
@@ -319,7 +392,7 @@ def transfer(engine: Engine, source: torch.Tensor, source_faces: FaceSet, drivin
         if stitching:
             x_d = engine.stitch(x_s, x_d)
         x_d = x_s + (x_d - x_s) * multiplier
-        gen.append(engine.decode(f_s[sk:sk + 1], x_s, x_d))
+        gen.append(engine.decode(f_s[sk : sk + 1], x_s, x_d))
         out_index.append(keep.index(i))
         paste_jobs.append(s_jobs[sk])
         orig.append(s_crops[sk])

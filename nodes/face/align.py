@@ -6,6 +6,7 @@ pixel centres sit at integer coordinates; bilinear sampling; zero outside the so
 Every warp goes through :func:`kernels.ops.align_crops` (the one dispatch point: the fused Triton
 kernel on CUDA, its torch twin elsewhere); ``warp_affine`` (grid_sample) was folded into it.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
@@ -17,12 +18,22 @@ from ...kernels import ops as kops
 from ..common.types import AlignedFaces, FaceSet
 
 # insightface's ArcFace 5-point template for 112x112 crops
-ARCFACE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                        [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
+ARCFACE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float32,
+)
 
 # FFHQ 512 5-point template (as used by facexlib / GFPGAN / CodeFormer face helpers)
-FFHQ_512 = np.array([[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935],
-                     [201.26117, 371.41043], [313.08905, 371.15118]], dtype=np.float32)
+FFHQ_512 = np.array(
+    [
+        [192.98138, 239.94708],
+        [318.90277, 240.1936],
+        [256.63416, 314.01935],
+        [201.26117, 371.41043],
+        [313.08905, 371.15118],
+    ],
+    dtype=np.float32,
+)
 
 TEMPLATES = {"arcface_112": (ARCFACE_112, 112), "ffhq_512": (FFHQ_512, 512)}
 
@@ -99,8 +110,13 @@ def crop_matrix(center: Sequence[float], output_size: int, scale: float, rotatio
     c, s = np.cos(rot), np.sin(rot)
     cx, cy = float(center[0]) * scale, float(center[1]) * scale
     # x' = R (scale*x - c) + out/2
-    m = np.array([[scale * c, -scale * s, -(c * cx - s * cy) + output_size / 2.0],
-                  [scale * s, scale * c, -(s * cx + c * cy) + output_size / 2.0]], dtype=np.float64)
+    m = np.array(
+        [
+            [scale * c, -scale * s, -(c * cx - s * cy) + output_size / 2.0],
+            [scale * s, scale * c, -(s * cx + c * cy) + output_size / 2.0],
+        ],
+        dtype=np.float64,
+    )
     return m.astype(np.float32)
 
 
@@ -132,12 +148,12 @@ def warp_crops(images: torch.Tensor, matrix, image_index, size: int) -> torch.Te
     or uint8) with matrices [N,2,3] (image px -> crop px), cv2.warpAffine semantics: one batched
     :func:`kernels.ops.align_crops` call (the fused kernel on CUDA)."""
     dtype = images.dtype if images.is_floating_point() else torch.float32
-    return kops.align_crops(images, matrix, image_index, int(size), mean=0.0, std=255.0, layout="NHWC",
-                            out_dtype=dtype)
+    return kops.align_crops(images, matrix, image_index, int(size), mean=0.0, std=255.0, layout="NHWC", out_dtype=dtype)
 
 
-def align_faces(images: torch.Tensor, faceset: FaceSet, template: str = "arcface_112",
-                size: Optional[int] = None) -> AlignedFaces:
+def align_faces(
+    images: torch.Tensor, faceset: FaceSet, template: str = "arcface_112", size: Optional[int] = None
+) -> AlignedFaces:
     """Aligned crops of every face in ``faceset`` (images [B,H,W,C] float 0..1)."""
     _, size = template_for(template, size)
     faces = faceset.flat()
@@ -148,5 +164,12 @@ def align_faces(images: torch.Tensor, faceset: FaceSet, template: str = "arcface
         matrix = torch.zeros((0, 2, 3))
     index = torch.tensor([f.image_index for f in faces], dtype=torch.long)
     crops = warp_crops(images, matrix, index, size).clamp_(0, 1)
-    return AlignedFaces(crops=crops, matrix=matrix, inverse=invert_affine(matrix) if len(mats) else matrix.clone(),
-                        image_index=index, template=template, size=size, image_sizes=faceset.image_sizes)
+    return AlignedFaces(
+        crops=crops,
+        matrix=matrix,
+        inverse=invert_affine(matrix) if len(mats) else matrix.clone(),
+        image_index=index,
+        template=template,
+        size=size,
+        image_sizes=faceset.image_sizes,
+    )

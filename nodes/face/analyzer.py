@@ -4,6 +4,7 @@ One detector forward for the whole image batch, then one forward per per-face mo
 of all images. The maths reproduce insightface's FaceAnalysis (the reference in tests): the same
 crops (cv2.warpAffine semantics, 8-bit rounding), the same normalisation, the same decoding.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,11 +15,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ...kernels import ops as kops
 from ..common.errors import VisageError
 from ..common.images import check_image
 from ..common.model_manager import MANAGER, ModelHandle
 from ..common.types import Face, FaceSet
-from ...kernels import ops as kops
 from .align import crop_matrix, estimate_norm, invert_affine
 from .onnx_torch import OrtCpuModule, load_onnx_module, run_batched
 from .pack import RoutedModel, route_pack
@@ -47,8 +48,12 @@ def pick_engine(engine: str, device) -> str:
     if engine == "auto":
         return "onnxruntime" if torch.device(device).type == "cpu" else "torch"
     if engine == "onnxruntime" and torch.device(device).type != "cpu":
-        raise VisageError("The onnxruntime engine runs on the CPU only", expected="device 'cpu' with engine 'onnxruntime'",
-                          got=f"device {device}", fix="use engine 'torch' (or 'auto') on the GPU")
+        raise VisageError(
+            "The onnxruntime engine runs on the CPU only",
+            expected="device 'cpu' with engine 'onnxruntime'",
+            got=f"device {device}",
+            fix="use engine 'torch' (or 'auto') on the GPU",
+        )
     return engine
 
 
@@ -56,6 +61,7 @@ def _mean_shape_68() -> Optional[np.ndarray]:
     """insightface's 68-point mean shape (ships inside the insightface package) for pose."""
     try:
         import insightface
+
         p = os.path.join(os.path.dirname(insightface.__file__), "data", "objects", "meanshape_68.pkl")
         with open(p, "rb") as f:
             return np.asarray(pickle.load(f), dtype=np.float64)
@@ -75,17 +81,27 @@ def pose_from_3d68(lmk: np.ndarray, mean_shape: np.ndarray) -> np.ndarray:
     R = np.concatenate([r1, r2, r3], 0)
     sy = np.sqrt(R[0, 0] ** 2 + R[1, 0] ** 2)
     if sy >= 1e-6:
-        x = np.arctan2(R[2, 1], R[2, 2]); y = np.arctan2(-R[2, 0], sy); z = np.arctan2(R[1, 0], R[0, 0])
+        x = np.arctan2(R[2, 1], R[2, 2])
+        y = np.arctan2(-R[2, 0], sy)
+        z = np.arctan2(R[1, 0], R[0, 0])
     else:
-        x = np.arctan2(-R[1, 2], R[1, 1]); y = np.arctan2(-R[2, 0], sy); z = 0.0
+        x = np.arctan2(-R[1, 2], R[1, 1])
+        y = np.arctan2(-R[2, 0], sy)
+        z = 0.0
     return np.degrees(np.array([x, y, z])).astype(np.float32)
 
 
 class FaceAnalyzer:
     """A loaded face-analysis pack (the VISAGE_ANALYZER payload). Holds model handles only."""
 
-    def __init__(self, name: str, routed: Dict[str, RoutedModel], handles: Dict[str, ModelHandle],
-                 det_size=(640, 640), det_thresh: float = 0.5):
+    def __init__(
+        self,
+        name: str,
+        routed: Dict[str, RoutedModel],
+        handles: Dict[str, ModelHandle],
+        det_size=(640, 640),
+        det_thresh: float = 0.5,
+    ):
         self.name = name
         self.routed = routed
         self.handles = handles
@@ -113,8 +129,18 @@ class FaceAnalyzer:
         r = self.routed[task]
         h = self.handles[task]
         dt = h.dtype if h.dtype.is_floating_point else torch.float32
-        return kops.align_crops(img_u8, torch.from_numpy(mats), owners, r.input_size, mean=r.mean, std=r.std,
-                                bgr=r.bgr, layout="NCHW", out_dtype=dt, round_to_uint8=True)
+        return kops.align_crops(
+            img_u8,
+            torch.from_numpy(mats),
+            owners,
+            r.input_size,
+            mean=r.mean,
+            std=r.std,
+            bgr=r.bgr,
+            layout="NCHW",
+            out_dtype=dt,
+            round_to_uint8=True,
+        )
 
     def _run(self, task: str, x: torch.Tensor) -> np.ndarray:
         """x [N,3,S,S] model-ready (from :meth:`_crops`) -> model output [N, D] (float32 numpy)."""
@@ -135,8 +161,15 @@ class FaceAnalyzer:
         return np.stack(mats).astype(np.float32)
 
     # ----------------------------------------------------------------------------- main
-    def analyze(self, images: torch.Tensor, max_num: int = 0, det_thresh: Optional[float] = None,
-                progress: Progress = None, tasks: Optional[Sequence[str]] = None, chunk: int = 16) -> FaceSet:
+    def analyze(
+        self,
+        images: torch.Tensor,
+        max_num: int = 0,
+        det_thresh: Optional[float] = None,
+        progress: Progress = None,
+        tasks: Optional[Sequence[str]] = None,
+        chunk: int = 16,
+    ) -> FaceSet:
         """images [B,H,W,C] float 0..1 -> FaceSet (faces in detector order per image).
 
         Images are processed ``chunk`` at a time (one detector forward per chunk, one forward per
@@ -147,7 +180,7 @@ class FaceAnalyzer:
         B = images.shape[0]
         faces: List[Tuple[Face, ...]] = []
         for s in range(0, B, chunk):
-            part = self._analyze_chunk(images[s:s + chunk], max_num, det_thresh, tasks)
+            part = self._analyze_chunk(images[s : s + chunk], max_num, det_thresh, tasks)
             faces += [tuple(f.with_(image_index=f.image_index + s) for f in per) for per in part.faces]
             if progress:
                 progress(min(s + chunk, B), B)
@@ -177,17 +210,19 @@ class FaceAnalyzer:
                 r = self.routed[task]
                 if task == "recognition":
                     if any(k is None for k in kpss):
-                        raise VisageError("The face detector of this pack gives no keypoints",
-                                          expected="an SCRFD detector with 5 keypoints (…_bnkps / det_10g)",
-                                          got=os.path.basename(self.routed['detection'].path),
-                                          fix="use a pack whose detector outputs keypoints")
+                        raise VisageError(
+                            "The face detector of this pack gives no keypoints",
+                            expected="an SCRFD detector with 5 keypoints (…_bnkps / det_10g)",
+                            got=os.path.basename(self.routed["detection"].path),
+                            fix="use a pack whose detector outputs keypoints",
+                        )
                     mats = np.stack([estimate_norm(k, r.input_size) for k in kpss]).astype(np.float32)
                 elif task == "landmark_2d_68":
                     mats = self._box_crop_matrices(boxes, r.input_size, 1.1)
                 else:
                     mats = self._box_crop_matrices(boxes, r.input_size, 1.5)
                 if img_dev is None:
-                    img_dev = img_u8.to(self.device)   # uint8: a quarter of a float copy
+                    img_dev = img_u8.to(self.device)  # uint8: a quarter of a float copy
                 out = self._run(task, self._crops(task, img_dev, mats, owner_t))
                 extra[task] = self._decode(task, r, out, mats)
         per_image: List[List[Face]] = [[] for _ in range(B)]
@@ -195,8 +230,11 @@ class FaceAnalyzer:
             kw = {}
             if "recognition" in extra:
                 emb = torch.from_numpy(extra["recognition"][i].copy())
-                kw.update(embedding=emb, normed_embedding=emb / emb.norm().clamp_min(1e-12),
-                          encoder=self.routed["recognition"].name)
+                kw.update(
+                    embedding=emb,
+                    normed_embedding=emb / emb.norm().clamp_min(1e-12),
+                    encoder=self.routed["recognition"].name,
+                )
             if "landmark_2d_106" in extra:
                 kw["landmarks_2d_106"] = torch.from_numpy(extra["landmark_2d_106"][i])
             if "landmark_3d_68" in extra:
@@ -211,8 +249,15 @@ class FaceAnalyzer:
                 kw.update(gender="M" if g == 1 else "F", age=int(a))
             box = boxes[i]
             kps = kpss[i] if kpss[i] is not None else np.zeros((5, 2), np.float32)
-            per_image[owners[i]].append(Face(image_index=owners[i], bbox=torch.from_numpy(box[:4].copy()),
-                                             score=float(box[4]), kps=torch.from_numpy(kps.copy()), **kw))
+            per_image[owners[i]].append(
+                Face(
+                    image_index=owners[i],
+                    bbox=torch.from_numpy(box[:4].copy()),
+                    score=float(box[4]),
+                    kps=torch.from_numpy(kps.copy()),
+                    **kw,
+                )
+            )
         return FaceSet(faces=tuple(tuple(f) for f in per_image), image_sizes=((H, W),) * B, analyzer=self.name)
 
     def _decode(self, task: str, r: RoutedModel, out: np.ndarray, mats: np.ndarray):
@@ -250,8 +295,15 @@ def _apply(pts: np.ndarray, m: np.ndarray) -> np.ndarray:
     return (pts.astype(np.float32) @ m[:, :2].T.astype(np.float32) + m[:, 2].astype(np.float32)).astype(np.float32)
 
 
-def load_analyzer(pack_dir: str, device="cpu", dtype: torch.dtype = torch.float32, det_size=(640, 640),
-                  det_thresh: float = 0.5, tasks: Optional[Sequence[str]] = None, engine: str = "torch") -> FaceAnalyzer:
+def load_analyzer(
+    pack_dir: str,
+    device="cpu",
+    dtype: torch.dtype = torch.float32,
+    det_size=(640, 640),
+    det_thresh: float = 0.5,
+    tasks: Optional[Sequence[str]] = None,
+    engine: str = "torch",
+) -> FaceAnalyzer:
     """Route a pack folder and load its models through the model manager.
 
     engine 'torch' converts each ONNX file to a torch module on ``device``; 'onnxruntime' runs CPU
@@ -268,7 +320,8 @@ def load_analyzer(pack_dir: str, device="cpu", dtype: torch.dtype = torch.float3
         dt = torch.float32 if task == "detection" else dtype
         if engine == "onnxruntime":
             dt = torch.float32
-        handles[task] = MANAGER.get(f"face:{engine}:{task}", r.path, loader, device=device, dtype=dt,
-                                    name=f"{task}:{os.path.basename(r.path)}")
+        handles[task] = MANAGER.get(
+            f"face:{engine}:{task}", r.path, loader, device=device, dtype=dt, name=f"{task}:{os.path.basename(r.path)}"
+        )
     name = os.path.basename(os.path.normpath(pack_dir))
     return FaceAnalyzer(name, routed, handles, det_size=det_size, det_thresh=det_thresh)

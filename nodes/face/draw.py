@@ -2,10 +2,11 @@
 
 Pure numpy/cv2/torch. IMAGE in/out is float [B,H,W,3] 0..1; MASK is [B,H,W].
 """
+
 from __future__ import annotations
 
 import math
-from typing import Iterable, List, Optional, Sequence
+from typing import Optional, Sequence
 
 import cv2
 import numpy as np
@@ -69,7 +70,9 @@ def draw_kps(canvas: np.ndarray, kps: np.ndarray, stickwidth: int = 4) -> np.nda
         y = kps[[a, b], 1]
         length = math.hypot(x[0] - x[1], y[0] - y[1])
         angle = math.degrees(math.atan2(y[0] - y[1], x[0] - x[1]))
-        poly = cv2.ellipse2Poly((int(np.mean(x)), int(np.mean(y))), (int(length / 2), stickwidth), int(angle), 0, 360, 1)
+        poly = cv2.ellipse2Poly(
+            (int(np.mean(x)), int(np.mean(y))), (int(length / 2), stickwidth), int(angle), 0, 360, 1
+        )
         cv2.fillConvexPoly(limbs, poly, color)
     limbs = (limbs * 0.6).astype(np.uint8)
     out = np.maximum(canvas, limbs)

@@ -1,10 +1,10 @@
 """Save / load identity embeddings as safetensors with metadata."""
+
 from __future__ import annotations
 
 import json
 import os
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -18,12 +18,22 @@ VERSION = "1"
 def save_embeds(embeds: FaceEmbeds, path: str, extra_metadata: dict = None) -> str:
     """Write ``embeds`` as safetensors (tensors raw/normed; format, encoder, dim, fusion, sources metadata)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    meta = {"format": FORMAT, "version": VERSION, "encoder": embeds.encoder, "dim": str(embeds.dim),
-            "count": str(embeds.count), "normalised": "normed tensor is L2-normalised; raw is the recognizer output",
-            "fusion": embeds.fusion, "sources": json.dumps(list(embeds.sources))}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "encoder": embeds.encoder,
+        "dim": str(embeds.dim),
+        "count": str(embeds.count),
+        "normalised": "normed tensor is L2-normalised; raw is the recognizer output",
+        "fusion": embeds.fusion,
+        "sources": json.dumps(list(embeds.sources)),
+    }
     meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
-    save_file({"raw": embeds.raw.contiguous().float().cpu(), "normed": embeds.normed.contiguous().float().cpu()},
-              path, metadata=meta)
+    save_file(
+        {"raw": embeds.raw.contiguous().float().cpu(), "normed": embeds.normed.contiguous().float().cpu()},
+        path,
+        metadata=meta,
+    )
     return path
 
 
@@ -33,14 +43,23 @@ def load_embeds(path: str) -> FaceEmbeds:
             meta = f.metadata() or {}
             keys = set(f.keys())
             if meta.get("format") != FORMAT or not {"raw", "normed"} <= keys:
-                raise ModelFileInvalid(path, f"not a Visage embeddings file (format={meta.get('format')!r}, "
-                                             f"tensors={sorted(keys)})",
-                                       "a .safetensors file written by Save Face Embeds")
+                raise ModelFileInvalid(
+                    path,
+                    f"not a Visage embeddings file (format={meta.get('format')!r}, tensors={sorted(keys)})",
+                    "a .safetensors file written by Save Face Embeds",
+                )
             raw, normed = f.get_tensor("raw"), f.get_tensor("normed")
     except ModelFileInvalid:
         raise
     except Exception as e:
-        raise ModelFileInvalid(path, f"unreadable ({type(e).__name__}: {e})", "a .safetensors file written by Save Face Embeds")
+        raise ModelFileInvalid(
+            path, f"unreadable ({type(e).__name__}: {e})", "a .safetensors file written by Save Face Embeds"
+        )
     sources = tuple(json.loads(meta.get("sources", "[]"))) or (1,) * raw.shape[0]
-    return FaceEmbeds(raw=raw.float(), normed=normed.float(), encoder=meta.get("encoder", "unknown"),
-                      sources=sources, fusion=meta.get("fusion", "none"))
+    return FaceEmbeds(
+        raw=raw.float(),
+        normed=normed.float(),
+        encoder=meta.get("encoder", "unknown"),
+        sources=sources,
+        fusion=meta.get("fusion", "none"),
+    )

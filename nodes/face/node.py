@@ -1,4 +1,5 @@
 """Face-analysis nodes (the only ComfyUI-facing file of the face family)."""
+
 from __future__ import annotations
 
 import logging
@@ -11,8 +12,14 @@ from ..common.errors import NoFaceError, VisageError
 from ..common.images import check_image
 from ..common.model_manager import resolve_dtype
 from ..common.names import safe_filename
-from ..common.types import (VISAGE_ALIGNED, VISAGE_ANALYZER, VISAGE_EMBEDS, VISAGE_FACES, AlignedFaces,
-                            FaceEmbeds, FaceSet)
+from ..common.types import (
+    VISAGE_ALIGNED,
+    VISAGE_ANALYZER,
+    VISAGE_EMBEDS,
+    VISAGE_FACES,
+    FaceEmbeds,
+    FaceSet,
+)
 from .align import TEMPLATES, align_faces
 from .analyzer import ENGINES, FaceAnalyzer, load_analyzer
 from .draw import MASK_SHAPES, face_mask, keypoints_image, preview
@@ -23,9 +30,11 @@ from .select import FUSIONS, GENDERS, ORDERS, drop_images, embeds_from_faces, se
 log = logging.getLogger("visage")
 
 ON_NO_FACE = ("error", "skip", "passthrough")
-ON_NO_FACE_TIP = ("What to do when an image has no face: 'error' stops the run naming the images; "
-                  "'skip' leaves those images out of the outputs; 'passthrough' keeps them (no faces, "
-                  "count 0) so headless servers never fail on an empty frame.")
+ON_NO_FACE_TIP = (
+    "What to do when an image has no face: 'error' stops the run naming the images; "
+    "'skip' leaves those images out of the outputs; 'passthrough' keeps them (no faces, "
+    "count 0) so headless servers never fail on an empty frame."
+)
 
 
 def _packs():
@@ -39,23 +48,38 @@ def _find_pack(name: str) -> str:
         if os.path.isdir(p):
             return p
     from ..common.errors import ModelFileMissing
-    raise ModelFileMissing(name, paths.folders("insightface_packs"),
-                           source=paths.source_for(name) or "the insightface model packs (antelopev2, buffalo_l)",
-                           folder_name="insightface")
+
+    raise ModelFileMissing(
+        name,
+        paths.folders("insightface_packs"),
+        source=paths.source_for(name) or "the insightface model packs (antelopev2, buffalo_l)",
+        folder_name="insightface",
+    )
 
 
 def _ui_faces(ordered, selected: FaceSet):
     per_image = []
     for i, cands in enumerate(ordered):
         chosen = {id(f) for f in selected.faces[i]}
-        per_image.append([{"index": k, "bbox": [round(float(v), 2) for v in f.bbox], "score": round(f.score, 4),
-                           "selected": id(f) in chosen} for k, f in enumerate(cands)])
+        per_image.append(
+            [
+                {
+                    "index": k,
+                    "bbox": [round(float(v), 2) for v in f.bbox],
+                    "score": round(f.score, 4),
+                    "selected": id(f) in chosen,
+                }
+                for k, f in enumerate(cands)
+            ]
+        )
     return per_image
 
 
 class VisageFaceAnalyzerLoader:
-    DESCRIPTION = ("Loads an insightface face-analysis model pack (detector, landmarks, gender/age, recognizer) "
-                   "from models/insightface/models/<pack>/ as torch models on ComfyUI's device. Never downloads.")
+    DESCRIPTION = (
+        "Loads an insightface face-analysis model pack (detector, landmarks, gender/age, recognizer) "
+        "from models/insightface/models/<pack>/ as torch models on ComfyUI's device. Never downloads."
+    )
     CATEGORY = "Visage/analysis"
     FUNCTION = "load"
     RETURN_TYPES = (VISAGE_ANALYZER,)
@@ -64,74 +88,172 @@ class VisageFaceAnalyzerLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "pack": (_packs(), {"tooltip": "Model pack folder in models/insightface/models/ (antelopev2, buffalo_l, "
-                                           "or any folder of insightface-style ONNX files)."}),
-            "det_size": ("INT", {"default": 640, "min": 160, "max": 2048, "step": 32,
-                                 "tooltip": "Detector input size (square). Larger finds smaller faces, slower. "
-                                            "Detectors exported at a fixed size always use their own."}),
-            "device": (["auto", "cpu", "gpu"], {"default": "auto",
-                                                "tooltip": "auto = ComfyUI's device (honours --cpu)."}),
-            "precision": (["auto", "fp32", "fp16", "bf16"], {"default": "auto",
-                                                             "tooltip": "Per-face models' precision; auto = fp16 on GPU, "
-                                                                        "fp32 on CPU. Detection always runs in fp32."}),
-            "det_threshold": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01,
-                                        "tooltip": "Detector confidence threshold."}),
-            "engine": (list(ENGINES), {"default": "auto",
-                                       "tooltip": "auto: torch modules on the GPU (under ComfyUI's memory management), "
-                                                  "onnxruntime on the CPU (several times faster there); torch: always "
-                                                  "torch; onnxruntime: CPU sessions."}),
-        }}
+        return {
+            "required": {
+                "pack": (
+                    _packs(),
+                    {
+                        "tooltip": "Model pack folder in models/insightface/models/ (antelopev2, buffalo_l, "
+                        "or any folder of insightface-style ONNX files)."
+                    },
+                ),
+                "det_size": (
+                    "INT",
+                    {
+                        "default": 640,
+                        "min": 160,
+                        "max": 2048,
+                        "step": 32,
+                        "tooltip": "Detector input size (square). Larger finds smaller faces, slower. "
+                        "Detectors exported at a fixed size always use their own.",
+                    },
+                ),
+                "device": (
+                    ["auto", "cpu", "gpu"],
+                    {"default": "auto", "tooltip": "auto = ComfyUI's device (honours --cpu)."},
+                ),
+                "precision": (
+                    ["auto", "fp32", "fp16", "bf16"],
+                    {
+                        "default": "auto",
+                        "tooltip": "Per-face models' precision; auto = fp16 on GPU, "
+                        "fp32 on CPU. Detection always runs in fp32.",
+                    },
+                ),
+                "det_threshold": (
+                    "FLOAT",
+                    {
+                        "default": 0.5,
+                        "min": 0.05,
+                        "max": 0.99,
+                        "step": 0.01,
+                        "tooltip": "Detector confidence threshold.",
+                    },
+                ),
+                "engine": (
+                    list(ENGINES),
+                    {
+                        "default": "auto",
+                        "tooltip": "auto: torch modules on the GPU (under ComfyUI's memory management), "
+                        "onnxruntime on the CPU (several times faster there); torch: always "
+                        "torch; onnxruntime: CPU sessions.",
+                    },
+                ),
+            }
+        }
 
     def load(self, pack, det_size, device, precision, det_threshold, engine="auto"):
         dev = comfy_glue.torch_device(device)
         dtype = resolve_dtype(precision, dev)
-        return (load_analyzer(_find_pack(pack), dev, dtype, det_size=(det_size, det_size), det_thresh=det_threshold,
-                              engine=engine),)
+        return (
+            load_analyzer(
+                _find_pack(pack), dev, dtype, det_size=(det_size, det_size), det_thresh=det_threshold, engine=engine
+            ),
+        )
 
 
 class VisageAnalyzeFaces:
-    DESCRIPTION = ("Finds and analyses every face in an IMAGE batch: boxes, 5 keypoints, landmarks, pose, "
-                   "age/gender and identity embeddings, then orders and selects faces. The preview numbers "
-                   "each face by its position in the chosen order; click a face in the preview to select it.")
+    DESCRIPTION = (
+        "Finds and analyses every face in an IMAGE batch: boxes, 5 keypoints, landmarks, pose, "
+        "age/gender and identity embeddings, then orders and selects faces. The preview numbers "
+        "each face by its position in the chosen order; click a face in the preview to select it."
+    )
     CATEGORY = "Visage/analysis"
     FUNCTION = "analyze"
     RETURN_TYPES = (VISAGE_FACES, "IMAGE", "INT")
     RETURN_NAMES = ("faces", "preview", "count")
-    OUTPUT_TOOLTIPS = ("Selected faces per image (the one face type every Visage method consumes).",
-                       "The images with every candidate face boxed and numbered; selected faces in green.",
-                       "Total number of selected faces in the batch (0 when no image has a face).")
+    OUTPUT_TOOLTIPS = (
+        "Selected faces per image (the one face type every Visage method consumes).",
+        "The images with every candidate face boxed and numbered; selected faces in green.",
+        "Total number of selected faces in the batch (0 when no image has a face).",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "analyzer": (VISAGE_ANALYZER, {"tooltip": "From Load Face Analyzer."}),
-            "image": ("IMAGE", {"tooltip": "Images to analyse (a batch; every image is analysed)."}),
-            "order": (list(ORDERS), {"default": "largest",
-                                     "tooltip": "How faces are numbered: by size, position, detector score, or "
-                                                "similarity to 'reference' (most_similar)."}),
-            "gender": (list(GENDERS), {"default": "any", "tooltip": "Keep only faces of this gender (needs genderage)."}),
-            "face_index": ("INT", {"default": -1, "min": -1, "max": 255,
-                                   "tooltip": "-1 keeps every face; N keeps only face N of the order (the number "
-                                              "in the preview). Clicking a face in the preview sets it."}),
-            "max_faces": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "Keep at most this many faces per image (0 = no limit)."}),
-            "min_score": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                    "tooltip": "Drop detections below this score (on top of the analyzer's threshold)."}),
-            "on_no_face": (list(ON_NO_FACE), {"default": "passthrough", "tooltip": ON_NO_FACE_TIP}),
-        }, "optional": {
-            "reference": (VISAGE_EMBEDS, {"tooltip": "Identity for order = most_similar."}),
-        }, "hidden": {"unique_id": "UNIQUE_ID"}}
+        return {
+            "required": {
+                "analyzer": (VISAGE_ANALYZER, {"tooltip": "From Load Face Analyzer."}),
+                "image": ("IMAGE", {"tooltip": "Images to analyse (a batch; every image is analysed)."}),
+                "order": (
+                    list(ORDERS),
+                    {
+                        "default": "largest",
+                        "tooltip": "How faces are numbered: by size, position, detector score, or "
+                        "similarity to 'reference' (most_similar).",
+                    },
+                ),
+                "gender": (
+                    list(GENDERS),
+                    {"default": "any", "tooltip": "Keep only faces of this gender (needs genderage)."},
+                ),
+                "face_index": (
+                    "INT",
+                    {
+                        "default": -1,
+                        "min": -1,
+                        "max": 255,
+                        "tooltip": "-1 keeps every face; N keeps only face N of the order (the number "
+                        "in the preview). Clicking a face in the preview sets it.",
+                    },
+                ),
+                "max_faces": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 256,
+                        "tooltip": "Keep at most this many faces per image (0 = no limit).",
+                    },
+                ),
+                "min_score": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "Drop detections below this score (on top of the analyzer's threshold).",
+                    },
+                ),
+                "on_no_face": (list(ON_NO_FACE), {"default": "passthrough", "tooltip": ON_NO_FACE_TIP}),
+            },
+            "optional": {
+                "reference": (VISAGE_EMBEDS, {"tooltip": "Identity for order = most_similar."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
 
-    def analyze(self, analyzer: FaceAnalyzer, image, order, gender, face_index, max_faces, min_score, on_no_face,
-                reference=None, unique_id=None):
+    def analyze(
+        self,
+        analyzer: FaceAnalyzer,
+        image,
+        order,
+        gender,
+        face_index,
+        max_faces,
+        min_score,
+        on_no_face,
+        reference=None,
+        unique_id=None,
+    ):
         if not isinstance(analyzer, FaceAnalyzer):
-            raise VisageError("'analyzer' is not a Visage face analyzer", expected="the output of Load Face Analyzer",
-                              got=type(analyzer).__name__)
+            raise VisageError(
+                "'analyzer' is not a Visage face analyzer",
+                expected="the output of Load Face Analyzer",
+                got=type(analyzer).__name__,
+            )
         images = check_image(image)
         progress = comfy_glue.Progress(images.shape[0], node_id=unique_id)
         found = analyzer.analyze(images, progress=progress)
-        sel, ordered = select(found, order=order, gender=gender, face_index=face_index, max_faces=max_faces,
-                              min_score=min_score, reference=reference)
+        sel, ordered = select(
+            found,
+            order=order,
+            gender=gender,
+            face_index=face_index,
+            max_faces=max_faces,
+            min_score=min_score,
+            reference=reference,
+        )
         empty = sel.images_without_face()
         if empty and on_no_face == "error":
             raise NoFaceError(empty)
@@ -144,12 +266,16 @@ class VisageAnalyzeFaces:
                 prev = prev[keep]
                 ui_faces = [ui_faces[i] for i in keep]
             else:
-                log.warning("Visage: no image of the batch has a face; 'skip' leaves nothing, passing the batch through")
+                log.warning(
+                    "Visage: no image of the batch has a face; 'skip' leaves nothing, passing the batch through"
+                )
         if empty:
             log.info("Visage: no face in image(s) %s (on_no_face=%s)", list(empty), on_no_face)
-        ui = {"images": comfy_glue.save_temp_images(prev, "visage_faces"),
-              "visage_faces": ui_faces,
-              "visage_image_size": [list(s) for s in sel.image_sizes]}
+        ui = {
+            "images": comfy_glue.save_temp_images(prev, "visage_faces"),
+            "visage_faces": ui_faces,
+            "visage_image_size": [list(s) for s in sel.image_sizes],
+        }
         return {"ui": ui, "result": (sel, prev.to(comfy_glue.intermediate_device()), sel.count)}
 
 
@@ -163,15 +289,30 @@ class VisageFaceEmbeds:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "faces": (VISAGE_FACES, {"tooltip": "Faces from Analyze Faces (all selected faces are used)."}),
-            "fusion": (list(FUSIONS), {"default": "norm_mean",
-                                       "tooltip": "norm_mean: average of unit vectors; mean: average of raw vectors; "
-                                                  "median: element-wise median; outlier_rejection: drop faces unlike "
-                                                  "the rest, then norm_mean; none: one embedding per face."}),
-            "outlier_threshold": ("FLOAT", {"default": 0.3, "min": -1.0, "max": 1.0, "step": 0.01,
-                                            "tooltip": "outlier_rejection: minimum cosine to the median identity."}),
-        }}
+        return {
+            "required": {
+                "faces": (VISAGE_FACES, {"tooltip": "Faces from Analyze Faces (all selected faces are used)."}),
+                "fusion": (
+                    list(FUSIONS),
+                    {
+                        "default": "norm_mean",
+                        "tooltip": "norm_mean: average of unit vectors; mean: average of raw vectors; "
+                        "median: element-wise median; outlier_rejection: drop faces unlike "
+                        "the rest, then norm_mean; none: one embedding per face.",
+                    },
+                ),
+                "outlier_threshold": (
+                    "FLOAT",
+                    {
+                        "default": 0.3,
+                        "min": -1.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "outlier_rejection: minimum cosine to the median identity.",
+                    },
+                ),
+            }
+        }
 
     def embed(self, faces: FaceSet, fusion, outlier_threshold):
         return (embeds_from_faces(faces, fusion, outlier_threshold),)
@@ -190,11 +331,19 @@ class VisageSaveEmbeds:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "embeds": (VISAGE_EMBEDS, {"tooltip": "Embeddings to save."}),
-            "name": ("STRING", {"default": "identity", "tooltip": "File name (without extension) in models/visage/embeds/. "
-                                                                  "An existing file of that name is replaced."}),
-        }}
+        return {
+            "required": {
+                "embeds": (VISAGE_EMBEDS, {"tooltip": "Embeddings to save."}),
+                "name": (
+                    "STRING",
+                    {
+                        "default": "identity",
+                        "tooltip": "File name (without extension) in models/visage/embeds/. "
+                        "An existing file of that name is replaced.",
+                    },
+                ),
+            }
+        }
 
     def save(self, embeds: FaceEmbeds, name):
         path = save_embeds(embeds, os.path.join(_embeds_dir(), safe_filename(name, default="identity")))
@@ -225,20 +374,26 @@ class VisageFaceSimilarity:
     FUNCTION = "compare"
     RETURN_TYPES = ("FLOAT", "STRING", "IMAGE")
     RETURN_NAMES = ("best", "table", "overlay")
-    OUTPUT_TOOLTIPS = ("Highest similarity over all faces (-1 when there is no face).",
-                       "One line per face: image, face, similarity.",
-                       "The image (or a black canvas) with each face's score drawn on it.")
+    OUTPUT_TOOLTIPS = (
+        "Highest similarity over all faces (-1 when there is no face).",
+        "One line per face: image, face, similarity.",
+        "The image (or a black canvas) with each face's score drawn on it.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "reference": (VISAGE_EMBEDS, {"tooltip": "The identity to compare against."}),
-            "faces": (VISAGE_FACES, {"tooltip": "Faces from Analyze Faces."}),
-        }, "optional": {"image": ("IMAGE", {"tooltip": "Draw the scores on these images (the analysed batch)."})}}
+        return {
+            "required": {
+                "reference": (VISAGE_EMBEDS, {"tooltip": "The identity to compare against."}),
+                "faces": (VISAGE_FACES, {"tooltip": "Faces from Analyze Faces."}),
+            },
+            "optional": {"image": ("IMAGE", {"tooltip": "Draw the scores on these images (the analysed batch)."})},
+        }
 
     def compare(self, reference: FaceEmbeds, faces: FaceSet, image=None):
         import cv2
         import numpy as np
+
         from ..common.images import from_uint8_np, to_uint8_np
 
         rows, per_image, best = [], [], -1.0
@@ -258,45 +413,69 @@ class VisageFaceSimilarity:
         out = []
         for i in range(base.shape[0]):
             img = np.ascontiguousarray(to_uint8_np(base[i]))
-            for d in (per_image[i] if i < len(per_image) else []):
+            for d in per_image[i] if i < len(per_image) else []:
                 x1, y1, x2, y2 = [int(v) for v in d["bbox"]]
                 col = (40, 220, 90) if d["score"] >= 0.4 else (230, 80, 60)
                 cv2.rectangle(img, (x1, y1), (x2, y2), col, 2)
                 cv2.putText(img, f"{d['score']:.2f}", (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.6, col, 2)
             out.append(from_uint8_np(img))
-        return {"ui": {"visage_similarity": per_image, "text": [table]},
-                "result": (float(best), table, torch.stack(out).to(comfy_glue.intermediate_device()))}
+        return {
+            "ui": {"visage_similarity": per_image, "text": [table]},
+            "result": (float(best), table, torch.stack(out).to(comfy_glue.intermediate_device())),
+        }
 
 
 class VisageAlignFaces:
-    DESCRIPTION = ("Aligned face crops (ArcFace 112 or FFHQ 512 template, similarity transform from the 5 keypoints) "
-                   "plus the transforms to paste them back.")
+    DESCRIPTION = (
+        "Aligned face crops (ArcFace 112 or FFHQ 512 template, similarity transform from the 5 keypoints) "
+        "plus the transforms to paste them back."
+    )
     CATEGORY = "Visage/analysis"
     FUNCTION = "align"
     RETURN_TYPES = ("IMAGE", VISAGE_ALIGNED)
     RETURN_NAMES = ("crops", "aligned")
-    OUTPUT_TOOLTIPS = ("One crop per face (all faces of all images, in order).",
-                       "Crops with their forward/inverse affine matrices and image indices.")
+    OUTPUT_TOOLTIPS = (
+        "One crop per face (all faces of all images, in order).",
+        "Crops with their forward/inverse affine matrices and image indices.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "The analysed images."}),
-            "faces": (VISAGE_FACES, {"tooltip": "Faces from Analyze Faces."}),
-            "template": (list(TEMPLATES), {"default": "arcface_112", "tooltip": "Alignment template."}),
-            "crop_size": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16,
-                                  "tooltip": "Crop size; 0 = the template's own (112 or 512)."}),
-            "on_no_face": (["error", "passthrough"], {"default": "error",
-                                                      "tooltip": "No face at all: 'error', or 'passthrough' = one black "
-                                                                 "crop and an empty 'aligned' (count 0)."}),
-        }}
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": "The analysed images."}),
+                "faces": (VISAGE_FACES, {"tooltip": "Faces from Analyze Faces."}),
+                "template": (list(TEMPLATES), {"default": "arcface_112", "tooltip": "Alignment template."}),
+                "crop_size": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 2048,
+                        "step": 16,
+                        "tooltip": "Crop size; 0 = the template's own (112 or 512).",
+                    },
+                ),
+                "on_no_face": (
+                    ["error", "passthrough"],
+                    {
+                        "default": "error",
+                        "tooltip": "No face at all: 'error', or 'passthrough' = one black "
+                        "crop and an empty 'aligned' (count 0).",
+                    },
+                ),
+            }
+        }
 
     def align(self, image, faces: FaceSet, template, crop_size, on_no_face):
         images = check_image(image)
         if images.shape[0] != faces.batch_size:
-            raise VisageError("'image' and 'faces' come from different batches",
-                              expected=f"{faces.batch_size} image(s) (the batch the faces were found in)",
-                              got=f"{images.shape[0]} image(s)", fix="connect the same IMAGE that went into Analyze Faces")
+            raise VisageError(
+                "'image' and 'faces' come from different batches",
+                expected=f"{faces.batch_size} image(s) (the batch the faces were found in)",
+                got=f"{images.shape[0]} image(s)",
+                fix="connect the same IMAGE that went into Analyze Faces",
+            )
         al = align_faces(images, faces, template, crop_size or None)
         if al.count == 0:
             if on_no_face == "error":
@@ -316,14 +495,27 @@ class VisageFaceMask:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "faces": (VISAGE_FACES, {"tooltip": "Faces from Analyze Faces."}),
-            "shape": (list(MASK_SHAPES), {"default": "hull",
-                                          "tooltip": "hull: convex hull of the dense landmarks (box corners without them); "
-                                                     "ellipse: inscribed in the box; box."}),
-            "grow": ("INT", {"default": 0, "min": -256, "max": 256, "tooltip": "Grow (>0) or shrink (<0) by pixels."}),
-            "feather": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "Soften the edge over this many pixels."}),
-        }}
+        return {
+            "required": {
+                "faces": (VISAGE_FACES, {"tooltip": "Faces from Analyze Faces."}),
+                "shape": (
+                    list(MASK_SHAPES),
+                    {
+                        "default": "hull",
+                        "tooltip": "hull: convex hull of the dense landmarks (box corners without them); "
+                        "ellipse: inscribed in the box; box.",
+                    },
+                ),
+                "grow": (
+                    "INT",
+                    {"default": 0, "min": -256, "max": 256, "tooltip": "Grow (>0) or shrink (<0) by pixels."},
+                ),
+                "feather": (
+                    "INT",
+                    {"default": 0, "min": 0, "max": 256, "tooltip": "Soften the edge over this many pixels."},
+                ),
+            }
+        }
 
     def mask(self, faces: FaceSet, shape, grow, feather):
         return (face_mask(faces, shape, grow, feather).to(comfy_glue.intermediate_device()),)

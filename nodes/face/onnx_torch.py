@@ -6,13 +6,14 @@ What this module adds: a signature reader that tells truncated / non-ONNX files 
 message, insightface's input-normalisation rule, and a batching check (some exports fold or drop
 the batch axis of their outputs).
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 
@@ -84,13 +85,17 @@ def load_proto(path: str):
     if not os.path.isfile(path):
         raise ModelFileInvalid(path, "not a file", "an .onnx model file")
     if os.path.getsize(path) < 16:
-        raise ModelFileInvalid(path, f"only {os.path.getsize(path)} bytes (empty or truncated)",
-                               "an intact .onnx model file")
+        raise ModelFileInvalid(
+            path, f"only {os.path.getsize(path)} bytes (empty or truncated)", "an intact .onnx model file"
+        )
     try:
         model = onnx.load(path, load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as e:
-        raise ModelFileInvalid(path, f"not a readable ONNX file ({type(e).__name__}: {str(e)[:120]})",
-                               "an intact .onnx model file (re-copy it; a partial download looks like this)")
+        raise ModelFileInvalid(
+            path,
+            f"not a readable ONNX file ({type(e).__name__}: {str(e)[:120]})",
+            "an intact .onnx model file (re-copy it; a partial download looks like this)",
+        )
     if len(model.graph.node) == 0 or len(model.graph.output) == 0:
         raise ModelFileInvalid(path, "an ONNX file with an empty graph (truncated?)", "an intact .onnx model file")
     return model
@@ -104,9 +109,14 @@ def onnx_signature(path: str) -> OnnxSignature:
     inputs = tuple((i.name, value_dims(i)) for i in model.graph.input if i.name not in init_set)
     outputs = tuple((o.name, value_dims(o)) for o in model.graph.output)
     nodes = model.graph.node[:8]
-    return OnnxSignature(path=path, inputs=inputs, outputs=outputs, initializer_names=tuple(inits),
-                         first_node_names=tuple(n.name for n in nodes),
-                         first_node_ops=tuple(n.op_type for n in nodes))
+    return OnnxSignature(
+        path=path,
+        inputs=inputs,
+        outputs=outputs,
+        initializer_names=tuple(inits),
+        first_node_names=tuple(n.name for n in nodes),
+        first_node_ops=tuple(n.op_type for n in nodes),
+    )
 
 
 def load_onnx_module(path: str, device="cpu", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -119,8 +129,11 @@ def load_onnx_module(path: str, device="cpu", dtype: torch.dtype = torch.float32
             warnings.simplefilter("ignore")
             module = convert(model)
     except Exception as e:
-        raise ModelFileInvalid(path, f"its graph cannot be converted to torch ({type(e).__name__}: {str(e)[:160]})",
-                               "an ONNX model of a supported architecture")
+        raise ModelFileInvalid(
+            path,
+            f"its graph cannot be converted to torch ({type(e).__name__}: {str(e)[:160]})",
+            "an ONNX model of a supported architecture",
+        )
     module.eval().requires_grad_(False)
     return module.to(device=torch.device(device), dtype=dtype)
 
@@ -143,7 +156,7 @@ def run_batched(module: torch.nn.Module, x: torch.Tensor, chunk: int = 64) -> Li
         raise ValueError("run_batched: empty batch")
     results: List[List[torch.Tensor]] = []
     for s in range(0, n, chunk):
-        xb = x[s:s + chunk]
+        xb = x[s : s + chunk]
         b = xb.shape[0]
         try:
             with warnings.catch_warnings():
@@ -157,7 +170,7 @@ def run_batched(module: torch.nn.Module, x: torch.Tensor, chunk: int = 64) -> Li
                 raise
             outs = None
         if outs is None:
-            per = [[_unfold(o, 1) for o in as_list(module(xb[i:i + 1]))] for i in range(b)]
+            per = [[_unfold(o, 1) for o in as_list(module(xb[i : i + 1]))] for i in range(b)]
             outs = [torch.cat([p[j] for p in per], 0) for j in range(len(per[0]))]
         results.append(outs)
     return [torch.cat([r[j] for r in results], 0) for j in range(len(results[0]))]
@@ -234,7 +247,7 @@ class OrtCpuModule(HostModule):
     def __call__(self, x: torch.Tensor):
         arr = x.detach().float().cpu().numpy()
         if self.fixed_batch == 1 and arr.shape[0] > 1:
-            per = [self.session.run(None, {self.input_name: arr[i:i + 1]}) for i in range(arr.shape[0])]
+            per = [self.session.run(None, {self.input_name: arr[i : i + 1]}) for i in range(arr.shape[0])]
             outs = []
             for j in range(len(per[0])):
                 parts = [torch.from_numpy(p[j]) for p in per]

@@ -12,6 +12,7 @@ A pack is a folder of ONNX files (``models/insightface/models/<pack>/``). The co
 
 The first file of each task (sorted by name) wins, as in insightface.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,10 +36,10 @@ YUNET_OUTPUTS = {"cls_8", "obj_8", "bbox_8", "kps_8"}
 
 @dataclass(frozen=True)
 class RoutedModel:
-    task: str                 # detection | recognition | landmark_2d_106 | landmark_3d_68 | landmark_2d_68 | genderage
+    task: str  # detection | recognition | landmark_2d_106 | landmark_3d_68 | landmark_2d_68 | genderage
     path: str
     signature: OnnxSignature
-    input_size: int           # square input side (0 for dynamic detectors)
+    input_size: int  # square input side (0 for dynamic detectors)
     mean: float
     std: float
     bgr: bool = False
@@ -92,16 +93,20 @@ def route(path: str) -> Optional[RoutedModel]:
 def pack_files(pack_dir: str) -> List[str]:
     """ONNX files of a pack folder, accepting the nested ``<pack>/<pack>/`` layout."""
     if not os.path.isdir(pack_dir):
-        raise VisageError(f"Face model pack folder '{pack_dir}' does not exist",
-                          expected="a folder of ONNX files under models/insightface/models/",
-                          got="no such folder", fix="put the pack (e.g. antelopev2 or buffalo_l) there")
+        raise VisageError(
+            f"Face model pack folder '{pack_dir}' does not exist",
+            expected="a folder of ONNX files under models/insightface/models/",
+            got="no such folder",
+            fix="put the pack (e.g. antelopev2 or buffalo_l) there",
+        )
     files = sorted(os.path.join(pack_dir, f) for f in os.listdir(pack_dir) if f.lower().endswith(".onnx"))
     if not files:
         nested = os.path.join(pack_dir, os.path.basename(os.path.normpath(pack_dir)))
         if os.path.isdir(nested):
             return pack_files(nested)
-        subdirs = [os.path.join(pack_dir, d) for d in sorted(os.listdir(pack_dir))
-                   if os.path.isdir(os.path.join(pack_dir, d))]
+        subdirs = [
+            os.path.join(pack_dir, d) for d in sorted(os.listdir(pack_dir)) if os.path.isdir(os.path.join(pack_dir, d))
+        ]
         if len(subdirs) == 1:
             return pack_files(subdirs[0])
     return files
@@ -120,18 +125,25 @@ def route_pack(pack_dir: str) -> Dict[str, RoutedModel]:
         if r is None:
             continue
         if r.task in routed:
-            log.info("Visage: %s: %s already provided by %s; ignoring %s", pack_dir, r.task,
-                     os.path.basename(routed[r.task].path), os.path.basename(f))
+            log.info(
+                "Visage: %s: %s already provided by %s; ignoring %s",
+                pack_dir,
+                r.task,
+                os.path.basename(routed[r.task].path),
+                os.path.basename(f),
+            )
             continue
         routed[r.task] = r
     if "detection" not in routed:
         detail = f" ({'; '.join(problems)})" if problems else ""
-        raise VisageError(f"Face model pack '{os.path.basename(os.path.normpath(pack_dir))}' has no usable face detector{detail}",
-                          expected="an SCRFD detector ONNX file in the pack (det_10g.onnx in buffalo_l, "
-                                   "scrfd_10g_bnkps.onnx in antelopev2)",
-                          got=f"files: {[os.path.basename(p) for p in pack_files(pack_dir)]}",
-                          fix="copy the pack's detector file into the folder (insightface packs are "
-                              "distributed by the insightface project; see README's model table)")
+        raise VisageError(
+            f"Face model pack '{os.path.basename(os.path.normpath(pack_dir))}' has no usable face detector{detail}",
+            expected="an SCRFD detector ONNX file in the pack (det_10g.onnx in buffalo_l, "
+            "scrfd_10g_bnkps.onnx in antelopev2)",
+            got=f"files: {[os.path.basename(p) for p in pack_files(pack_dir)]}",
+            fix="copy the pack's detector file into the folder (insightface packs are "
+            "distributed by the insightface project; see README's model table)",
+        )
     for p in problems:
         log.warning("Visage: %s", p)
     return routed

@@ -5,10 +5,11 @@ resized keeping its aspect ratio into the top-left of a ``det_size`` canvas, nor
 (x - 127.5) / 128 in RGB, and each stride's outputs decode as distances from anchor centres.
 NMS is greedy with the "+1" pixel-area convention at IoU 0.4.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -27,8 +28,12 @@ class ScrfdLayout:
 
     @staticmethod
     def from_outputs(n_outputs: int) -> "ScrfdLayout":
-        table = {6: (3, (8, 16, 32), 2, False), 9: (3, (8, 16, 32), 2, True),
-                 10: (5, (8, 16, 32, 64, 128), 1, False), 15: (5, (8, 16, 32, 64, 128), 1, True)}
+        table = {
+            6: (3, (8, 16, 32), 2, False),
+            9: (3, (8, 16, 32), 2, True),
+            10: (5, (8, 16, 32, 64, 128), 1, False),
+            15: (5, (8, 16, 32, 64, 128), 1, True),
+        }
         if n_outputs not in table:
             raise ValueError(f"not an SCRFD output layout: {n_outputs} outputs (expected 6, 9, 10 or 15)")
         return ScrfdLayout(*table[n_outputs])
@@ -63,7 +68,9 @@ def letterbox(images255: torch.Tensor, det_size: Tuple[int, int]) -> Tuple[torch
     else:
         # frames already on the GPU stay there; bilinear + round-half-up differs from cv2's
         # fixed-point resize by at most one 8-bit level
-        x = F.interpolate(images255.permute(0, 3, 1, 2).float(), size=(new_h, new_w), mode="bilinear", align_corners=False)
+        x = F.interpolate(
+            images255.permute(0, 3, 1, 2).float(), size=(new_h, new_w), mode="bilinear", align_corners=False
+        )
         x = torch.floor(x + 0.5).clamp(0, 255)
     canvas = torch.zeros((B, 3, det_h, det_w), dtype=torch.float32, device=x.device)
     canvas[:, :, :new_h, :new_w] = x
@@ -102,8 +109,14 @@ def nms(dets: np.ndarray, thresh: float) -> List[int]:
 class ScrfdDetector:
     """Batched SCRFD on a torch module (from the model manager)."""
 
-    def __init__(self, handle, signature: OnnxSignature, det_size: Tuple[int, int] = (640, 640),
-                 det_thresh: float = 0.5, nms_thresh: float = 0.4):
+    def __init__(
+        self,
+        handle,
+        signature: OnnxSignature,
+        det_size: Tuple[int, int] = (640, 640),
+        det_thresh: float = 0.5,
+        nms_thresh: float = 0.4,
+    ):
         self.handle = handle
         self.signature = signature
         self.layout = ScrfdLayout.from_outputs(len(signature.outputs))
@@ -113,8 +126,9 @@ class ScrfdDetector:
         self.det_thresh = det_thresh
         self.nms_thresh = nms_thresh
 
-    def detect(self, images255: torch.Tensor, det_thresh: Optional[float] = None, max_num: int = 0
-               ) -> List[Tuple[np.ndarray, Optional[np.ndarray]]]:
+    def detect(
+        self, images255: torch.Tensor, det_thresh: Optional[float] = None, max_num: int = 0
+    ) -> List[Tuple[np.ndarray, Optional[np.ndarray]]]:
         """images255 [B,H,W,3] RGB 0..255 on the model's device -> per image (det [K,5], kps [K,5,2])."""
         thresh = self.det_thresh if det_thresh is None else float(det_thresh)
         model = self.handle.model()

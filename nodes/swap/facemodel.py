@@ -5,6 +5,7 @@ metadata format/encoder/fusion/sources) plus ``kind = face_model``. It also read
 models (``models/reactor/faces/*.safetensors``: an insightface Face saved as tensors, of which
 ``embedding`` [512] is the identity), so users keep the face models they built with ReActor.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,9 @@ def load_face_model(path: str) -> FaceEmbeds:
             reactor = meta.get("format") != FORMAT and "embedding" in keys
             emb = f.get_tensor("embedding") if reactor else None
     except Exception as e:
-        raise ModelFileInvalid(path, f"unreadable ({type(e).__name__}: {str(e)[:120]})",
-                               "a .safetensors face model (Visage or ReActor)")
+        raise ModelFileInvalid(
+            path, f"unreadable ({type(e).__name__}: {str(e)[:120]})", "a .safetensors face model (Visage or ReActor)"
+        )
     if reactor:
         emb = emb.float().reshape(1, -1)
         if emb.shape[-1] != 512:

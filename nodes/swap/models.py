@@ -15,6 +15,7 @@ The released graphs have batch 1 baked into their Reshape constants; :func:`load
 those to "copy the batch axis" (ONNX Reshape 0) and checks, on the loaded module, that a batch of two
 gives the same result as two single runs; if not, the module runs one face at a time.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,14 +40,14 @@ EMBED_DIM = 512
 class SwapperSpec:
     """What a swapper file is and how to feed it."""
 
-    kind: str                 # "inswapper" | "hyperswap"
-    size: int                 # crop side (128, 256)
-    input_names: Tuple[str, ...]   # graph input order
+    kind: str  # "inswapper" | "hyperswap"
+    size: int  # crop side (128, 256)
+    input_names: Tuple[str, ...]  # graph input order
     output_names: Tuple[str, ...]
-    mean: float               # model input = (pixel01*255 - mean) / std
+    mean: float  # model input = (pixel01*255 - mean) / std
     std: float
-    output_signed: bool       # output in -1..1 (else 0..1)
-    has_mask: bool            # second output is a face mask
+    output_signed: bool  # output in -1..1 (else 0..1)
+    has_mask: bool  # second output is a face mask
     uses_emap: bool
 
     @property
@@ -76,11 +77,17 @@ def spec_from_proto(model, path: str = "<memory>") -> Tuple[SwapperSpec, Optiona
     inputs = [(i.name, value_dims(i)) for i in g.input if i.name not in init_names]
     outputs = [(o.name, value_dims(o)) for o in g.output]
     names = [n for n, _ in inputs]
-    expected = ("a face swapper with inputs 'target' [1,3,S,S] and 'source' [1,512] (inswapper_128, "
-                "reswapper_128/256, hyperswap_1a/1b/1c_256)")
+    expected = (
+        "a face swapper with inputs 'target' [1,3,S,S] and 'source' [1,512] (inswapper_128, "
+        "reswapper_128/256, hyperswap_1a/1b/1c_256)"
+    )
     if sorted(names) != ["source", "target"]:
-        raise ModelFileInvalid(path, f"its inputs are {[(n, list(s)) for n, s in inputs]}, not a face swapper's",
-                               expected, fix="pick a face-swapper .onnx file (e.g. inswapper_128.onnx)")
+        raise ModelFileInvalid(
+            path,
+            f"its inputs are {[(n, list(s)) for n, s in inputs]}, not a face swapper's",
+            expected,
+            fix="pick a face-swapper .onnx file (e.g. inswapper_128.onnx)",
+        )
     shapes = dict(inputs)
     t, s = shapes["target"], shapes["source"]
     if len(t) != 4 or t[1] != 3 or not isinstance(t[2], int) or t[2] != t[3]:
@@ -90,18 +97,39 @@ def spec_from_proto(model, path: str = "<memory>") -> Tuple[SwapperSpec, Optiona
     size = int(t[2])
     out_names = tuple(n for n, _ in outputs)
     if len(outputs) == 2 and "mask" in out_names:
-        spec = SwapperSpec(kind="hyperswap", size=size, input_names=tuple(names), output_names=out_names,
-                           mean=127.5, std=127.5, output_signed=True, has_mask=True, uses_emap=False)
+        spec = SwapperSpec(
+            kind="hyperswap",
+            size=size,
+            input_names=tuple(names),
+            output_names=out_names,
+            mean=127.5,
+            std=127.5,
+            output_signed=True,
+            has_mask=True,
+            uses_emap=False,
+        )
         return spec, None
     if len(outputs) != 1:
         raise ModelFileInvalid(path, f"it has {len(outputs)} outputs {list(out_names)}", expected)
     last = inits[-1] if inits else None
     if last is None or tuple(last.dims) != (EMBED_DIM, EMBED_DIM):
-        raise ModelFileInvalid(path, "it has no 512x512 'emap' as its last initializer", expected + " whose "
-                               "last initializer is the 512x512 emap (insightface layout)")
+        raise ModelFileInvalid(
+            path,
+            "it has no 512x512 'emap' as its last initializer",
+            expected + " whose last initializer is the 512x512 emap (insightface layout)",
+        )
     emap = numpy_helper.to_array(last).astype(np.float32)
-    spec = SwapperSpec(kind="inswapper", size=size, input_names=tuple(names), output_names=out_names,
-                       mean=0.0, std=255.0, output_signed=False, has_mask=False, uses_emap=True)
+    spec = SwapperSpec(
+        kind="inswapper",
+        size=size,
+        input_names=tuple(names),
+        output_names=out_names,
+        mean=0.0,
+        std=255.0,
+        output_signed=False,
+        has_mask=False,
+        uses_emap=True,
+    )
     return spec, emap
 
 
@@ -117,9 +145,11 @@ def check_size(spec: SwapperSpec, path: str, expected_size: Optional[int] = None
     if want is not None and want != spec.size:
         src = "asked for" if expected_size else "its file name says"
         raise ModelFileInvalid(
-            path, f"it is a {spec.size}-px swapper ({spec.name} layout) but a {want}-px one was expected ({src} {want})",
-            f"a {want}-px swapper", fix=f"pick a {want}-px model, or rename the file if it really is a {spec.size}-px "
-                                        f"{spec.kind} model")
+            path,
+            f"it is a {spec.size}-px swapper ({spec.name} layout) but a {want}-px one was expected ({src} {want})",
+            f"a {want}-px swapper",
+            fix=f"pick a {want}-px model, or rename the file if it really is a {spec.size}-px {spec.kind} model",
+        )
 
 
 def _make_batchable(model) -> int:
@@ -200,8 +230,11 @@ def _convert(model, path: str) -> torch.nn.Module:
             warnings.simplefilter("ignore")
             return convert(model)
     except Exception as e:
-        raise ModelFileInvalid(path, f"its graph cannot be converted to torch ({type(e).__name__}: {str(e)[:160]})",
-                               "a face-swapper ONNX model of a supported layout")
+        raise ModelFileInvalid(
+            path,
+            f"its graph cannot be converted to torch ({type(e).__name__}: {str(e)[:160]})",
+            "a face-swapper ONNX model of a supported layout",
+        )
 
 
 class OrtSwapper(HostModule):
@@ -210,8 +243,9 @@ class OrtSwapper(HostModule):
     Engine 'onnxruntime' (what 'auto' picks on the CPU, like the analyzer): no GPU memory to manage."""
 
     def __init__(self, model, spec: SwapperSpec, emap: Optional[np.ndarray], path: str, threads: int = 0):
-        self.session = ort_cpu_session(model.SerializeToString(), path,
-                                       "a face-swapper ONNX model onnxruntime can run", threads)
+        self.session = ort_cpu_session(
+            model.SerializeToString(), path, "a face-swapper ONNX model onnxruntime can run", threads
+        )
         self.spec = spec
         self.emap = torch.from_numpy(emap).float() if emap is not None else None
         self.batched = True
@@ -225,8 +259,13 @@ class OrtSwapper(HostModule):
 ENGINES = ("auto", "torch", "onnxruntime")
 
 
-def load_swapper(path: str, device="cpu", dtype: torch.dtype = torch.float32,
-                 expected_size: Optional[int] = None, engine: str = "torch"):
+def load_swapper(
+    path: str,
+    device="cpu",
+    dtype: torch.dtype = torch.float32,
+    expected_size: Optional[int] = None,
+    engine: str = "torch",
+):
     """Read + check the file, make the graph batchable, convert (torch) or open (onnxruntime, CPU only),
     verify batching. The torch build happens on the CPU; the model manager places it."""
     model = load_proto(path)
@@ -240,8 +279,11 @@ def load_swapper(path: str, device="cpu", dtype: torch.dtype = torch.float32,
         mod = SwapperModule(graph, spec, emap).eval().requires_grad_(False)
     mod.batched = _verify_batching(mod)
     if not mod.batched:
-        log.warning("Visage: %s does not batch after conversion (%d reshapes rewritten); running one face at a time",
-                    os.path.basename(path), n)
+        log.warning(
+            "Visage: %s does not batch after conversion (%d reshapes rewritten); running one face at a time",
+            os.path.basename(path),
+            n,
+        )
     return mod.to(device=torch.device(device), dtype=dtype)
 
 
@@ -253,7 +295,7 @@ def _verify_batching(mod: SwapperModule) -> bool:
     src = torch.nn.functional.normalize(torch.randn(2, EMBED_DIM, generator=g), dim=-1)
     try:
         both = mod(t, src)
-        one = [mod(t[i:i + 1], src[i:i + 1]) for i in range(2)]
+        one = [mod(t[i : i + 1], src[i : i + 1]) for i in range(2)]
     except RuntimeError:
         return False
     for j, o in enumerate(both):
@@ -269,10 +311,12 @@ def source_latent(mod: SwapperModule, normed_embedding: torch.Tensor) -> torch.T
     if e.ndim == 1:
         e = e.unsqueeze(0)
     if e.shape[-1] != EMBED_DIM:
-        raise VisageError("the source identity has the wrong embedding size for this swapper",
-                          expected=f"{EMBED_DIM}-d ArcFace embeddings (antelopev2 / buffalo_l recognizer)",
-                          got=describe_tensor(e),
-                          fix="use an analyzer pack whose recognizer gives 512-d embeddings")
+        raise VisageError(
+            "the source identity has the wrong embedding size for this swapper",
+            expected=f"{EMBED_DIM}-d ArcFace embeddings (antelopev2 / buffalo_l recognizer)",
+            got=describe_tensor(e),
+            fix="use an analyzer pack whose recognizer gives 512-d embeddings",
+        )
     e = torch.nn.functional.normalize(e, dim=-1)
     if mod.spec.uses_emap:
         lat = e.double() @ mod.emap.double()
@@ -296,7 +340,7 @@ def run_swapper(mod: SwapperModule, target: torch.Tensor, latent: torch.Tensor, 
     step = chunk if mod.batched else 1
     faces, masks = [], []
     for s in range(0, n, step):
-        outs = mod(target[s:s + step].to(dev, dt), latent[s:s + step].to(dev, dt))
+        outs = mod(target[s : s + step].to(dev, dt), latent[s : s + step].to(dev, dt))
         img = outs[0].float()
         if spec.output_signed:
             img = img * 0.5 + 0.5

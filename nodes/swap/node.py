@@ -1,4 +1,5 @@
 """ComfyUI nodes of the swap family (the only file here that imports ComfyUI)."""
+
 from __future__ import annotations
 
 import logging
@@ -6,18 +7,16 @@ import os
 
 import torch
 
-import folder_paths
-
 from ..common import comfy_glue, paths
 from ..common.errors import NoFaceError, VisageError
 from ..common.images import check_image
 from ..common.model_manager import MANAGER, resolve_dtype
+from ..common.names import safe_filename
 from ..common.types import VISAGE_ANALYZER, VISAGE_EMBEDS
+from ..face.analyzer import pick_engine
 from ..face.select import FUSIONS, ORDERS, embeds_from_faces, order_faces
 from .facemodel import load_face_model, save_face_model
-from ..face.analyzer import pick_engine
 from .models import ENGINES, load_swapper
-from ..common.names import safe_filename
 from .pipeline import MAPPINGS, MASK_TYPES, restore_pass, swap_batch
 from .restore import Restorer, load_restorer
 
@@ -45,7 +44,7 @@ def _swap_files():
 def _resolve_swap_file(name: str) -> str:
     for folder, prefix in _SWAP_FOLDERS:
         if prefix and name.startswith(prefix):
-            return paths.find_file(folder, name[len(prefix):])
+            return paths.find_file(folder, name[len(prefix) :])
     return paths.find_file("insightface", name)
 
 
@@ -73,27 +72,41 @@ def _restorer_loader(path, device, dtype):
 
 def _device_inputs():
     return {
-        "device": (["auto", "cpu", "gpu"], {"default": "auto",
-                                            "tooltip": "auto = ComfyUI's device (the GPU unless ComfyUI runs --cpu)."}),
-        "precision": (["auto", "fp32", "fp16", "bf16"], {"default": "auto",
-                                                         "tooltip": "auto = fp16 on CUDA, fp32 on the CPU."}),
+        "device": (
+            ["auto", "cpu", "gpu"],
+            {"default": "auto", "tooltip": "auto = ComfyUI's device (the GPU unless ComfyUI runs --cpu)."},
+        ),
+        "precision": (
+            ["auto", "fp32", "fp16", "bf16"],
+            {"default": "auto", "tooltip": "auto = fp16 on CUDA, fp32 on the CPU."},
+        ),
     }
 
 
 class VisageSwapModelLoader:
-    DESCRIPTION = ("Loads a face-swap model: inswapper_128.onnx (models/insightface), reswapper_128/256 "
-                   "(models/reswapper) or hyperswap_1a/1b/1c_256 (models/hyperswap). The layout is read from the "
-                   "file's ONNX signature; it runs as a torch module on ComfyUI's device, batched over faces.")
+    DESCRIPTION = (
+        "Loads a face-swap model: inswapper_128.onnx (models/insightface), reswapper_128/256 "
+        "(models/reswapper) or hyperswap_1a/1b/1c_256 (models/hyperswap). The layout is read from the "
+        "file's ONNX signature; it runs as a torch module on ComfyUI's device, batched over faces."
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "swap_model": (_swap_files(), {"tooltip": "Face-swap ONNX file. Visage never downloads models."}),
-            **_device_inputs(),
-            "engine": (list(ENGINES), {"default": "auto", "tooltip": "auto: a torch module on the GPU (under "
-                                       "ComfyUI's memory management), onnxruntime on the CPU (faster there); torch: "
-                                       "always torch; onnxruntime: a CPU session."}),
-        }}
+        return {
+            "required": {
+                "swap_model": (_swap_files(), {"tooltip": "Face-swap ONNX file. Visage never downloads models."}),
+                **_device_inputs(),
+                "engine": (
+                    list(ENGINES),
+                    {
+                        "default": "auto",
+                        "tooltip": "auto: a torch module on the GPU (under "
+                        "ComfyUI's memory management), onnxruntime on the CPU (faster there); torch: "
+                        "always torch; onnxruntime: a CPU session.",
+                    },
+                ),
+            }
+        }
 
     RETURN_TYPES = (VISAGE_SWAPPER,)
     RETURN_NAMES = ("swapper",)
@@ -106,28 +119,49 @@ class VisageSwapModelLoader:
         dev = comfy_glue.torch_device(device)
         engine = pick_engine(engine, dev)
         if engine == "onnxruntime":
-            return (MANAGER.get("swap:swapper:onnxruntime", path, _swapper_loader_ort, device=dev,
-                                dtype=torch.float32),)
+            return (
+                MANAGER.get("swap:swapper:onnxruntime", path, _swapper_loader_ort, device=dev, dtype=torch.float32),
+            )
         dt = resolve_dtype(precision, dev)
         return (MANAGER.get("swap:swapper", path, _swapper_loader, device=dev, dtype=dt),)
 
 
 class VisageRestoreModelLoader:
-    DESCRIPTION = ("Loads a face-restoration model (GFPGAN, RestoreFormer; CodeFormer when the optional package "
-                   "spandrel_extra_arches is installed - non-commercial licence) from models/facerestore_models "
-                   "through spandrel. GPEN (not in spandrel) and other architectures (upscalers) are refused "
-                   "with a message. In Swap Faces the swapped face is restored before it is pasted.")
+    DESCRIPTION = (
+        "Loads a face-restoration model (GFPGAN, RestoreFormer; CodeFormer when the optional package "
+        "spandrel_extra_arches is installed - non-commercial licence) from models/facerestore_models "
+        "through spandrel. GPEN (not in spandrel) and other architectures (upscalers) are refused "
+        "with a message. In Swap Faces the swapped face is restored before it is pasted."
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "restore_model": (_restore_files(), {"tooltip": "Face-restoration file in models/facerestore_models."}),
-            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                                   "tooltip": "Blend of the restored face over the unrestored one (1 = fully restored)."}),
-            "fidelity": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
-                                   "tooltip": "CodeFormer only: 0 = strongest restoration, 1 = closest to the input."}),
-            **_device_inputs(),
-        }}
+        return {
+            "required": {
+                "restore_model": (_restore_files(), {"tooltip": "Face-restoration file in models/facerestore_models."}),
+                "strength": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.05,
+                        "tooltip": "Blend of the restored face over the unrestored one (1 = fully restored).",
+                    },
+                ),
+                "fidelity": (
+                    "FLOAT",
+                    {
+                        "default": 0.5,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.05,
+                        "tooltip": "CodeFormer only: 0 = strongest restoration, 1 = closest to the input.",
+                    },
+                ),
+                **_device_inputs(),
+            }
+        }
 
     RETURN_TYPES = (VISAGE_RESTORER,)
     RETURN_NAMES = ("restorer",)
@@ -145,20 +179,44 @@ class VisageRestoreModelLoader:
 
 def _mask_inputs():
     return {
-        "mask_type": (list(MASK_TYPES), {"default": "box", "tooltip": "box = the aligned square, feathered; "
-                                          "landmarks = the face outline from the 106/68 landmarks, feathered."}),
-        "mask_erode": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.5, "step": 0.01,
-                                 "tooltip": "Shrink the paste mask by this fraction of the face crop."}),
-        "mask_blur": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.3, "step": 0.01,
-                                "tooltip": "Feather width as a fraction of the face crop (no hard seam at 0.03+)."}),
+        "mask_type": (
+            list(MASK_TYPES),
+            {
+                "default": "box",
+                "tooltip": "box = the aligned square, feathered; "
+                "landmarks = the face outline from the 106/68 landmarks, feathered.",
+            },
+        ),
+        "mask_erode": (
+            "FLOAT",
+            {
+                "default": 0.1,
+                "min": 0.0,
+                "max": 0.5,
+                "step": 0.01,
+                "tooltip": "Shrink the paste mask by this fraction of the face crop.",
+            },
+        ),
+        "mask_blur": (
+            "FLOAT",
+            {
+                "default": 0.1,
+                "min": 0.0,
+                "max": 0.3,
+                "step": 0.01,
+                "tooltip": "Feather width as a fraction of the face crop (no hard seam at 0.03+).",
+            },
+        ),
     }
 
 
 class VisageSwapFaces:
-    DESCRIPTION = ("Swaps faces in an image or a batch of video frames. The source identity comes from "
-                   "source_image (analysed with the same analyzer) or source_embeds (Face Embeds / Load Face Model). "
-                   "Frames without a face pass through unchanged and in order. Outputs the images, a mask of the "
-                   "pasted faces, and how many faces were swapped.")
+    DESCRIPTION = (
+        "Swaps faces in an image or a batch of video frames. The source identity comes from "
+        "source_image (analysed with the same analyzer) or source_embeds (Face Embeds / Load Face Model). "
+        "Frames without a face pass through unchanged and in order. Outputs the images, a mask of the "
+        "pasted faces, and how many faces were swapped."
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -167,81 +225,204 @@ class VisageSwapFaces:
                 "analyzer": (VISAGE_ANALYZER, {"tooltip": "Face analyzer (Face Analyzer Loader)."}),
                 "swapper": (VISAGE_SWAPPER, {"tooltip": "Swap model (Swap Model Loader)."}),
                 "image": ("IMAGE", {"tooltip": "Target image(s) / video frames whose faces are replaced."}),
-                "mapping": (list(MAPPINGS), {"default": "by_order", "tooltip":
-                            "by_order: target face k gets source face k (one source face goes onto every face); "
-                            "by_index: pairs source_indexes with target_indexes; by_identity: each target face "
-                            "most like target_references row k gets source face k."}),
-                "order": (_ORDER_CHOICES, {"default": "left_to_right",
-                                           "tooltip": "How faces are numbered in the source and the target."}),
-                "source_indexes": ("STRING", {"default": "0", "tooltip": "by_index: source face numbers, e.g. '0' or '1,0'."}),
-                "target_indexes": ("STRING", {"default": "", "tooltip": "by_index: target face numbers, e.g. '0,1' (empty = all)."}),
-                "blend": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                                    "tooltip": "Opacity of the swapped face (1 = fully swapped)."}),
+                "mapping": (
+                    list(MAPPINGS),
+                    {
+                        "default": "by_order",
+                        "tooltip": "by_order: target face k gets source face k (one source face goes onto every face); "
+                        "by_index: pairs source_indexes with target_indexes; by_identity: each target face "
+                        "most like target_references row k gets source face k.",
+                    },
+                ),
+                "order": (
+                    _ORDER_CHOICES,
+                    {"default": "left_to_right", "tooltip": "How faces are numbered in the source and the target."},
+                ),
+                "source_indexes": (
+                    "STRING",
+                    {"default": "0", "tooltip": "by_index: source face numbers, e.g. '0' or '1,0'."},
+                ),
+                "target_indexes": (
+                    "STRING",
+                    {"default": "", "tooltip": "by_index: target face numbers, e.g. '0,1' (empty = all)."},
+                ),
+                "blend": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.05,
+                        "tooltip": "Opacity of the swapped face (1 = fully swapped).",
+                    },
+                ),
                 **_mask_inputs(),
-                "color_transfer": ("BOOLEAN", {"default": False,
-                                               "tooltip": "Match the swapped face's colour (LAB mean/std) to the original skin."}),
-                "temporal_smoothing": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
-                                                 "tooltip": "Video: track faces across frames and smooth their keypoints so a "
-                                                            "still head does not jitter (0 = off)."}),
-                "on_no_face": (["passthrough", "error"], {"default": "passthrough",
-                               "tooltip": "A target frame without a face: pass it through unchanged, or stop with an error."}),
+                "color_transfer": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "Match the swapped face's colour (LAB mean/std) to the original skin.",
+                    },
+                ),
+                "temporal_smoothing": (
+                    "FLOAT",
+                    {
+                        "default": 0.5,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.05,
+                        "tooltip": "Video: track faces across frames and smooth their keypoints so a "
+                        "still head does not jitter (0 = off).",
+                    },
+                ),
+                "on_no_face": (
+                    ["passthrough", "error"],
+                    {
+                        "default": "passthrough",
+                        "tooltip": "A target frame without a face: pass it through unchanged, or stop with an error.",
+                    },
+                ),
             },
             "optional": {
                 "source_image": ("IMAGE", {"tooltip": "Photo(s) of the new face: 1 image, or 1 per target frame."}),
-                "source_embeds": (VISAGE_EMBEDS, {"tooltip": "Identities instead of a source image (row k = source face k)."}),
+                "source_embeds": (
+                    VISAGE_EMBEDS,
+                    {"tooltip": "Identities instead of a source image (row k = source face k)."},
+                ),
                 "restorer": (VISAGE_RESTORER, {"tooltip": "Optional face restoration applied to each swapped face."}),
-                "target_references": (VISAGE_EMBEDS, {"tooltip": "by_identity: who to replace (row k is replaced by source face k)."}),
-                "min_similarity": ("FLOAT", {"default": 0.3, "min": -1.0, "max": 1.0, "step": 0.01,
-                                             "tooltip": "by_identity: a target face less similar than this to every "
-                                                        "reference stays unchanged."}),
+                "target_references": (
+                    VISAGE_EMBEDS,
+                    {"tooltip": "by_identity: who to replace (row k is replaced by source face k)."},
+                ),
+                "min_similarity": (
+                    "FLOAT",
+                    {
+                        "default": 0.3,
+                        "min": -1.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "by_identity: a target face less similar than this to every "
+                        "reference stays unchanged.",
+                    },
+                ),
             },
         }
 
     RETURN_TYPES = ("IMAGE", "MASK", "INT")
     RETURN_NAMES = ("image", "mask", "count")
-    OUTPUT_TOOLTIPS = ("The images with swapped faces (same count and order as the input).",
-                       "Where swapped faces were pasted (feathered), per image.",
-                       "How many faces were swapped in total.")
+    OUTPUT_TOOLTIPS = (
+        "The images with swapped faces (same count and order as the input).",
+        "Where swapped faces were pasted (feathered), per image.",
+        "How many faces were swapped in total.",
+    )
     FUNCTION = "swap"
     CATEGORY = CATEGORY
 
-    def swap(self, analyzer, swapper, image, mapping="by_order", order="left_to_right", source_indexes="0",
-             target_indexes="", blend=1.0, mask_type="box", mask_erode=0.1, mask_blur=0.1, color_transfer=False,
-             temporal_smoothing=0.5, on_no_face="passthrough", source_image=None, source_embeds=None,
-             restorer=None, target_references=None, min_similarity=0.3):
+    def swap(
+        self,
+        analyzer,
+        swapper,
+        image,
+        mapping="by_order",
+        order="left_to_right",
+        source_indexes="0",
+        target_indexes="",
+        blend=1.0,
+        mask_type="box",
+        mask_erode=0.1,
+        mask_blur=0.1,
+        color_transfer=False,
+        temporal_smoothing=0.5,
+        on_no_face="passthrough",
+        source_image=None,
+        source_embeds=None,
+        restorer=None,
+        target_references=None,
+        min_similarity=0.3,
+    ):
         image = check_image(image, "image")
         src = check_image(source_image, "source_image") if source_image is not None else None
         embs = [source_embeds.normed] if source_embeds is not None else None
         progress = comfy_glue.Progress(2 * image.shape[0])
         inter = comfy_glue.intermediate_device()
         out, mask, count = swap_batch(
-            analyzer, image, swapper, source_embeddings=embs, source_image=src, mapping=mapping, order=order,
-            source_indexes=source_indexes, target_indexes=target_indexes, references=target_references,
-            min_similarity=min_similarity, blend=blend, mask_type=mask_type, erode=mask_erode, blur=mask_blur,
-            color_transfer=color_transfer, temporal_smoothing=temporal_smoothing, on_no_face=on_no_face,
-            restorer=restorer, progress=progress, out_device=inter)
+            analyzer,
+            image,
+            swapper,
+            source_embeddings=embs,
+            source_image=src,
+            mapping=mapping,
+            order=order,
+            source_indexes=source_indexes,
+            target_indexes=target_indexes,
+            references=target_references,
+            min_similarity=min_similarity,
+            blend=blend,
+            mask_type=mask_type,
+            erode=mask_erode,
+            blur=mask_blur,
+            color_transfer=color_transfer,
+            temporal_smoothing=temporal_smoothing,
+            on_no_face=on_no_face,
+            restorer=restorer,
+            progress=progress,
+            out_device=inter,
+        )
         return (out.to(inter), mask.to(inter), int(count))
 
 
 class VisageRestoreFaces:
-    DESCRIPTION = ("Restores every face (or the faces picked by order/max_faces) on its aligned crop with a "
-                   "GFPGAN / CodeFormer / RestoreFormer model and pastes it back inside the face's box.")
+    DESCRIPTION = (
+        "Restores every face (or the faces picked by order/max_faces) on its aligned crop with a "
+        "GFPGAN / CodeFormer / RestoreFormer model and pastes it back inside the face's box."
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "analyzer": (VISAGE_ANALYZER, {"tooltip": "Face analyzer (Face Analyzer Loader)."}),
-            "restorer": (VISAGE_RESTORER, {"tooltip": "Restoration model (Restore Model Loader)."}),
-            "image": ("IMAGE", {"tooltip": "Image(s) whose faces are restored."}),
-            "order": (_ORDER_CHOICES, {"default": "largest", "tooltip": "Which faces come first for max_faces."}),
-            "max_faces": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Restore at most this many faces per image (0 = all)."}),
-            "mask_erode": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.5, "step": 0.01,
-                                     "tooltip": "Shrink the paste mask by this fraction of the crop."}),
-            "mask_blur": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.3, "step": 0.01,
-                                    "tooltip": "Feather width as a fraction of the crop."}),
-            "on_no_face": (["passthrough", "error"], {"default": "passthrough",
-                           "tooltip": "An image without a face: pass it through unchanged, or stop with an error."}),
-        }}
+        return {
+            "required": {
+                "analyzer": (VISAGE_ANALYZER, {"tooltip": "Face analyzer (Face Analyzer Loader)."}),
+                "restorer": (VISAGE_RESTORER, {"tooltip": "Restoration model (Restore Model Loader)."}),
+                "image": ("IMAGE", {"tooltip": "Image(s) whose faces are restored."}),
+                "order": (_ORDER_CHOICES, {"default": "largest", "tooltip": "Which faces come first for max_faces."}),
+                "max_faces": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 64,
+                        "tooltip": "Restore at most this many faces per image (0 = all).",
+                    },
+                ),
+                "mask_erode": (
+                    "FLOAT",
+                    {
+                        "default": 0.1,
+                        "min": 0.0,
+                        "max": 0.5,
+                        "step": 0.01,
+                        "tooltip": "Shrink the paste mask by this fraction of the crop.",
+                    },
+                ),
+                "mask_blur": (
+                    "FLOAT",
+                    {
+                        "default": 0.1,
+                        "min": 0.0,
+                        "max": 0.3,
+                        "step": 0.01,
+                        "tooltip": "Feather width as a fraction of the crop.",
+                    },
+                ),
+                "on_no_face": (
+                    ["passthrough", "error"],
+                    {
+                        "default": "passthrough",
+                        "tooltip": "An image without a face: pass it through unchanged, or stop with an error.",
+                    },
+                ),
+            }
+        }
 
     RETURN_TYPES = ("IMAGE", "INT")
     RETURN_NAMES = ("image", "count")
@@ -249,8 +430,17 @@ class VisageRestoreFaces:
     FUNCTION = "restore"
     CATEGORY = CATEGORY
 
-    def restore(self, analyzer, restorer, image, order="largest", max_faces=0, mask_erode=0.1, mask_blur=0.1,
-                on_no_face="passthrough"):
+    def restore(
+        self,
+        analyzer,
+        restorer,
+        image,
+        order="largest",
+        max_faces=0,
+        mask_erode=0.1,
+        mask_blur=0.1,
+        on_no_face="passthrough",
+    ):
         image = check_image(image, "image")
         B = image.shape[0]
         progress = comfy_glue.Progress(B)
@@ -268,27 +458,41 @@ class VisageRestoreFaces:
                 faces = faces[:max_faces]
             if faces:
                 idx = torch.zeros(len(faces), dtype=torch.long, device=dev)
-                out[i:i + 1] = restore_pass(frames[i:i + 1], faces, idx, restorer, mask_erode, mask_blur)
+                out[i : i + 1] = restore_pass(frames[i : i + 1], faces, idx, restorer, mask_erode, mask_blur)
                 count += len(faces)
             progress(i + 1, B)
         return (out.to(comfy_glue.intermediate_device()), count)
 
 
 class VisageBuildFaceModel:
-    DESCRIPTION = ("Builds one blended identity (a face model) from several photos of the same person: the "
-                   "chosen face of every image, fused into one embedding. Save it with Save Face Model.")
+    DESCRIPTION = (
+        "Builds one blended identity (a face model) from several photos of the same person: the "
+        "chosen face of every image, fused into one embedding. Save it with Save Face Model."
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "analyzer": (VISAGE_ANALYZER, {"tooltip": "Face analyzer with a recognizer."}),
-            "images": ("IMAGE", {"tooltip": "Photos of one person (any number)."}),
-            "order": (_ORDER_CHOICES, {"default": "largest", "tooltip": "Which face of each photo is used (the first)."}),
-            "fusion": ([f for f in FUSIONS if f != "none"], {"default": "norm_mean",
-                       "tooltip": "How the faces are blended into one identity."}),
-            "on_no_face": (["skip", "error"], {"default": "skip",
-                           "tooltip": "A photo without a face: leave it out of the blend, or stop with an error."}),
-        }}
+        return {
+            "required": {
+                "analyzer": (VISAGE_ANALYZER, {"tooltip": "Face analyzer with a recognizer."}),
+                "images": ("IMAGE", {"tooltip": "Photos of one person (any number)."}),
+                "order": (
+                    _ORDER_CHOICES,
+                    {"default": "largest", "tooltip": "Which face of each photo is used (the first)."},
+                ),
+                "fusion": (
+                    [f for f in FUSIONS if f != "none"],
+                    {"default": "norm_mean", "tooltip": "How the faces are blended into one identity."},
+                ),
+                "on_no_face": (
+                    ["skip", "error"],
+                    {
+                        "default": "skip",
+                        "tooltip": "A photo without a face: leave it out of the blend, or stop with an error.",
+                    },
+                ),
+            }
+        }
 
     RETURN_TYPES = (VISAGE_EMBEDS,)
     RETURN_NAMES = ("face_model",)
@@ -298,6 +502,7 @@ class VisageBuildFaceModel:
 
     def build(self, analyzer, images, order="largest", fusion="norm_mean", on_no_face="skip"):
         from ..common.types import FaceSet
+
         images = check_image(images, "images")
         fs = analyzer.analyze(images, tasks=["recognition"])
         missing = fs.images_without_face()
@@ -308,7 +513,7 @@ class VisageBuildFaceModel:
 
 
 def _safe_name(name: str) -> str:
-    return safe_filename(name)   # empty -> VisageError "A file name is needed"
+    return safe_filename(name)  # empty -> VisageError "A file name is needed"
 
 
 class VisageSaveFaceModel:
@@ -317,11 +522,13 @@ class VisageSaveFaceModel:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "face_model": (VISAGE_EMBEDS, {"tooltip": "Identity from Build Face Model or Face Embeds."}),
-            "name": ("STRING", {"default": "my_face", "tooltip": "File name (saved under models/visage/faces)."}),
-            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace a file of the same name."}),
-        }}
+        return {
+            "required": {
+                "face_model": (VISAGE_EMBEDS, {"tooltip": "Identity from Build Face Model or Face Embeds."}),
+                "name": ("STRING", {"default": "my_face", "tooltip": "File name (saved under models/visage/faces)."}),
+                "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace a file of the same name."}),
+            }
+        }
 
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("path",)
@@ -333,19 +540,28 @@ class VisageSaveFaceModel:
         fname = _safe_name(name)
         folders = paths.folders("visage_faces")
         if not folders:
-            raise VisageError("No folder for face models is configured", expected="models/visage/faces",
-                              got="none", fix="check extra_model_paths.yaml")
+            raise VisageError(
+                "No folder for face models is configured",
+                expected="models/visage/faces",
+                got="none",
+                fix="check extra_model_paths.yaml",
+            )
         path = os.path.join(folders[0], fname)
         if os.path.exists(path) and not overwrite:
-            raise VisageError(f"A face model named '{fname}' exists already", expected="a new name or overwrite on",
-                              got=path, fix="change the name or switch overwrite on")
+            raise VisageError(
+                f"A face model named '{fname}' exists already",
+                expected="a new name or overwrite on",
+                got=path,
+                fix="change the name or switch overwrite on",
+            )
         save_face_model(face_model, path, name=fname)
         return {"ui": {"text": [path]}, "result": (path,)}
 
 
 class VisageLoadFaceModel:
-    DESCRIPTION = ("Loads a face model: Visage's (models/visage/faces) or ReActor's (models/reactor/faces, "
-                   "shown as reactor/...).")
+    DESCRIPTION = (
+        "Loads a face model: Visage's (models/visage/faces) or ReActor's (models/reactor/faces, shown as reactor/...)."
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -359,7 +575,7 @@ class VisageLoadFaceModel:
 
     def load(self, face_model):
         if face_model.startswith("reactor/"):
-            path = paths.find_file("reactor_faces", face_model[len("reactor/"):])
+            path = paths.find_file("reactor_faces", face_model[len("reactor/") :])
         else:
             path = paths.find_file("visage_faces", face_model)
         return (load_face_model(path),)

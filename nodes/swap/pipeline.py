@@ -3,6 +3,7 @@
 Everything stays on the frames' device; per chunk of frames all faces run through the swapper in one
 batch. Pure torch/numpy (no ComfyUI): node.py wires it to the ports.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,11 +13,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .. import paste as P
 from ..common.errors import NoFaceError, VisageError
 from ..common.types import Face, FaceEmbeds, FaceSet
 from ..face.align import estimate_norm
 from ..face.select import order_faces
-from .. import paste as P
 from .models import SwapperModule, run_swapper, source_latent
 from .restore import Restorer, restore_crops
 
@@ -37,8 +38,8 @@ Progress = Optional[Callable[[int, int], None]]
 class Assignment:
     image_index: int
     face: Face
-    source_set: int     # which source set (source image) the identity comes from
-    source: int         # identity index inside that set
+    source_set: int  # which source set (source image) the identity comes from
+    source: int  # identity index inside that set
 
 
 def parse_indexes(text: str, name: str) -> List[int]:
@@ -54,9 +55,12 @@ def parse_indexes(text: str, name: str) -> List[int]:
         try:
             v = int(part)
         except ValueError:
-            raise VisageError(f"'{name}' must be a comma-separated list of face numbers",
-                              expected="e.g. '0' or '0,1,2' (0 = first face in the chosen order)", got=repr(text),
-                              fix=f"write numbers only in '{name}'")
+            raise VisageError(
+                f"'{name}' must be a comma-separated list of face numbers",
+                expected="e.g. '0' or '0,1,2' (0 = first face in the chosen order)",
+                got=repr(text),
+                fix=f"write numbers only in '{name}'",
+            )
         if v < 0:
             raise VisageError(f"'{name}' holds a negative face number", expected="numbers >= 0", got=repr(text))
         out.append(v)
@@ -72,9 +76,12 @@ def source_sets_from_faces(faceset: FaceSet, order: str = "largest") -> List[Lis
     for faces in faceset.faces:
         ordered = order_faces(faces, order)
         if any(f.normed_embedding is None for f in ordered):
-            raise VisageError("The source faces have no identity embedding",
-                              expected="an analyzer pack with a recognizer (antelopev2 / buffalo_l)",
-                              got="faces without embeddings", fix="load a full pack in Face Analyzer Loader")
+            raise VisageError(
+                "The source faces have no identity embedding",
+                expected="an analyzer pack with a recognizer (antelopev2 / buffalo_l)",
+                got="faces without embeddings",
+                fix="load a full pack in Face Analyzer Loader",
+            )
         sets.append(ordered)
     return sets
 
@@ -85,16 +92,26 @@ def embeddings_of(sets: Sequence[Sequence[Face]]) -> List[torch.Tensor]:
 
 def check_batches(n_source_sets: int, n_targets: int) -> None:
     if n_source_sets not in (1, n_targets):
-        raise VisageError("The source and target batch sizes do not match",
-                          expected=f"1 source image (used for every target) or {n_targets} (one per target frame)",
-                          got=f"{n_source_sets} source images for {n_targets} target images",
-                          fix="pass one source image, one per target frame, or fuse several photos of one person "
-                              "with 'Build Face Model' and connect it to source_embeds")
+        raise VisageError(
+            "The source and target batch sizes do not match",
+            expected=f"1 source image (used for every target) or {n_targets} (one per target frame)",
+            got=f"{n_source_sets} source images for {n_targets} target images",
+            fix="pass one source image, one per target frame, or fuse several photos of one person "
+            "with 'Build Face Model' and connect it to source_embeds",
+        )
 
 
-def plan(targets: FaceSet, source_counts: Sequence[int], mapping: str = "by_order", order: str = "left_to_right",
-         source_indexes: str = "0", target_indexes: str = "", references: Optional[FaceEmbeds] = None,
-         min_similarity: float = 0.3, track_ids: Optional[List[List[int]]] = None) -> List[Assignment]:
+def plan(
+    targets: FaceSet,
+    source_counts: Sequence[int],
+    mapping: str = "by_order",
+    order: str = "left_to_right",
+    source_indexes: str = "0",
+    target_indexes: str = "",
+    references: Optional[FaceEmbeds] = None,
+    min_similarity: float = 0.3,
+    track_ids: Optional[List[List[int]]] = None,
+) -> List[Assignment]:
     """Who goes where. ``source_counts[s]`` = identities in source set s (1 set, or 1 per target image)."""
     if mapping not in MAPPINGS:
         raise VisageError(f"Unknown mapping '{mapping}'", expected=" / ".join(MAPPINGS), got=mapping)
@@ -104,22 +121,32 @@ def plan(targets: FaceSet, source_counts: Sequence[int], mapping: str = "by_orde
     out: List[Assignment] = []
     if mapping == "by_identity":
         if references is None:
-            raise VisageError("Mapping 'by_identity' needs the identities to replace",
-                              expected="a VISAGE_EMBEDS on 'target_references' (one row per person in the target, "
-                                       "row k is replaced by source face k)",
-                              got="nothing connected", fix="connect Face Embeds (fusion 'none') of the people to "
-                                                           "replace, or use mapping 'by_order' / 'by_index'")
+            raise VisageError(
+                "Mapping 'by_identity' needs the identities to replace",
+                expected="a VISAGE_EMBEDS on 'target_references' (one row per person in the target, "
+                "row k is replaced by source face k)",
+                got="nothing connected",
+                fix="connect Face Embeds (fusion 'none') of the people to "
+                "replace, or use mapping 'by_order' / 'by_index'",
+            )
         ref = references.normed.float()
         sims: Dict[tuple, np.ndarray] = {}
         for i, faces in enumerate(targets.faces):
             for j, f in enumerate(faces):
                 if f.normed_embedding is None:
-                    raise VisageError("Target faces have no identity embedding", expected="an analyzer with a "
-                                      "recognizer", got="faces without embeddings", fix="load a full pack")
+                    raise VisageError(
+                        "Target faces have no identity embedding",
+                        expected="an analyzer with a recognizer",
+                        got="faces without embeddings",
+                        fix="load a full pack",
+                    )
                 e = f.normed_embedding.float().cpu()
                 if e.shape[-1] != ref.shape[-1]:
-                    raise VisageError("target_references come from another recognizer",
-                                      expected=f"{e.shape[-1]}-d embeddings", got=f"{ref.shape[-1]}-d")
+                    raise VisageError(
+                        "target_references come from another recognizer",
+                        expected=f"{e.shape[-1]}-d embeddings",
+                        got=f"{ref.shape[-1]}-d",
+                    )
                 sims[(i, j)] = (ref @ e).numpy()
         if track_ids is not None:  # one decision per track: the mean similarity over its frames
             per_track: Dict[int, List[np.ndarray]] = {}
@@ -135,9 +162,12 @@ def plan(targets: FaceSet, source_counts: Sequence[int], mapping: str = "by_orde
                     continue
                 src = k if source_counts[si] > 1 else 0
                 if src >= source_counts[si]:
-                    raise VisageError("A target reference has no matching source face",
-                                      expected=f"at least {k + 1} source faces (reference row {k} -> source face {k})",
-                                      got=f"{source_counts[si]} source face(s)", fix="add source faces or references")
+                    raise VisageError(
+                        "A target reference has no matching source face",
+                        expected=f"at least {k + 1} source faces (reference row {k} -> source face {k})",
+                        got=f"{source_counts[si]} source face(s)",
+                        fix="add source faces or references",
+                    )
                 out.append(Assignment(i, f, si, src))
         return out
     for i, faces in enumerate(targets.faces):
@@ -157,15 +187,20 @@ def plan(targets: FaceSet, source_counts: Sequence[int], mapping: str = "by_orde
         if len(sl) == 1:
             sl = sl * len(tl)
         if len(sl) != len(tl):
-            raise VisageError("source_indexes and target_indexes pair up one to one",
-                              expected=f"as many source numbers as target numbers ({len(tl)}), or a single source",
-                              got=f"source_indexes={source_indexes!r}, target_indexes={target_indexes!r}",
-                              fix="write e.g. source_indexes '1,0' with target_indexes '0,1'")
+            raise VisageError(
+                "source_indexes and target_indexes pair up one to one",
+                expected=f"as many source numbers as target numbers ({len(tl)}), or a single source",
+                got=f"source_indexes={source_indexes!r}, target_indexes={target_indexes!r}",
+                fix="write e.g. source_indexes '1,0' with target_indexes '0,1'",
+            )
         for s, t in zip(sl, tl):
             if s >= n_src:
-                raise VisageError(f"source_indexes asks for source face {s}",
-                                  expected=f"a number below {n_src} (faces found in the source)",
-                                  got=str(s), fix="lower the number or check the source image")
+                raise VisageError(
+                    f"source_indexes asks for source face {s}",
+                    expected=f"a number below {n_src} (faces found in the source)",
+                    got=str(s),
+                    fix="lower the number or check the source image",
+                )
             if t < len(ordered):  # a frame with fewer faces keeps the missing ones unchanged
                 out.append(Assignment(i, ordered[t], si, s))
     return out
@@ -179,10 +214,22 @@ def _crop_points(face: Face, M: np.ndarray) -> Optional[torch.Tensor]:
 
 
 @torch.no_grad()
-def swap_frames(frames: torch.Tensor, assignments: Sequence[Assignment], swapper_handle,
-                source_embeddings: Sequence[torch.Tensor], *, blend: float = 1.0, mask_type: str = "box",
-                erode: float = 0.1, blur: float = 0.1, color_transfer: bool = False, use_model_mask: bool = True,
-                restorer: Optional[Restorer] = None, progress: Progress = None, faces_per_chunk: int = 8):
+def swap_frames(
+    frames: torch.Tensor,
+    assignments: Sequence[Assignment],
+    swapper_handle,
+    source_embeddings: Sequence[torch.Tensor],
+    *,
+    blend: float = 1.0,
+    mask_type: str = "box",
+    erode: float = 0.1,
+    blur: float = 0.1,
+    color_transfer: bool = False,
+    use_model_mask: bool = True,
+    restorer: Optional[Restorer] = None,
+    progress: Progress = None,
+    faces_per_chunk: int = 8,
+):
     """frames [B,H,W,3] float 0..1 (any device) -> (frames, mask [B,H,W], count)."""
     if mask_type not in MASK_TYPES:
         raise VisageError(f"Unknown mask type '{mask_type}'", expected=" / ".join(MASK_TYPES), got=mask_type)
@@ -229,13 +276,31 @@ def swap_frames(frames: torch.Tensor, assignments: Sequence[Assignment], swapper
                     log.warning("Visage: mask_type 'landmarks' but the faces have no landmarks; using the box mask")
                     lms = None
             if restorer is None:
-                res, fm = P.paste_faces(sub, crops, M, idx, masks=mmask if use_model_mask else None,
-                                        erode_frac=erode, blur_frac=blur, landmarks_crop=lms,
-                                        color_transfer=color_transfer, original_crops=originals, strength=blend)
+                res, fm = P.paste_faces(
+                    sub,
+                    crops,
+                    M,
+                    idx,
+                    masks=mmask if use_model_mask else None,
+                    erode_frac=erode,
+                    blur_frac=blur,
+                    landmarks_crop=lms,
+                    color_transfer=color_transfer,
+                    original_crops=originals,
+                    strength=blend,
+                )
             else:
                 tick()
-                feather = P.feather_masks(len(A), S, mmask if use_model_mask else None, erode_frac=erode,
-                                          blur_frac=blur, landmarks_crop=lms, strength=blend, device=dev)
+                feather = P.feather_masks(
+                    len(A),
+                    S,
+                    mmask if use_model_mask else None,
+                    erode_frac=erode,
+                    blur_frac=blur,
+                    landmarks_crop=lms,
+                    strength=blend,
+                    device=dev,
+                )
                 if color_transfer:  # the same transfer paste_faces applies, done in crop space before the warp
                     stats = P.color_stats(crops.float(), originals.float(), feather)
                     crops = lab_transfer(crops.float(), stats[:, None, None])
@@ -270,9 +335,17 @@ def composed_matrices(ffhq_mats: np.ndarray, swap_mats: np.ndarray) -> np.ndarra
 
 
 @torch.no_grad()
-def restore_swapped(frames: torch.Tensor, crops: torch.Tensor, swap_mats: np.ndarray, feather: torch.Tensor,
-                    frame_index: torch.Tensor, faces: Sequence[Face], restorer: Restorer, erode: float = 0.1,
-                    blur: float = 0.1) -> torch.Tensor:
+def restore_swapped(
+    frames: torch.Tensor,
+    crops: torch.Tensor,
+    swap_mats: np.ndarray,
+    feather: torch.Tensor,
+    frame_index: torch.Tensor,
+    faces: Sequence[Face],
+    restorer: Restorer,
+    erode: float = 0.1,
+    blur: float = 0.1,
+) -> torch.Tensor:
     """Restore swapped faces BEFORE pasting them, then paste each restored crop once.
 
     frames [B,H,W,3] (the unswapped frames); crops [N,S,S,3] swapper output 0..1 (colour already
@@ -294,7 +367,7 @@ def restore_swapped(frames: torch.Tensor, crops: torch.Tensor, swap_mats: np.nda
     ffhq = np.stack([estimate_norm(f.kps, R, "ffhq_512") for f in faces]).astype(np.float64)
     MF = torch.from_numpy(ffhq.astype(np.float32))
     idx = torch.as_tensor(frame_index, dtype=torch.long).to(dev)
-    base = _kops.align_crops(frames, MF, idx, R, mean=0.0, std=255.0, layout="NHWC")   # [n,R,R,3] 0..1
+    base = _kops.align_crops(frames, MF, idx, R, mean=0.0, std=255.0, layout="NHWC")  # [n,R,R,3] 0..1
     rgba = torch.cat([crops.to(dev).float(), feather.to(dev).float().unsqueeze(-1)], -1)  # [n,S,S,4]
     C = composed_matrices(ffhq, np.asarray(swap_mats, np.float64))
     swapped = base.clone()
@@ -305,8 +378,11 @@ def restore_swapped(frames: torch.Tensor, crops: torch.Tensor, swap_mats: np.nda
     for i in range(n):
         rows = torch.nonzero(feather[i].amax(1) > 0).flatten()
         cols = torch.nonzero(feather[i].amax(0) > 0).flatten()
-        support.append(None if rows.numel() == 0 else
-                       (float(cols[0]) - 1, float(rows[0]) - 1, float(cols[-1]) + 1, float(rows[-1]) + 1))
+        support.append(
+            None
+            if rows.numel() == 0
+            else (float(cols[0]) - 1, float(rows[0]) - 1, float(cols[-1]) + 1, float(rows[-1]) + 1)
+        )
     fi = idx.tolist()
     for j in range(n):
         for i in range(n):
@@ -317,19 +393,25 @@ def restore_swapped(frames: torch.Tensor, crops: torch.Tensor, swap_mats: np.nda
             x0, y0 = max(int(np.floor(pts[:, 0].min())), 0), max(int(np.floor(pts[:, 1].min())), 0)
             x1, y1 = min(int(np.ceil(pts[:, 0].max())), R - 1), min(int(np.ceil(pts[:, 1].max())), R - 1)
             if x1 < x0 or y1 < y0:
-                continue                                                     # does not reach crop j
+                continue  # does not reach crop j
             side = max(x1 - x0, y1 - y0) + 1
             Ct = C[j, i].copy()
-            Ct[:, 2] -= (x0, y0)                                             # the sub-rectangle's origin
-            w = _kops.align_crops(rgba, torch.from_numpy(Ct[None].astype(np.float32)),
-                                  torch.tensor([i], dtype=torch.long, device=dev), side, mean=0.0, std=255.0,
-                                  layout="NHWC")[0, : y1 - y0 + 1, : x1 - x0 + 1]   # sampled once
+            Ct[:, 2] -= (x0, y0)  # the sub-rectangle's origin
+            w = _kops.align_crops(
+                rgba,
+                torch.from_numpy(Ct[None].astype(np.float32)),
+                torch.tensor([i], dtype=torch.long, device=dev),
+                side,
+                mean=0.0,
+                std=255.0,
+                layout="NHWC",
+            )[0, : y1 - y0 + 1, : x1 - x0 + 1]  # sampled once
             a = w[..., 3:4]
-            region = swapped[j, y0:y1 + 1, x0:x1 + 1]
-            swapped[j, y0:y1 + 1, x0:x1 + 1] = region * (1.0 - a) + w[..., :3] * a
+            region = swapped[j, y0 : y1 + 1, x0 : x1 + 1]
+            swapped[j, y0 : y1 + 1, x0 : x1 + 1] = region * (1.0 - a) + w[..., :3] * a
             if i == j:
-                own[j, y0:y1 + 1, x0:x1 + 1] = w
-    restored = restore_crops(restorer, swapped.clamp(0, 1))          # X (strength-blended with the input)
+                own[j, y0 : y1 + 1, x0 : x1 + 1] = w
+    restored = restore_crops(restorer, swapped.clamp(0, 1))  # X (strength-blended with the input)
     # One paste per face that equals "paste swap j, then paste X_j with the FFHQ box mask m over it":
     #   out = prev*(1-m)*(1-a) + c*a*(1-m) + X*m = prev*(1-W) + Y*W,
     #   W = 1 - (1-m)*(1-a), Y = (X*m + c*a*(1-m)) / W   (a convex mix of X and the swapped face),
@@ -345,8 +427,14 @@ def restore_swapped(frames: torch.Tensor, crops: torch.Tensor, swap_mats: np.nda
 
 
 @torch.no_grad()
-def restore_pass(frames: torch.Tensor, faces: Sequence[Face], frame_index: torch.Tensor, restorer: Restorer,
-                 erode: float = 0.1, blur: float = 0.1) -> torch.Tensor:
+def restore_pass(
+    frames: torch.Tensor,
+    faces: Sequence[Face],
+    frame_index: torch.Tensor,
+    restorer: Restorer,
+    erode: float = 0.1,
+    blur: float = 0.1,
+) -> torch.Tensor:
     """Restore every face on its FFHQ-aligned crop and paste it back (inside the face's box).
 
     For arbitrary images (the Restore Faces node). The swap path does not call this on its pasted
@@ -362,14 +450,21 @@ def restore_pass(frames: torch.Tensor, faces: Sequence[Face], frame_index: torch
     return res
 
 
-def analyze_in_chunks(analyzer, image: torch.Tensor, device, tasks, chunk: int = 16,
-                      progress: Progress = None, total: Optional[int] = None) -> FaceSet:
+def analyze_in_chunks(
+    analyzer,
+    image: torch.Tensor,
+    device,
+    tasks,
+    chunk: int = 16,
+    progress: Progress = None,
+    total: Optional[int] = None,
+) -> FaceSet:
     """Analyse a (long) IMAGE batch chunk by chunk on ``device``; one FaceSet with global image indices."""
     B, H, W = image.shape[0], image.shape[1], image.shape[2]
     rows = []
     name = ""
     for s in range(0, B, chunk):
-        fs = analyzer.analyze(image[s:s + chunk].to(device), tasks=tasks)
+        fs = analyzer.analyze(image[s : s + chunk].to(device), tasks=tasks)
         name = fs.analyzer
         rows += [tuple(f.with_(image_index=s + i) for f in faces) for i, faces in enumerate(fs.faces)]
         if progress is not None:
@@ -377,13 +472,31 @@ def analyze_in_chunks(analyzer, image: torch.Tensor, device, tasks, chunk: int =
     return FaceSet(faces=tuple(rows), image_sizes=((H, W),) * B, analyzer=name)
 
 
-def swap_batch(analyzer, image: torch.Tensor, swapper_handle, *, source_embeddings=None, source_image=None,
-               mapping: str = "by_order", order: str = "left_to_right", source_indexes: str = "0",
-               target_indexes: str = "", references: Optional[FaceEmbeds] = None, min_similarity: float = 0.3,
-               blend: float = 1.0, mask_type: str = "box", erode: float = 0.1, blur: float = 0.1,
-               color_transfer: bool = False, temporal_smoothing: float = 0.0, on_no_face: str = "passthrough",
-               restorer: Optional[Restorer] = None, progress: Progress = None, frames_per_chunk: int = 16,
-               out_device=None):
+def swap_batch(
+    analyzer,
+    image: torch.Tensor,
+    swapper_handle,
+    *,
+    source_embeddings=None,
+    source_image=None,
+    mapping: str = "by_order",
+    order: str = "left_to_right",
+    source_indexes: str = "0",
+    target_indexes: str = "",
+    references: Optional[FaceEmbeds] = None,
+    min_similarity: float = 0.3,
+    blend: float = 1.0,
+    mask_type: str = "box",
+    erode: float = 0.1,
+    blur: float = 0.1,
+    color_transfer: bool = False,
+    temporal_smoothing: float = 0.0,
+    on_no_face: str = "passthrough",
+    restorer: Optional[Restorer] = None,
+    progress: Progress = None,
+    frames_per_chunk: int = 16,
+    out_device=None,
+):
     """The Swap Faces node without ComfyUI: image [B,H,W,3] (any device) -> (image, mask, count).
 
     Frames move to the swapper's device one chunk at a time (analysis pass, then swap pass), so a long
@@ -391,12 +504,16 @@ def swap_batch(analyzer, image: torch.Tensor, swapper_handle, *, source_embeddin
     progress(done, 2*B): B steps of analysis, then B of swapping.
     """
     from dataclasses import replace
+
     from .tracking import smooth_faceset, track_faces
 
     if (source_image is None) == (source_embeddings is None):
-        raise VisageError("Swap Faces needs exactly one source", expected="source_image OR source_embeds connected",
-                          got="both connected" if source_image is not None else "neither connected",
-                          fix="connect a photo of the new face to source_image, or a face model to source_embeds")
+        raise VisageError(
+            "Swap Faces needs exactly one source",
+            expected="source_image OR source_embeds connected",
+            got="both connected" if source_image is not None else "neither connected",
+            fix="connect a photo of the new face to source_image, or a face model to source_embeds",
+        )
     if on_no_face not in ("passthrough", "error"):
         raise VisageError(f"Unknown on_no_face '{on_no_face}'", expected="passthrough / error", got=on_no_face)
     B = image.shape[0]
@@ -419,8 +536,17 @@ def swap_batch(analyzer, image: torch.Tensor, swapper_handle, *, source_embeddin
     if B > 1 and (temporal_smoothing > 0 or mapping == "by_identity"):
         ids = track_faces(targets)
         targets = smooth_faceset(targets, temporal_smoothing, ids)
-    assignments = plan(targets, [e.shape[0] for e in embs], mapping, order, source_indexes, target_indexes,
-                       references, min_similarity, ids)
+    assignments = plan(
+        targets,
+        [e.shape[0] for e in embs],
+        mapping,
+        order,
+        source_indexes,
+        target_indexes,
+        references,
+        min_similarity,
+        ids,
+    )
     out = torch.empty(image.shape, dtype=torch.float32, device=out_device)
     mask = torch.zeros(image.shape[:3], dtype=torch.float32, device=out_device)
     count = 0
@@ -429,8 +555,19 @@ def swap_batch(analyzer, image: torch.Tensor, swapper_handle, *, source_embeddin
         A = [replace(a, image_index=a.image_index - s) for a in assignments if s <= a.image_index < e]
         sub = image[s:e].to(dev).float()
         step = (lambda d, t, s=s: progress(B + s + d, total)) if progress is not None else None
-        o, m, n = swap_frames(sub, A, swapper_handle, embs, blend=blend, mask_type=mask_type, erode=erode, blur=blur,
-                              color_transfer=color_transfer, restorer=restorer, progress=step)
+        o, m, n = swap_frames(
+            sub,
+            A,
+            swapper_handle,
+            embs,
+            blend=blend,
+            mask_type=mask_type,
+            erode=erode,
+            blur=blur,
+            color_transfer=color_transfer,
+            restorer=restorer,
+            progress=step,
+        )
         out[s:e] = o.to(out_device)
         mask[s:e] = m.to(out_device)
         count += n

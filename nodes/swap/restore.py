@@ -18,6 +18,7 @@ input RGB in -1..1, output -1..1. ``fidelity`` is CodeFormer's fidelity weight (
 ``CodeFormer.forward(x, weight)``; 0 = most restoration, 1 = most faithful to the input);
 ``strength`` blends the restored crop over the unrestored one.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -32,10 +33,12 @@ from ..common.errors import ModelFileInvalid
 log = logging.getLogger("visage")
 
 FACE_ARCHS = ("GFPGAN", "CodeFormer", "RestoreFormer")
-EXTRA_ARCHS = ("CodeFormer",)   # face architectures that only spandrel_extra_arches provides
-EXTRA_FIX = ("pip install spandrel_extra_arches (into ComfyUI's Python), then restart ComfyUI. Licence: that "
-             "package is MIT, but the CodeFormer network and weights are under the NTU S-Lab License 1.0 (non-commercial "
-             "use only); GFPGANv1.4.pth or RestoreFormer.pth work without it")
+EXTRA_ARCHS = ("CodeFormer",)  # face architectures that only spandrel_extra_arches provides
+EXTRA_FIX = (
+    "pip install spandrel_extra_arches (into ComfyUI's Python), then restart ComfyUI. Licence: that "
+    "package is MIT, but the CodeFormer network and weights are under the NTU S-Lab License 1.0 (non-commercial "
+    "use only); GFPGANv1.4.pth or RestoreFormer.pth work without it"
+)
 
 
 def register_extra_arches() -> bool:
@@ -69,11 +72,19 @@ def _registry():
 def detect_face_arch(state_dict: Mapping[str, object]) -> Optional[str]:
     """Recognise face-restoration layouts spandrel may not load (by their released key names)."""
     keys = set(state_dict.keys())
-    if {"position_emb", "idx_pred_layer.1.weight", "quantize.embedding.weight",
-            "ft_layers.0.self_attn.in_proj_weight", "encoder.blocks.0.weight"} <= keys:
+    if {
+        "position_emb",
+        "idx_pred_layer.1.weight",
+        "quantize.embedding.weight",
+        "ft_layers.0.self_attn.in_proj_weight",
+        "encoder.blocks.0.weight",
+    } <= keys:
         return "CodeFormer"
-    if "final_linear.0.weight" in keys and any(k.startswith("ecd0.") for k in keys) and \
-            any(k.startswith("generator.") for k in keys):
+    if (
+        "final_linear.0.weight" in keys
+        and any(k.startswith("ecd0.") for k in keys)
+        and any(k.startswith("generator.") for k in keys)
+    ):
         return "GPEN"
     return None
 
@@ -110,36 +121,56 @@ class RestorerModule(torch.nn.Module):
 def load_restorer(path: str, device="cpu", dtype: torch.dtype = torch.float32) -> RestorerModule:
     from spandrel import ModelLoader
 
-    bad_file_fix = ("put GFPGANv1.4.pth, RestoreFormer.pth or (with spandrel_extra_arches) codeformer.pth into "
-                    "models/facerestore_models")
+    bad_file_fix = (
+        "put GFPGANv1.4.pth, RestoreFormer.pth or (with spandrel_extra_arches) codeformer.pth into "
+        "models/facerestore_models"
+    )
     loader = ModelLoader(registry=_registry())
     try:
         sd = loader.load_state_dict_from_file(path)
     except Exception as e:
-        raise ModelFileInvalid(path, f"it cannot be read as a model file ({type(e).__name__}: {str(e)[:160]})",
-                               "a face-restoration model: " + ", ".join(FACE_ARCHS), fix=bad_file_fix)
+        raise ModelFileInvalid(
+            path,
+            f"it cannot be read as a model file ({type(e).__name__}: {str(e)[:160]})",
+            "a face-restoration model: " + ", ".join(FACE_ARCHS),
+            fix=bad_file_fix,
+        )
     try:
         desc = loader.load_from_state_dict(sd)
     except Exception as e:
         arch = detect_face_arch(sd)
         if arch in EXTRA_ARCHS:
-            raise ModelFileInvalid(path, f"it is a {arch} model, and {arch} needs the optional package "
-                                         "spandrel_extra_arches, which is not installed",
-                                   f"{arch} support from spandrel_extra_arches", fix=EXTRA_FIX)
+            raise ModelFileInvalid(
+                path,
+                f"it is a {arch} model, and {arch} needs the optional package "
+                "spandrel_extra_arches, which is not installed",
+                f"{arch} support from spandrel_extra_arches",
+                fix=EXTRA_FIX,
+            )
         if arch == "GPEN":
-            raise ModelFileInvalid(path, "it is a GPEN model; spandrel (0.4) and spandrel_extra_arches (0.2) "
-                                         "have no GPEN architecture, so Visage cannot run it",
-                                   "a face-restoration model: " + ", ".join(FACE_ARCHS),
-                                   fix="use GFPGANv1.4.pth, RestoreFormer.pth or codeformer.pth instead")
-        raise ModelFileInvalid(path, f"spandrel cannot read it as an image model ({type(e).__name__}: {str(e)[:160]})",
-                               "a face-restoration model: " + ", ".join(FACE_ARCHS), fix=bad_file_fix)
+            raise ModelFileInvalid(
+                path,
+                "it is a GPEN model; spandrel (0.4) and spandrel_extra_arches (0.2) "
+                "have no GPEN architecture, so Visage cannot run it",
+                "a face-restoration model: " + ", ".join(FACE_ARCHS),
+                fix="use GFPGANv1.4.pth, RestoreFormer.pth or codeformer.pth instead",
+            )
+        raise ModelFileInvalid(
+            path,
+            f"spandrel cannot read it as an image model ({type(e).__name__}: {str(e)[:160]})",
+            "a face-restoration model: " + ", ".join(FACE_ARCHS),
+            fix=bad_file_fix,
+        )
     arch = desc.architecture.id
     purpose = getattr(desc, "purpose", "?")
     if arch not in FACE_ARCHS or purpose != "FaceSR":
-        raise ModelFileInvalid(path, f"it is a {arch} model ({purpose}), not a face-restoration model",
-                               "one of " + ", ".join(FACE_ARCHS) + " (spandrel purpose 'FaceSR')",
-                               fix="pick a face-restoration file; upscalers go to models/upscale_models and run "
-                                   "with ComfyUI's 'Upscale Image (using Model)'")
+        raise ModelFileInvalid(
+            path,
+            f"it is a {arch} model ({purpose}), not a face-restoration model",
+            "one of " + ", ".join(FACE_ARCHS) + " (spandrel purpose 'FaceSR')",
+            fix="pick a face-restoration file; upscalers go to models/upscale_models and run "
+            "with ComfyUI's 'Upscale Image (using Model)'",
+        )
     hp = getattr(desc.model, "hyperparameters", {}) or {}
     size = int(hp.get("out_size") or hp.get("size") or hp.get("resolution") or 512)
     mod = RestorerModule(desc.model, arch, size).eval().requires_grad_(False)
@@ -152,10 +183,10 @@ def load_restorer(path: str, device="cpu", dtype: torch.dtype = torch.float32) -
 class Restorer:
     """The VISAGE_RESTORER payload: a model handle plus how to apply it."""
 
-    handle: object           # ModelHandle of a RestorerModule
+    handle: object  # ModelHandle of a RestorerModule
     name: str
-    strength: float = 1.0    # blend of the restored crop over the unrestored one
-    fidelity: float = 0.5    # CodeFormer w
+    strength: float = 1.0  # blend of the restored crop over the unrestored one
+    fidelity: float = 0.5  # CodeFormer w
 
     @property
     def arch(self) -> str:
@@ -173,7 +204,7 @@ def restore_crops(restorer: Restorer, crops: torch.Tensor, chunk: int = 4) -> to
     p = next(iter(mod.parameters()))
     outs = []
     for s in range(0, crops.shape[0], chunk):
-        x = crops[s:s + chunk].permute(0, 3, 1, 2).to(p.device, p.dtype)
+        x = crops[s : s + chunk].permute(0, 3, 1, 2).to(p.device, p.dtype)
         y = mod(x, restorer.fidelity).permute(0, 2, 3, 1).to(crops.device, torch.float32)
         outs.append(y)
     out = torch.cat(outs, 0) if outs else crops.clone()

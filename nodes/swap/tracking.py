@@ -8,6 +8,7 @@ Smoothing: per track, a motion-adaptive exponential smoother run forwards and ba
 (zero phase, so no lag on a moving head): small frame-to-frame moves (detector jitter) are averaged
 away, large moves (real motion) pass through. ``strength`` 0 = off, 1 = strongest.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
@@ -29,8 +30,9 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
 
 
-def track_faces(faceset: FaceSet, iou_weight: float = 1.0, embed_weight: float = 0.5, min_score: float = 0.2,
-                max_gap: int = 5) -> List[List[int]]:
+def track_faces(
+    faceset: FaceSet, iou_weight: float = 1.0, embed_weight: float = 0.5, min_score: float = 0.2, max_gap: int = 5
+) -> List[List[int]]:
     """Track id of every face: ``ids[i][j]`` for ``faceset.faces[i][j]``."""
     ids: List[List[int]] = []
     tracks: Dict[int, Tuple[np.ndarray, Optional[np.ndarray], int]] = {}  # id -> (box, emb, last frame)
@@ -56,7 +58,7 @@ def track_faces(faceset: FaceSet, iou_weight: float = 1.0, embed_weight: float =
                 if s < min_score or a in used_a or b in used_b:
                     continue
                 # a pair needs some overlap: identity alone must not teleport a track across the frame
-                if box_iou(boxes[a:a + 1], tboxes[b:b + 1])[0, 0] <= 0.0:
+                if box_iou(boxes[a : a + 1], tboxes[b : b + 1])[0, 0] <= 0.0:
                     continue
                 cur[a] = live[b]
                 used_a.add(a)
@@ -76,8 +78,8 @@ def smooth_series(x: np.ndarray, scale: np.ndarray, strength: float) -> np.ndarr
     if strength <= 0 or x.shape[0] < 2:
         return x.copy()
     strength = min(float(strength), 1.0)
-    a_min = 1.0 - 0.9 * strength           # weight of the new sample when the face holds still
-    knee = 0.05 + 0.25 * strength          # mean move (fraction of face size) treated as real motion
+    a_min = 1.0 - 0.9 * strength  # weight of the new sample when the face holds still
+    knee = 0.05 + 0.25 * strength  # mean move (fraction of face size) treated as real motion
 
     def one_pass(seq, sc):
         out = seq.copy()
@@ -102,13 +104,16 @@ def smooth_faceset(faceset: FaceSet, strength: float, track_ids: Optional[List[L
         for j, t in enumerate(row):
             members.setdefault(t, []).append((i, j))
     new = [list(f) for f in faceset.faces]
-    for t, mem in members.items():
+    for mem in members.values():
         if len(mem) < 2:
             continue
         faces = [faceset.faces[i][j] for i, j in mem]
         scale = np.array([max(f.width, f.height, 1.0) for f in faces])
-        fields = ["kps", "bbox"] + [k for k in ("landmarks_2d_106", "landmarks_3d_68", "landmarks_2d_68")
-                                    if all(getattr(f, k) is not None for f in faces)]
+        fields = ["kps", "bbox"] + [
+            k
+            for k in ("landmarks_2d_106", "landmarks_3d_68", "landmarks_2d_68")
+            if all(getattr(f, k) is not None for f in faces)
+        ]
         sm = {}
         for k in fields:
             arr = np.stack([getattr(f, k).detach().cpu().numpy().astype(np.float64).reshape(-1) for f in faces])
@@ -117,5 +122,9 @@ def smooth_faceset(faceset: FaceSet, strength: float, track_ids: Optional[List[L
             f = faceset.faces[i][j]
             ch = {k: torch.from_numpy(sm[k][n].reshape(getattr(f, k).shape).astype(np.float32)) for k in fields}
             new[i][j] = f.with_(**ch)
-    return FaceSet(faces=tuple(tuple(r) for r in new), image_sizes=faceset.image_sizes, analyzer=faceset.analyzer,
-                   selection=faceset.selection)
+    return FaceSet(
+        faces=tuple(tuple(r) for r in new),
+        image_sizes=faceset.image_sizes,
+        analyzer=faceset.analyzer,
+        selection=faceset.selection,
+    )

@@ -1,12 +1,12 @@
 """Fixtures of the `browser` tier: Debian's Chromium driven by Playwright (never a downloaded browser)
 against a real ComfyUI started with --cpu, this pack in custom_nodes and the models of tests/builders."""
+
 import os
 import shutil
 import subprocess
 
-import pytest
-
 import comfy_harness as ch
+import pytest
 from builders import build_all
 
 CHROMIUM = "/usr/bin/chromium"
@@ -27,11 +27,14 @@ def _install_chromium():
         return "not root, cannot apt-get install chromium"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
-        r = subprocess.run(["apt-get", "install", "-y", "chromium"], capture_output=True, text=True, timeout=900, env=env)
+        r = subprocess.run(
+            ["apt-get", "install", "-y", "chromium"], capture_output=True, text=True, timeout=900, env=env
+        )
         if r.returncode != 0:  # stale package lists: refresh once and retry
             subprocess.run(["apt-get", "update"], capture_output=True, text=True, timeout=600, env=env)
-            r = subprocess.run(["apt-get", "install", "-y", "chromium"], capture_output=True, text=True, timeout=900,
-                               env=env)
+            r = subprocess.run(
+                ["apt-get", "install", "-y", "chromium"], capture_output=True, text=True, timeout=900, env=env
+            )
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"apt-get install chromium failed: {e}"
     if r.returncode != 0:
@@ -44,13 +47,17 @@ def chromium_path():
     if not os.path.isfile(CHROMIUM):
         why = _install_chromium()
         if not os.path.isfile(CHROMIUM):
-            pytest.skip(f"BROWSER TIER SKIPPED: {CHROMIUM} is missing and {why or 'could not be installed'} "
-                        f"(apt-get install -y chromium)")
+            pytest.skip(
+                f"BROWSER TIER SKIPPED: {CHROMIUM} is missing and {why or 'could not be installed'} "
+                f"(apt-get install -y chromium)"
+            )
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.skip("BROWSER TIER SKIPPED: the playwright Python package is not installed (pip install playwright; "
-                    "no browser download is needed)")
+        pytest.skip(
+            "BROWSER TIER SKIPPED: the playwright Python package is not installed (pip install playwright; "
+            "no browser download is needed)"
+        )
     return CHROMIUM
 
 

@@ -8,6 +8,7 @@ the editor's own `app.loadApiJson` and `app.graph.serialize()` is written to DIR
 workflows/). Node ids, widget values and links come from the API file; nodes are laid out in columns
 by depth (inputs left of the nodes they feed). Exit code 1 on any failure.
 """
+
 import argparse
 import json
 import os
@@ -45,12 +46,15 @@ def main(argv=None):
                 browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
                 page = browser.new_page(viewport={"width": 1600, "height": 1000})
                 page.goto(server.url)
-                page.wait_for_function("() => !!(window.comfyAPI?.app?.app?.graph && window.LiteGraph)", timeout=120_000)
+                page.wait_for_function(
+                    "() => !!(window.comfyAPI?.app?.app?.graph && window.LiteGraph)", timeout=120_000
+                )
                 time.sleep(2)
                 for path in args.files:
                     with open(path, "r", encoding="utf-8") as f:
                         api = {k: v for k, v in json.load(f).items() if not k.startswith("_")}
-                    ui = page.evaluate("""async ([api, name]) => {
+                    ui = page.evaluate(
+                        """async ([api, name]) => {
                         const app = window.comfyAPI.app.app;
                         await app.loadApiJson(api, name);
                         // lay out by depth (columns left to right), nodes of a column stacked without overlap
@@ -86,10 +90,15 @@ def main(argv=None):
                           x += widths.get(c) + 80;
                         }
                         g.setDirtyCanvas(true, true);
-                        return JSON.stringify(g.serialize()); }""", [api, os.path.basename(path)])
+                        return JSON.stringify(g.serialize()); }""",
+                        [api, os.path.basename(path)],
+                    )
                     ui = json.loads(ui)  # as the editor saves it: JSON.stringify drops undefined fields
-                    missing = [n["type"] for n in ui["nodes"] if n["type"] not in page.evaluate(
-                        "() => Object.keys(LiteGraph.registered_node_types)")]
+                    missing = [
+                        n["type"]
+                        for n in ui["nodes"]
+                        if n["type"] not in page.evaluate("() => Object.keys(LiteGraph.registered_node_types)")
+                    ]
                     if missing or len(ui["nodes"]) != len(api):
                         print(f"{path}: the frontend could not build every node (missing {missing})", file=sys.stderr)
                         return 1

@@ -10,6 +10,7 @@ queues it. Screenshots go to artifacts/ (face_picker.png, face_similarity.png, n
 
 VISAGE_BROWSER_WORKFLOW=FILE drives another UI-format file; VISAGE_BROWSER_PACK=visage_test forces the
 test-built analyzer pack (default: the real fixtures pack when ../shared/fixtures is present)."""
+
 import importlib.util
 import json
 import os
@@ -29,8 +30,10 @@ _spec = importlib.util.spec_from_file_location("visage_run_for_browser", os.path
 vr = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(vr)
 
-READY = ("() => !!(window.comfyAPI?.app?.app?.graph && window.LiteGraph?.registered_node_types"
-         " && window.comfyAPI.app.app.extensions?.some(e => e.name === 'visage.faces'))")
+READY = (
+    "() => !!(window.comfyAPI?.app?.app?.graph && window.LiteGraph?.registered_node_types"
+    " && window.comfyAPI.app.app.extensions?.some(e => e.name === 'visage.faces'))"
+)
 SETTLE_S = 3.0
 
 
@@ -65,8 +68,9 @@ def _open(browser, url, block_visage=False):
     if block_visage:
         page.route("**/extensions/visage/**", lambda route: route.abort())
         page.goto(url)
-        page.wait_for_function("() => !!(window.comfyAPI?.app?.app?.graph && window.LiteGraph?.registered_node_types)",
-                               timeout=120_000)
+        page.wait_for_function(
+            "() => !!(window.comfyAPI?.app?.app?.graph && window.LiteGraph?.registered_node_types)", timeout=120_000
+        )
     else:
         page.goto(url)
         page.wait_for_function(READY, timeout=120_000)
@@ -82,8 +86,14 @@ def loaded(browser, browser_comfy):
     base_page, base_log = _open(browser, server.url, block_visage=True)
     base_page.close()
     page, log = _open(browser, server.url)
-    yield {"page": page, "log": log, "baseline": _errors(base_log, origin), "origin": origin,
-           "server": server, "dirs": dirs}
+    yield {
+        "page": page,
+        "log": log,
+        "baseline": _errors(base_log, origin),
+        "origin": origin,
+        "server": server,
+        "dirs": dirs,
+    }
     page.close()
 
 
@@ -120,8 +130,10 @@ def test_page_loads_clean_and_lists_our_nodes(loaded):
 
 
 def _node_js(body):
-    return ("(arg) => { const app = window.comfyAPI.app.app; "
-            "const node = app.graph.nodes.find(n => n.type === 'VisageAnalyzeFaces'); " + body + " }")
+    return (
+        "(arg) => { const app = window.comfyAPI.app.app; "
+        "const node = app.graph.nodes.find(n => n.type === 'VisageAnalyzeFaces'); " + body + " }"
+    )
 
 
 def _queue_and_wait(page, timeout_s=300):
@@ -144,10 +156,15 @@ def _queue_and_wait(page, timeout_s=300):
 
 def _show_analyze_node(page):
     """Centre the canvas on Analyze Faces and wait until the preview (with our boxes) has been drawn."""
-    page.evaluate(_node_js("node.__visage && (node.__visage.rects = []); app.canvas.ds.scale = 1.2; "
-                           "app.canvas.centerOnNode(node); app.canvas.setDirty(true, true);"))
-    page.wait_for_function(_node_js("return !!(node.__visage?.faces && node.__visage.rects?.length === 1);"),
-                           timeout=30_000)
+    page.evaluate(
+        _node_js(
+            "node.__visage && (node.__visage.rects = []); app.canvas.ds.scale = 1.2; "
+            "app.canvas.centerOnNode(node); app.canvas.setDirty(true, true);"
+        )
+    )
+    page.wait_for_function(
+        _node_js("return !!(node.__visage?.faces && node.__visage.rects?.length === 1);"), timeout=30_000
+    )
 
 
 def _client_point(page, gx, gy):
@@ -167,38 +184,48 @@ def _outside_all_faces(state, pos, faces):
     for fy in (0.02, 0.5, 0.98):
         for fx in (0.02, 0.5, 0.98):
             px, py = fx * W, fy * H
-            if not any(f["bbox"][0] - 2 <= px <= f["bbox"][2] + 2 and f["bbox"][1] - 2 <= py <= f["bbox"][3] + 2
-                       for f in faces):
+            if not any(
+                f["bbox"][0] - 2 <= px <= f["bbox"][2] + 2 and f["bbox"][1] - 2 <= py <= f["bbox"][3] + 2 for f in faces
+            ):
                 return pos[0] + rect["x"] + fx * rect["w"], pos[1] + rect["y"] + fy * rect["h"]
     return None
 
 
 def test_face_picker_end_to_end(loaded):
     page, server = loaded["page"], loaded["server"]
-    assert os.path.isfile(UI_WORKFLOW), (f"{UI_WORKFLOW} (the UI-format twin of workflows/api/face_analysis.json) is "
-                                         f"missing; write it with: .venv/bin/python tests/browser/make_ui_twin.py "
-                                         f"workflows/api/face_analysis.json")
+    assert os.path.isfile(UI_WORKFLOW), (
+        f"{UI_WORKFLOW} (the UI-format twin of workflows/api/face_analysis.json) is "
+        f"missing; write it with: .venv/bin/python tests/browser/make_ui_twin.py "
+        f"workflows/api/face_analysis.json"
+    )
     if os.environ.get("VISAGE_BROWSER_WORKFLOW"):
         with open(UI_WORKFLOW, "r", encoding="utf-8") as f:
             workflow = json.load(f)
     else:
         # ComfyUI offers workflows/*.json as this pack's templates; load it the way the Templates dialog does
         templates = server.get("/workflow_templates")
-        shipped = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.dirname(UI_WORKFLOW)) if f.endswith(".json"))
+        shipped = sorted(
+            os.path.splitext(f)[0] for f in os.listdir(os.path.dirname(UI_WORKFLOW)) if f.endswith(".json")
+        )
         assert sorted(templates.get("visage", [])) == shipped, templates
-        workflow = page.evaluate("async () => (await fetch('/api/workflow_templates/visage/face_analysis.json')).json()")
+        workflow = page.evaluate(
+            "async () => (await fetch('/api/workflow_templates/visage/face_analysis.json')).json()"
+        )
     object_info = server.object_info()
     packs = vr.input_type(object_info["VisageFaceAnalyzerLoader"], "pack")[0]
     pack = os.environ.get("VISAGE_BROWSER_PACK") or ("fixtures_real" if "fixtures_real" in packs else "visage_test")
 
     # load the shipped UI workflow as a user would, and point it at the test server's files
-    page.evaluate("async (wf) => { await window.comfyAPI.app.app.loadGraphData(wf, true, true, 'face_analysis.json'); }",
-                  workflow)
+    page.evaluate(
+        "async (wf) => { await window.comfyAPI.app.app.loadGraphData(wf, true, true, 'face_analysis.json'); }", workflow
+    )
     time.sleep(0.5)
     alerts = page.evaluate("() => [...document.querySelectorAll('.p-toast-message, .p-dialog')].map(e => e.innerText)")
-    assert not [a for a in alerts if "invalid" in a.lower() or "missing" in a.lower()], \
+    assert not [a for a in alerts if "invalid" in a.lower() or "missing" in a.lower()], (
         f"the frontend complained about {UI_WORKFLOW}: {alerts}"
-    missing = page.evaluate("""(pack) => {
+    )
+    missing = page.evaluate(
+        """(pack) => {
         const app = window.comfyAPI.app.app; const out = [];
         const loader = app.graph.nodes.find(n => n.type === 'VisageFaceAnalyzerLoader');
         const w = loader?.widgets?.find(w => w.name === 'pack'); if (w) w.value = pack; else out.push('pack');
@@ -206,7 +233,9 @@ def test_face_picker_end_to_end(loaded):
         const iw = img?.widgets?.find(w => w.name === 'image'); if (iw) iw.value = 't1.jpg'; else out.push('image');
         const an = app.graph.nodes.find(n => n.type === 'VisageAnalyzeFaces');
         const fi = an?.widgets?.find(w => w.name === 'face_index'); if (fi) fi.value = -1; else out.push('face_index');
-        return out; }""", pack)
+        return out; }""",
+        pack,
+    )
     assert not missing, f"widgets not found by name: {missing}"
     # a user adds Face Embeds -> Face Similarity (fed by the analysed faces) -> Preview Image, when the
     # workflow has no similarity node
@@ -230,15 +259,21 @@ def test_face_picker_end_to_end(loaded):
 
     _queue_and_wait(page)
     _show_analyze_node(page)
-    state = page.evaluate(_node_js("return {faces: node.__visage.faces, sizes: node.__visage.sizes, "
-                                   "rects: node.__visage.rects, pos: [node.pos[0], node.pos[1]], id: node.id};"))
+    state = page.evaluate(
+        _node_js(
+            "return {faces: node.__visage.faces, sizes: node.__visage.sizes, "
+            "rects: node.__visage.rects, pos: [node.pos[0], node.pos[1]], id: node.id};"
+        )
+    )
     faces = state["faces"][state["rects"][0]["i"]]
     assert len(faces) >= 2, f"expected several faces in t1.jpg with pack {pack}, got {faces}"
     assert all(f["selected"] for f in faces)  # face_index -1 keeps all
     H, W = state["sizes"][0]
     assert (H, W) == (886, 1280)
     assert abs(state["rects"][0]["w"] / state["rects"][0]["h"] - W / H) < 0.02  # our rect = the drawn preview
-    sim_js = "() => window.comfyAPI.app.app.graph.nodes.find(n => n.type === 'VisageFaceSimilarity')?.__visage?.similarity"
+    sim_js = (
+        "() => window.comfyAPI.app.app.graph.nodes.find(n => n.type === 'VisageFaceSimilarity')?.__visage?.similarity"
+    )
     sim = page.evaluate(sim_js)
     assert sim is not None and len(sim) == len(faces), sim  # one score line per face
     assert all(line.startswith("image 0 · face ") for line in sim)
@@ -252,13 +287,16 @@ def test_face_picker_end_to_end(loaded):
         assert page.evaluate(_node_js("return node.widgets.find(w => w.name === 'face_index').value;")) == -1
 
     # clicking a face selects it (one whose centre is inside the image: test-built detectors may box past the edge)
-    inside = [f for f in faces if 0 < (f["bbox"][0] + f["bbox"][2]) / 2 < W and 0 < (f["bbox"][1] + f["bbox"][3]) / 2 < H]
+    inside = [
+        f for f in faces if 0 < (f["bbox"][0] + f["bbox"][2]) / 2 < W and 0 < (f["bbox"][1] + f["bbox"][3]) / 2 < H
+    ]
     assert inside, faces
     target = inside[len(inside) // 2]
     p = _client_point(page, *_face_centre_graph(state, state["pos"], target))
     page.mouse.click(p[0], p[1])
-    page.wait_for_function(_node_js(f"return node.widgets.find(w => w.name === 'face_index').value === {target['index']};"),
-                           timeout=5_000)
+    page.wait_for_function(
+        _node_js(f"return node.widgets.find(w => w.name === 'face_index').value === {target['index']};"), timeout=5_000
+    )
 
     # ... and the choice is in the saved workflow JSON, at the face_index widget's place
     saved = json.loads(page.evaluate("() => JSON.stringify(window.comfyAPI.app.app.graph.serialize())"))
@@ -274,14 +312,18 @@ def test_face_picker_end_to_end(loaded):
 
     # run again: now only the picked face is selected
     _queue_and_wait(page)
-    page.wait_for_function(_node_js(f"return !!node.__visage.faces?.[0]?.every(f => f.selected === (f.index === {target['index']}));"),
-                           timeout=30_000)
+    page.wait_for_function(
+        _node_js(f"return !!node.__visage.faces?.[0]?.every(f => f.selected === (f.index === {target['index']}));"),
+        timeout=30_000,
+    )
     sim = page.evaluate(sim_js)
     assert sim == ["image 0 · face 0: 1.000"], sim  # the one selected face against its own identity
     os.makedirs(ARTIFACTS, exist_ok=True)
-    page.evaluate("() => { const app = window.comfyAPI.app.app; app.canvas.ds.scale = 1.2; "
-                  "app.canvas.centerOnNode(app.graph.nodes.find(n => n.type === 'VisageFaceSimilarity')); "
-                  "app.canvas.setDirty(true, true); }")
+    page.evaluate(
+        "() => { const app = window.comfyAPI.app.app; app.canvas.ds.scale = 1.2; "
+        "app.canvas.centerOnNode(app.graph.nodes.find(n => n.type === 'VisageFaceSimilarity')); "
+        "app.canvas.setDirty(true, true); }"
+    )
     time.sleep(0.5)
     page.screenshot(path=os.path.join(ARTIFACTS, "face_similarity.png"))
     _show_analyze_node(page)
@@ -296,7 +338,8 @@ def test_subgraphs_convert_like_the_editor(loaded, tmp_path):
     packs = vr.input_type(object_info["VisageFaceAnalyzerLoader"], "pack")[0]
     pack = os.environ.get("VISAGE_BROWSER_PACK") or ("fixtures_real" if "fixtures_real" in packs else "visage_test")
     workflow = page.evaluate("async () => (await fetch('/api/workflow_templates/visage/face_analysis.json')).json()")
-    out = page.evaluate("""async ([wf, pack]) => {
+    out = page.evaluate(
+        """async ([wf, pack]) => {
         const app = window.comfyAPI.app.app;
         await app.loadGraphData(wf, true, true, 'subgraph_test.json');
         const g = app.graph;
@@ -310,7 +353,9 @@ def test_subgraphs_convert_like_the_editor(loaded, tmp_path):
         first.node.widgets.find(w => w.name === 'face_index').value = 1;
         g.convertToSubgraph(new Set([first.node, g.nodes.find(n => n.type === 'VisageKeypointsImage')]));  // nest
         return {saved: JSON.stringify(g.serialize()), prompt: (await app.graphToPrompt()).output};
-    }""", [workflow, pack])
+    }""",
+        [workflow, pack],
+    )
     saved, front = json.loads(out["saved"]), out["prompt"]
     assert saved["definitions"]["subgraphs"], "the editor did not make a subgraph"
     strip = lambda api: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
@@ -322,8 +367,20 @@ def test_subgraphs_convert_like_the_editor(loaded, tmp_path):
     # ... and the saved file runs headless
     path = tmp_path / "subgraph.json"
     path.write_text(out["saved"])
-    r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "visage_run.py"), str(path), "--url", server.url,
-                        "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "scripts", "visage_run.py"),
+            str(path),
+            "--url",
+            server.url,
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     faces = json.loads((tmp_path / "out" / "outputs.json").read_text())["outputs"][analyze[0]]["ui"]["visage_faces"][0]
     assert [f["index"] for f in faces if f["selected"]] == [1]

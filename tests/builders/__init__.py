@@ -3,6 +3,7 @@
 Each module here has ``build(models_dir, input_dir)``; :func:`build_all` runs them all so one real
 ComfyUI server sees every family's models. Builders must be quick (seconds) and deterministic.
 """
+
 import importlib
 import logging
 import os

@@ -9,6 +9,7 @@
 ``build(models_dir, input_dir)`` writes what the comfy tier needs; the functions are used by the
 unit tests with their own shapes.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,22 +43,25 @@ def _perceiver_layers(g, sd, prefix, dim, depth, heads, ff_mult=4, dim_head=64):
         p = f"{prefix}layers.{i}."
         _ln(g, p + "0.norm1", dim, sd)
         _ln(g, p + "0.norm2", dim, sd)
-        sd[p + "0.to_q.weight"] = _rn(g, inner, dim, std=dim ** -0.5)
-        sd[p + "0.to_kv.weight"] = _rn(g, inner * 2, dim, std=dim ** -0.5)
-        sd[p + "0.to_out.weight"] = _rn(g, dim, inner, std=inner ** -0.5)
+        sd[p + "0.to_q.weight"] = _rn(g, inner, dim, std=dim**-0.5)
+        sd[p + "0.to_kv.weight"] = _rn(g, inner * 2, dim, std=dim**-0.5)
+        sd[p + "0.to_out.weight"] = _rn(g, dim, inner, std=inner**-0.5)
         _ln(g, p + "1.0", dim, sd)
-        sd[p + "1.1.weight"] = _rn(g, int(dim * ff_mult), dim, std=dim ** -0.5)
+        sd[p + "1.1.weight"] = _rn(g, int(dim * ff_mult), dim, std=dim**-0.5)
         sd[p + "1.3.weight"] = _rn(g, dim, int(dim * ff_mult), std=(dim * ff_mult) ** -0.5)
 
 
-def instantid_image_proj(seed=0, dim=1280, depth=4, heads=20, num_queries=16, embedding_dim=512,
-                         output_dim=2048) -> Dict[str, torch.Tensor]:
+def instantid_image_proj(
+    seed=0, dim=1280, depth=4, heads=20, num_queries=16, embedding_dim=512, output_dim=2048
+) -> Dict[str, torch.Tensor]:
     g = _g(seed)
-    sd = {"latents": torch.randn(1, num_queries, dim, generator=g) / dim ** 0.5,
-          "proj_in.weight": _rn(g, dim, embedding_dim, std=embedding_dim ** -0.5 * 0.05),
-          "proj_in.bias": _rn(g, dim)}
+    sd = {
+        "latents": torch.randn(1, num_queries, dim, generator=g) / dim**0.5,
+        "proj_in.weight": _rn(g, dim, embedding_dim, std=embedding_dim**-0.5 * 0.05),
+        "proj_in.bias": _rn(g, dim),
+    }
     _perceiver_layers(g, sd, "", dim, depth, heads)
-    sd["proj_out.weight"] = _rn(g, output_dim, dim, std=dim ** -0.5)
+    sd["proj_out.weight"] = _rn(g, output_dim, dim, std=dim**-0.5)
     sd["proj_out.bias"] = _rn(g, output_dim)
     _ln(g, "norm_out", output_dim, sd)
     return sd
@@ -65,29 +69,34 @@ def instantid_image_proj(seed=0, dim=1280, depth=4, heads=20, num_queries=16, em
 
 def faceid_image_proj(seed=0, cross_dim=768, num_tokens=4, id_dim=512) -> Dict[str, torch.Tensor]:
     g = _g(seed)
-    sd = {"proj.0.weight": _rn(g, id_dim * 2, id_dim, std=id_dim ** -0.5), "proj.0.bias": _rn(g, id_dim * 2),
-          "proj.2.weight": _rn(g, cross_dim * num_tokens, id_dim * 2, std=(2 * id_dim) ** -0.5),
-          "proj.2.bias": _rn(g, cross_dim * num_tokens)}
+    sd = {
+        "proj.0.weight": _rn(g, id_dim * 2, id_dim, std=id_dim**-0.5),
+        "proj.0.bias": _rn(g, id_dim * 2),
+        "proj.2.weight": _rn(g, cross_dim * num_tokens, id_dim * 2, std=(2 * id_dim) ** -0.5),
+        "proj.2.bias": _rn(g, cross_dim * num_tokens),
+    }
     _ln(g, "norm", cross_dim, sd)
     return sd
 
 
-def faceid_plus_image_proj(seed=0, cross_dim=768, clip_dim=1280, num_tokens=4, id_dim=512, depth=4
-                           ) -> Dict[str, torch.Tensor]:
+def faceid_plus_image_proj(
+    seed=0, cross_dim=768, clip_dim=1280, num_tokens=4, id_dim=512, depth=4
+) -> Dict[str, torch.Tensor]:
     g = _g(seed)
     sd = faceid_image_proj(seed + 1, cross_dim, num_tokens, id_dim)
     p = "perceiver_resampler."
-    sd[p + "proj_in.weight"] = _rn(g, cross_dim, clip_dim, std=clip_dim ** -0.5)
+    sd[p + "proj_in.weight"] = _rn(g, cross_dim, clip_dim, std=clip_dim**-0.5)
     sd[p + "proj_in.bias"] = _rn(g, cross_dim)
     _perceiver_layers(g, sd, p, cross_dim, depth, cross_dim // 64)
-    sd[p + "proj_out.weight"] = _rn(g, cross_dim, cross_dim, std=cross_dim ** -0.5)
+    sd[p + "proj_out.weight"] = _rn(g, cross_dim, cross_dim, std=cross_dim**-0.5)
     sd[p + "proj_out.bias"] = _rn(g, cross_dim)
     _ln(g, p + "norm_out", cross_dim, sd)
     return sd
 
 
-def ip_adapter_layers(widths: Sequence[int], context_dim: int, seed=0, with_lora: bool = False,
-                      std: float = 0.05) -> Dict[str, torch.Tensor]:
+def ip_adapter_layers(
+    widths: Sequence[int], context_dim: int, seed=0, with_lora: bool = False, std: float = 0.05
+) -> Dict[str, torch.Tensor]:
     """'<n>.to_k_ip.weight' / '<n>.to_v_ip.weight' at n = 1, 3, 5 ... (attn2 of every block)."""
     g = _g(seed)
     sd = {}
@@ -106,6 +115,7 @@ def save_adapter(path: str, image_proj: Dict[str, torch.Tensor], ip_adapter: Dic
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     if path.endswith(".safetensors"):
         from safetensors.torch import save_file
+
         flat = {f"image_proj.{k}": v.contiguous() for k, v in image_proj.items()}
         flat.update({f"ip_adapter.{k}": v.contiguous() for k, v in ip_adapter.items()})
         save_file(flat, path)
@@ -116,13 +126,14 @@ def save_adapter(path: str, image_proj: Dict[str, torch.Tensor], ip_adapter: Dic
 
 # ------------------------------------------------------------------------------ tiny SD1.5 UNet
 
+
 def _conv(g, sd, p, cout, cin, k=3):
     sd[p + ".weight"] = _rn(g, cout, cin, k, k, std=(cin * k * k) ** -0.5 * 0.5)
     sd[p + ".bias"] = _rn(g, cout)
 
 
 def _lin(g, sd, p, cout, cin, bias=True):
-    sd[p + ".weight"] = _rn(g, cout, cin, std=cin ** -0.5 * 0.5)
+    sd[p + ".weight"] = _rn(g, cout, cin, std=cin**-0.5 * 0.5)
     if bias:
         sd[p + ".bias"] = _rn(g, cout)
 
@@ -201,17 +212,19 @@ def tiny_clip_l(seed=0) -> Dict[str, torch.Tensor]:
     yet every token -- and the injected identity -- changes the output."""
     g = _g(seed)
     d, ff = 768, 3072
-    sd = {"text_model.embeddings.token_embedding.weight": _rn(g, 49408, d),
-          "text_model.embeddings.position_embedding.weight": _rn(g, 77, d, std=0.01)}
+    sd = {
+        "text_model.embeddings.token_embedding.weight": _rn(g, 49408, d),
+        "text_model.embeddings.position_embedding.weight": _rn(g, 77, d, std=0.01),
+    }
     for i in range(12):
         p = f"text_model.encoder.layers.{i}."
         z = i > 0
         for n in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            sd[p + f"self_attn.{n}.weight"] = torch.zeros(d, d) if z else _rn(g, d, d, std=d ** -0.5)
+            sd[p + f"self_attn.{n}.weight"] = torch.zeros(d, d) if z else _rn(g, d, d, std=d**-0.5)
             sd[p + f"self_attn.{n}.bias"] = torch.zeros(d)
-        sd[p + "mlp.fc1.weight"] = torch.zeros(ff, d) if z else _rn(g, ff, d, std=d ** -0.5)
+        sd[p + "mlp.fc1.weight"] = torch.zeros(ff, d) if z else _rn(g, ff, d, std=d**-0.5)
         sd[p + "mlp.fc1.bias"] = torch.zeros(ff)
-        sd[p + "mlp.fc2.weight"] = torch.zeros(d, ff) if z else _rn(g, d, ff, std=ff ** -0.5)
+        sd[p + "mlp.fc2.weight"] = torch.zeros(d, ff) if z else _rn(g, d, ff, std=ff**-0.5)
         sd[p + "mlp.fc2.bias"] = torch.zeros(d)
         for n in ("layer_norm1", "layer_norm2"):
             sd[p + n + ".weight"] = torch.ones(d)
@@ -235,19 +248,19 @@ def tiny_lora(seed=0, rank=4) -> Dict[str, torch.Tensor]:
 
 
 TEST_FILES = {
-    "unet": "visage_tiny_sd15_unet.safetensors",            # diffusion_models/ (also the Arc2Face UNet stand-in)
-    "clip": "visage_tiny_clip_l.safetensors",               # text_encoders/ (also Arc2Face's encoder stand-in)
-    "faceid": "visage-test-faceid_tiny.bin",                # ipadapter/
-    "faceid_sdxl": "visage-test-faceid_sdxl_layout.bin",    # ipadapter/
+    "unet": "visage_tiny_sd15_unet.safetensors",  # diffusion_models/ (also the Arc2Face UNet stand-in)
+    "clip": "visage_tiny_clip_l.safetensors",  # text_encoders/ (also Arc2Face's encoder stand-in)
+    "faceid": "visage-test-faceid_tiny.bin",  # ipadapter/
+    "faceid_sdxl": "visage-test-faceid_sdxl_layout.bin",  # ipadapter/
     "faceid_plusv2": "visage-test-faceid-plusv2_tiny.bin",  # ipadapter/ (released SD1.5 Plus V2 shapes, fp16)
     "clip_vision": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",  # clip_vision/ (link to the cached ViT-H)
     "faceid_lora": "visage-test-faceid_tiny_lora.safetensors",  # loras/
     "instantid": "visage-test-instantid_tiny.safetensors",  # instantid/
     "controlnet": "visage-test-identitynet_tiny.safetensors",  # controlnet/
-    "embeds": "visage-test-two-identities.safetensors",     # visage/embeds/
-    "embeds1": "visage-test-one-identity.safetensors",      # visage/embeds/
-    "pack": "visage_adapters_realdet",                      # insightface/models/ (only with ../shared/fixtures)
-    "photo": "visage_adapters_t1.jpg",                      # input/ (only with ../shared/fixtures)
+    "embeds": "visage-test-two-identities.safetensors",  # visage/embeds/
+    "embeds1": "visage-test-one-identity.safetensors",  # visage/embeds/
+    "pack": "visage_adapters_realdet",  # insightface/models/ (only with ../shared/fixtures)
+    "photo": "visage_adapters_t1.jpg",  # input/ (only with ../shared/fixtures)
 }
 
 
@@ -259,6 +272,7 @@ def _shared_fixture(*parts):
 
 def build(models_dir: str, input_dir: str) -> None:
     from safetensors.torch import save_file
+
     j = os.path.join
 
     def put(sub, name, sd):
@@ -269,26 +283,40 @@ def build(models_dir: str, input_dir: str) -> None:
     put("text_encoders", TEST_FILES["clip"], tiny_clip_l(0))
     put("loras", TEST_FILES["faceid_lora"], tiny_lora(5))
     put("controlnet", TEST_FILES["controlnet"], tiny_controlnet(6))
-    save_adapter(j(models_dir, "ipadapter", TEST_FILES["faceid"]), faceid_image_proj(1, 768, 4),
-                 ip_adapter_layers(TINY_WIDTHS, 768, seed=2, with_lora=True, std=0.5))
+    save_adapter(
+        j(models_dir, "ipadapter", TEST_FILES["faceid"]),
+        faceid_image_proj(1, 768, 4),
+        ip_adapter_layers(TINY_WIDTHS, 768, seed=2, with_lora=True, std=0.5),
+    )
     # FaceID Plus V2 with the released SD1.5 image_proj shapes (CLIP-ViT-H 1280 -> 768, 4 tokens, 12 heads),
     # fp16 as released, and ip layers for the tiny UNet's four cross-attentions
-    save_adapter(j(models_dir, "ipadapter", TEST_FILES["faceid_plusv2"]),
-                 {k: v.half() for k, v in faceid_plus_image_proj(12, 768, 1280, 4).items()},
-                 {k: v.half() for k, v in ip_adapter_layers(TINY_WIDTHS, 768, seed=13, with_lora=True, std=0.5).items()})
+    save_adapter(
+        j(models_dir, "ipadapter", TEST_FILES["faceid_plusv2"]),
+        {k: v.half() for k, v in faceid_plus_image_proj(12, 768, 1280, 4).items()},
+        {k: v.half() for k, v in ip_adapter_layers(TINY_WIDTHS, 768, seed=13, with_lora=True, std=0.5).items()},
+    )
     link_clip_vision(models_dir)
     # an SDXL-layout FaceID file (70 cross-attentions, context 2048; narrow layers to stay small)
-    save_adapter(j(models_dir, "ipadapter", TEST_FILES["faceid_sdxl"]), faceid_image_proj(7, 2048, 4),
-                 ip_adapter_layers([8] * 70, 2048, seed=8))
-    save_adapter(j(models_dir, "instantid", TEST_FILES["instantid"]),
-                 instantid_image_proj(3, dim=128, depth=2, heads=2, output_dim=768),
-                 ip_adapter_layers(TINY_WIDTHS, 768, seed=4, std=0.5))
+    save_adapter(
+        j(models_dir, "ipadapter", TEST_FILES["faceid_sdxl"]),
+        faceid_image_proj(7, 2048, 4),
+        ip_adapter_layers([8] * 70, 2048, seed=8),
+    )
+    save_adapter(
+        j(models_dir, "instantid", TEST_FILES["instantid"]),
+        instantid_image_proj(3, dim=128, depth=2, heads=2, output_dim=768),
+        ip_adapter_layers(TINY_WIDTHS, 768, seed=4, std=0.5),
+    )
     # the same InstantID file misplaced in models/ipadapter (users do this): the FaceID loader must refuse it
     import shutil
-    shutil.copy(j(models_dir, "instantid", TEST_FILES["instantid"]), j(models_dir, "ipadapter", TEST_FILES["instantid"]))
+
+    shutil.copy(
+        j(models_dir, "instantid", TEST_FILES["instantid"]), j(models_dir, "ipadapter", TEST_FILES["instantid"])
+    )
     # two identities as saved embeddings (what 'Visage Save Face Embeds' writes)
     from visage.nodes.common.types import FaceEmbeds
     from visage.nodes.face.embeds_io import save_embeds
+
     os.makedirs(j(models_dir, "visage", "embeds"), exist_ok=True)
     raw = torch.randn(2, 512, generator=_g(9)) * 1.5
     save_embeds(FaceEmbeds.from_raw(raw, "glintr100"), j(models_dir, "visage", "embeds", TEST_FILES["embeds"]))
@@ -299,7 +327,9 @@ def build(models_dir: str, input_dir: str) -> None:
     photo = _shared_fixture("images", "insightface", "t1.jpg")
     if det and photo:
         import shutil
+
         from builders.face import make_per_face
+
         pack = j(models_dir, "insightface", "models", TEST_FILES["pack"])
         os.makedirs(pack, exist_ok=True)
         shutil.copy(det, j(pack, "det_500m.onnx"))
@@ -309,9 +339,13 @@ def build(models_dir: str, input_dir: str) -> None:
     # an InstantID keypoint image of two faces (left and right half) for IdentityNet
     import numpy as np
     from PIL import Image
+
     from visage.nodes.adapters.identity import keypoint_hints
-    kps = [np.array([[12, 24], [22, 24], [17, 30], [13, 36], [21, 36]], np.float32),
-           np.array([[42, 22], [52, 22], [47, 28], [43, 34], [51, 34]], np.float32)]
+
+    kps = [
+        np.array([[12, 24], [22, 24], [17, 30], [13, 36], [21, 36]], np.float32),
+        np.array([[42, 22], [52, 22], [47, 28], [43, 34], [51, 34]], np.float32),
+    ]
     img = keypoint_hints(kps, (64, 64), per_identity=False)[0]
     os.makedirs(input_dir, exist_ok=True)
     Image.fromarray((img.numpy() * 255).round().astype(np.uint8)).save(j(input_dir, "visage_test_kps_two.png"))
@@ -327,30 +361,41 @@ def build(models_dir: str, input_dir: str) -> None:
 # 1280 wide, 632M parameters), random fp16. It is built once per machine into a cache outside the repo
 # (streamed tensor by tensor, so the builder never holds more than one tensor) and linked into models/.
 
-CLIP_VISION_BUILDER = "visage-vith14-random-v1"   # bump when the contents below change
+CLIP_VISION_BUILDER = "visage-vith14-random-v1"  # bump when the contents below change
 CLIP_VISION_FILE = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
 
 
-def vit_h14_spec(layers: int = 32, d: int = 1280, ff: int = 5120, proj: int = 1024, patch: int = 14,
-                 image: int = 224):
+def vit_h14_spec(layers: int = 32, d: int = 1280, ff: int = 5120, proj: int = 1024, patch: int = 14, image: int = 224):
     """(key, shape, init, std) of the released CLIP-ViT-H-14 vision tower, in file order.
     init: 'n' normal(0, std), 'ln' 1 + normal(0, std), 'b' normal(0, std) (biases)."""
     tokens = (image // patch) ** 2 + 1
     e = "vision_model.embeddings."
-    out = [(e + "class_embedding", (d,), "n", 0.02),
-           (e + "patch_embedding.weight", (d, 3, patch, patch), "n", (3 * patch * patch) ** -0.5),
-           (e + "position_embedding.weight", (tokens, d), "n", 0.02),
-           ("vision_model.pre_layrnorm.weight", (d,), "ln", 0.05), ("vision_model.pre_layrnorm.bias", (d,), "b", 0.02)]
+    out = [
+        (e + "class_embedding", (d,), "n", 0.02),
+        (e + "patch_embedding.weight", (d, 3, patch, patch), "n", (3 * patch * patch) ** -0.5),
+        (e + "position_embedding.weight", (tokens, d), "n", 0.02),
+        ("vision_model.pre_layrnorm.weight", (d,), "ln", 0.05),
+        ("vision_model.pre_layrnorm.bias", (d,), "b", 0.02),
+    ]
     for i in range(layers):
         p = f"vision_model.encoder.layers.{i}."
         for n in ("k_proj", "v_proj", "q_proj", "out_proj"):
             out += [(p + f"self_attn.{n}.weight", (d, d), "n", 0.02), (p + f"self_attn.{n}.bias", (d,), "b", 0.01)]
-        out += [(p + "layer_norm1.weight", (d,), "ln", 0.05), (p + "layer_norm1.bias", (d,), "b", 0.02),
-                (p + "mlp.fc1.weight", (ff, d), "n", 0.02), (p + "mlp.fc1.bias", (ff,), "b", 0.01),
-                (p + "mlp.fc2.weight", (d, ff), "n", 0.01), (p + "mlp.fc2.bias", (d,), "b", 0.01),
-                (p + "layer_norm2.weight", (d,), "ln", 0.05), (p + "layer_norm2.bias", (d,), "b", 0.02)]
-    out += [("vision_model.post_layernorm.weight", (d,), "ln", 0.05), ("vision_model.post_layernorm.bias", (d,), "b", 0.02),
-            ("visual_projection.weight", (proj, d), "n", d ** -0.5)]
+        out += [
+            (p + "layer_norm1.weight", (d,), "ln", 0.05),
+            (p + "layer_norm1.bias", (d,), "b", 0.02),
+            (p + "mlp.fc1.weight", (ff, d), "n", 0.02),
+            (p + "mlp.fc1.bias", (ff,), "b", 0.01),
+            (p + "mlp.fc2.weight", (d, ff), "n", 0.01),
+            (p + "mlp.fc2.bias", (d,), "b", 0.01),
+            (p + "layer_norm2.weight", (d,), "ln", 0.05),
+            (p + "layer_norm2.bias", (d,), "b", 0.02),
+        ]
+    out += [
+        ("vision_model.post_layernorm.weight", (d,), "ln", 0.05),
+        ("vision_model.post_layernorm.bias", (d,), "b", 0.02),
+        ("visual_projection.weight", (proj, d), "n", d**-0.5),
+    ]
     return out
 
 
@@ -359,7 +404,9 @@ def write_vit_h14(path: str, seed: int = 20, **spec_kw) -> str:
     Every tensor has its own generator (seed, index), so the bytes do not depend on anything else."""
     import json
     import struct
+
     import numpy as np
+
     spec = vit_h14_spec(**spec_kw)
     header, off = {}, 0
     for key, shape, _, _ in spec:
@@ -372,7 +419,7 @@ def write_vit_h14(path: str, seed: int = 20, **spec_kw) -> str:
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(hb)))
         f.write(hb)
-        for i, (key, shape, init, std) in enumerate(spec):
+        for i, (_key, shape, init, std) in enumerate(spec):
             t = torch.randn(*shape, generator=_g(seed * 100003 + i)).mul_(std)
             if init == "ln":
                 t.add_(1.0)
@@ -396,6 +443,7 @@ def link_clip_vision(models_dir: str) -> str:
         os.symlink(src, dst)
     except OSError:
         import shutil
+
         shutil.copy(src, dst)
     return dst
 
@@ -404,13 +452,16 @@ def _complete_safetensors(path: str) -> bool:
     """The file exists and its size is exactly header + every tensor its header lists (not truncated)."""
     import json
     import struct
+
     try:
         with open(path, "rb") as f:
             n = struct.unpack("<Q", f.read(8))[0]
             header = json.loads(f.read(n))
         end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
-        return header.get("__metadata__", {}).get("visage_builder") == CLIP_VISION_BUILDER and \
-            os.path.getsize(path) == 8 + n + end
+        return (
+            header.get("__metadata__", {}).get("visage_builder") == CLIP_VISION_BUILDER
+            and os.path.getsize(path) == 8 + n + end
+        )
     except (OSError, ValueError, KeyError, struct.error):
         return False
 
@@ -422,6 +473,7 @@ def cached_vit_h14() -> str:
     if not _complete_safetensors(path):
         import logging
         import time
+
         os.makedirs(d, exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
         t0 = time.perf_counter()

@@ -6,6 +6,7 @@ input image for the workflows. Weights are scaled so activations stay finite (co
 N(0, 1/fan_in), BatchNorm/LayerNorm identity, SPADE's spectral-norm vectors from a few power
 iterations so the folded weights are well conditioned).
 """
+
 from __future__ import annotations
 
 import math
@@ -58,6 +59,7 @@ def released_state_dict(kind: str, seed: int = 0, dtype=torch.float16, layout=No
 
 def write_models(folder: str, seed: int = 0, dtype=torch.float16) -> Dict[str, str]:
     from safetensors.torch import save_file
+
     os.makedirs(folder, exist_ok=True)
     paths = {}
     for kind, name in NAMES.items():
@@ -86,7 +88,10 @@ def portrait(size=(384, 320), seed=0) -> np.ndarray:
 def build(models_dir: str, input_dir: str) -> None:
     write_models(os.path.join(models_dir, "liveportrait"))
     import cv2
+
     os.makedirs(input_dir, exist_ok=True)
     img = portrait()
     cv2.imwrite(os.path.join(input_dir, "visage_expression_source.png"), img[..., ::-1])
-    cv2.imwrite(os.path.join(input_dir, "visage_expression_driving.png"), np.ascontiguousarray(np.flip(img, 1))[..., ::-1])
+    cv2.imwrite(
+        os.path.join(input_dir, "visage_expression_driving.png"), np.ascontiguousarray(np.flip(img, 1))[..., ::-1]
+    )

@@ -9,6 +9,7 @@
 The weights are random but deterministic; the detector's heads are shaped so a handful of boxes
 pass the 0.5 threshold on natural photos.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,9 @@ class _G:
         scale = scale if scale is not None else 1.0 / np.sqrt(cin * k * k)
         w = (self.rng.randn(cout, cin, k, k) * scale).astype(np.float32)
         b = np.full((cout,), bias, np.float32) + (self.rng.randn(cout) * 0.05).astype(np.float32)
-        return self.op("Conv", [x, self.const(w), self.const(b)], kernel_shape=[k, k], strides=[s, s],
-                       pads=[p, p, p, p])
+        return self.op(
+            "Conv", [x, self.const(w), self.const(b)], kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p]
+        )
 
 
 def make_scrfd(path, seed=0, batched=False, fixed_size=None, num_outputs=9):
@@ -74,8 +76,9 @@ def make_scrfd(path, seed=0, batched=False, fixed_size=None, num_outputs=9):
     for i, nm in enumerate(names):
         c = (1, 4, 10)[i // 3]
         out_vi.append(helper.make_tensor_value_info(nm, TensorProto.FLOAT, [1, "K", c] if batched else ["K", c]))
-    graph = helper.make_graph(g.nodes, "scrfd_test", [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 3] + hw)],
-                              out_vi, g.inits)
+    graph = helper.make_graph(
+        g.nodes, "scrfd_test", [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 3] + hw)], out_vi, g.inits
+    )
     _save(graph, path)
 
 
@@ -97,9 +100,13 @@ def _backbone(g, x, size, cout_flat, out_name, tanh=False, sub_mul=False):
 def make_per_face(path, size, out_dim, in_name="data", out_name="fc1", seed=1, tanh=False, sub_mul=False):
     g = _G(seed)
     _backbone(g, in_name, size, out_dim, out_name, tanh=tanh, sub_mul=sub_mul)
-    graph = helper.make_graph(g.nodes, "face_test",
-                              [helper.make_tensor_value_info(in_name, TensorProto.FLOAT, ["None", 3, size, size])],
-                              [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["None", out_dim])], g.inits)
+    graph = helper.make_graph(
+        g.nodes,
+        "face_test",
+        [helper.make_tensor_value_info(in_name, TensorProto.FLOAT, ["None", 3, size, size])],
+        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["None", out_dim])],
+        g.inits,
+    )
     _save(graph, path)
 
 
@@ -111,15 +118,30 @@ def _save(graph, path):
     onnx.save(model, path)
 
 
-def build_face_pack(pack_dir, with_recognizer=True, with_landmarks=True, with_genderage=True,
-                    batched_detector=False, detector_name="det_10g.onnx", recognizer_name="w600k_r50.onnx",
-                    sub_mul_recognizer=False, seed=0):
+def build_face_pack(
+    pack_dir,
+    with_recognizer=True,
+    with_landmarks=True,
+    with_genderage=True,
+    batched_detector=False,
+    detector_name="det_10g.onnx",
+    recognizer_name="w600k_r50.onnx",
+    sub_mul_recognizer=False,
+    seed=0,
+):
     """Write a buffalo_l-like pack of tiny models into ``pack_dir``; returns the folder."""
     os.makedirs(pack_dir, exist_ok=True)
     make_scrfd(os.path.join(pack_dir, detector_name), seed=seed, batched=batched_detector)
     if with_recognizer:
-        make_per_face(os.path.join(pack_dir, recognizer_name), 112, 512, in_name="input.1", out_name="683",
-                      seed=seed + 1, sub_mul=sub_mul_recognizer)
+        make_per_face(
+            os.path.join(pack_dir, recognizer_name),
+            112,
+            512,
+            in_name="input.1",
+            out_name="683",
+            seed=seed + 1,
+            sub_mul=sub_mul_recognizer,
+        )
     if with_landmarks:
         make_per_face(os.path.join(pack_dir, "2d106det.onnx"), 192, 212, seed=seed + 2, tanh=True)
         make_per_face(os.path.join(pack_dir, "1k3d68.onnx"), 192, 3309, seed=seed + 3, tanh=True)
@@ -129,6 +151,7 @@ def build_face_pack(pack_dir, with_recognizer=True, with_landmarks=True, with_ge
 
 
 # ----------------------------------------------------------------------------- comfy tier
+
 
 def _shared_fixture(*parts):
     here = os.path.dirname(os.path.abspath(__file__))
@@ -152,10 +175,12 @@ def build(models_dir, input_dir):
     # images: the group photo shipped with insightface, and a blank frame
     try:
         import insightface
+
         t1 = os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg")
         shutil.copy(t1, os.path.join(input_dir, "t1.jpg"))
     except Exception:
         pass
     import cv2
+
     blank = np.full((256, 320, 3), 127, np.uint8)
     cv2.imwrite(os.path.join(input_dir, "no_face.png"), blank)

@@ -1,11 +1,11 @@
 """Fixtures of the `comfy` tier: one real ComfyUI server for the whole session, started with --cpu on
 a free loopback port, with this pack in custom_nodes and models built by tests/builders/*.py."""
+
 import os
 import shutil
 
-import pytest
-
 import comfy_harness as ch
+import pytest
 from builders import build_all
 
 COMFY_SKIP_REASON = None
@@ -21,8 +21,10 @@ def pytest_collection_modifyitems(config, items):
 def comfy_path():
     p = ch.find_comfyui()
     if p is None:
-        pytest.skip("COMFY TIER SKIPPED: no ComfyUI found (set COMFYUI_PATH, put this pack in "
-                    "ComfyUI/custom_nodes, or lay ComfyUI out at /opt/ComfyUI)")
+        pytest.skip(
+            "COMFY TIER SKIPPED: no ComfyUI found (set COMFYUI_PATH, put this pack in "
+            "ComfyUI/custom_nodes, or lay ComfyUI out at /opt/ComfyUI)"
+        )
     return p
 
 

@@ -1,11 +1,11 @@
 """Block keys of every cross-attention, checked against ComfyUI's own UNet (in-process, no server) and
 the numbering order against diffusers' attention-processor order (what the released files use)."""
+
 import os
 import sys
 
 import pytest
 import torch
-
 from builders import adapters as B
 
 COMFY = os.environ.get("COMFYUI_PATH", "/opt/ComfyUI")
@@ -18,26 +18,50 @@ def openaimodel():
     if COMFY not in sys.path:
         sys.path.insert(0, COMFY)
     import comfy.options
+
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
+
     comfy.cli_args.args.cpu = True
-    from comfy.ldm.modules.diffusionmodules import openaimodel as om
     import comfy.ops
+    from comfy.ldm.modules.diffusionmodules import openaimodel as om
+
     return om, comfy.ops
 
 
 def _unet(om, ops, kind, mc=32):
-    common = dict(image_size=32, in_channels=4, out_channels=4, model_channels=mc, num_head_channels=8,
-                  use_spatial_transformer=True, legacy=False, operations=ops.disable_weight_init, dtype=torch.float32,
-                  device="cpu")
+    common = dict(
+        image_size=32,
+        in_channels=4,
+        out_channels=4,
+        model_channels=mc,
+        num_head_channels=8,
+        use_spatial_transformer=True,
+        legacy=False,
+        operations=ops.disable_weight_init,
+        dtype=torch.float32,
+        device="cpu",
+    )
     if kind == "sd15":
-        cfg = dict(num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
-                   transformer_depth_middle=1, transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-                   context_dim=48, use_linear_in_transformer=False)
+        cfg = dict(
+            num_res_blocks=[2, 2, 2, 2],
+            channel_mult=[1, 2, 4, 4],
+            transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+            transformer_depth_middle=1,
+            transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+            context_dim=48,
+            use_linear_in_transformer=False,
+        )
     else:
-        cfg = dict(num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 10, 10],
-                   transformer_depth_middle=10, transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
-                   context_dim=64, use_linear_in_transformer=True)
+        cfg = dict(
+            num_res_blocks=[2, 2, 2],
+            channel_mult=[1, 2, 4],
+            transformer_depth=[0, 0, 2, 2, 10, 10],
+            transformer_depth_middle=10,
+            transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
+            context_dim=64,
+            use_linear_in_transformer=True,
+        )
     cfg["num_heads"] = -1
     m = om.UNetModel(**common, **cfg)
     for p in m.parameters():
@@ -54,24 +78,41 @@ def _recorded_keys(unet, ctx_dim):
 
     to = {"patches": {"attn2_patch": [rec]}}
     with torch.no_grad():
-        unet(torch.randn(1, 4, 16, 16), timesteps=torch.tensor([10.0]), context=torch.randn(1, 5, ctx_dim),
-             transformer_options=to, y=None)
+        unet(
+            torch.randn(1, 4, 16, 16),
+            timesteps=torch.tensor([10.0]),
+            context=torch.randn(1, 5, ctx_dim),
+            transformer_options=to,
+            y=None,
+        )
     return seen
 
 
 def _diffusers_attn2_widths(kind):
     from diffusers import UNet2DConditionModel
+
     if kind == "sd15":
-        m = UNet2DConditionModel(block_out_channels=(32, 64, 128, 128), layers_per_block=2, cross_attention_dim=48,
-                                 attention_head_dim=8, norm_num_groups=32,
-                                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+        m = UNet2DConditionModel(
+            block_out_channels=(32, 64, 128, 128),
+            layers_per_block=2,
+            cross_attention_dim=48,
+            attention_head_dim=8,
+            norm_num_groups=32,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        )
     else:
-        m = UNet2DConditionModel(block_out_channels=(32, 64, 128), layers_per_block=2, cross_attention_dim=64,
-                                 attention_head_dim=8, norm_num_groups=32, transformer_layers_per_block=(1, 2, 10),
-                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
-    procs = list(m.attn_processors.keys())            # the order the released files number their layers
+        m = UNet2DConditionModel(
+            block_out_channels=(32, 64, 128),
+            layers_per_block=2,
+            cross_attention_dim=64,
+            attention_head_dim=8,
+            norm_num_groups=32,
+            transformer_layers_per_block=(1, 2, 10),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        )
+    procs = list(m.attn_processors.keys())  # the order the released files number their layers
     widths = []
     for name in procs:
         if name.endswith("attn2.processor"):
@@ -83,6 +124,7 @@ def _diffusers_attn2_widths(kind):
 @pytest.mark.parametrize("kind", ["sd15", "sdxl"])
 def test_cross_attention_blocks_match_model_and_released_numbering(openaimodel, kind):
     from visage.nodes.adapters.attention import cross_attention_blocks
+
     om, ops = openaimodel
     unet = _unet(om, ops, kind)
     ours = cross_attention_blocks(unet)
@@ -106,7 +148,9 @@ def test_patch_moves_with_modelpatcher_and_clone_shares_it(openaimodel):
     """ComfyUI's own ModelPatcher: clone() keeps one patch object (no weight copies), model_patches_to
     moves/casts its K/V with the UNet, and the unpatched original has no patch."""
     import comfy.model_patcher
+
     from visage.nodes.adapters.attention import IdentityAttentionPatch, IdentityEntry, cross_attention_blocks
+
     om, ops = openaimodel
     unet = _unet(om, ops, "sd15")
     blocks = cross_attention_blocks(unet)

@@ -10,16 +10,16 @@ group photo), and the tiny SD1.5-architecture UNet.
   penultimate hidden states of the face aligned as insightface's norm_crop(224) does (cv2), and the
   negative's are those of the all-zero normalised input, as the published IP-Adapter code does.
 """
+
 import copy
 import os
 import re
 import sys
 
+import comfy_harness as ch
 import numpy as np
 import pytest
 import torch
-
-import comfy_harness as ch
 from builders import adapters as B
 
 WF = "visage_faceid_plus.json"
@@ -34,6 +34,7 @@ def _need_fixtures():
 
 def _latent(server, entry):
     from safetensors.torch import load_file
+
     files = [f for f in server.output_files(entry) if f.endswith(".latent")]
     assert len(files) == 1, files
     return load_file(files[0])["latent_tensor"]
@@ -55,7 +56,7 @@ def runs(comfy_server):
     for k in ("apply", "faceid", "clip_vision", "analyzer", "faces", "photo"):
         plain.pop(k)
     adapter = copy.deepcopy(wf)
-    adapter["apply"]["inputs"]["lora_name"] = "none"         # the identity attention alone
+    adapter["apply"]["inputs"]["lora_name"] = "none"  # the identity attention alone
     w0 = copy.deepcopy(adapter)
     w0["apply"]["inputs"]["weight"] = 0.0
     v1 = copy.deepcopy(adapter)
@@ -89,27 +90,34 @@ def test_weight_zero_and_plain_after_are_the_plain_model(runs):
 
 
 def test_server_used_vit_h_penultimate_features_encoded_once(runs):
-    lines = re.findall(r"FaceID Plus CLIP-vision features of (\d+) face\(s\) \(([\d, ]+)\), (encoded|from cache)",
-                       runs["log"])
+    lines = re.findall(
+        r"FaceID Plus CLIP-vision features of (\d+) face\(s\) \(([\d, ]+)\), (encoded|from cache)", runs["log"]
+    )
     assert [l[2] for l in lines] == ["encoded", "from cache", "from cache", "from cache"], lines
-    assert all(l[0] == "1" and l[1] == "1, 257, 1280" for l in lines), lines   # ViT-H/14 at 224: 257 tokens x 1280
+    assert all(l[0] == "1" and l[1] == "1, 257, 1280" for l in lines), lines  # ViT-H/14 at 224: 257 tokens x 1280
 
 
 # ------------------------------------------------------------------------------------------- in-process
+
 
 @pytest.fixture(scope="module")
 def comfy_inproc(comfy_path):
     if comfy_path not in sys.path:
         sys.path.insert(0, comfy_path)
     import comfy.options
+
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
+
     comfy.cli_args.args.cpu = True
     import comfy.clip_vision
+
     yield comfy.clip_vision
     # release ComfyUI's ModelPatchers while ComfyUI's modules are alive (not in __del__ at exit)
     import gc
+
     import comfy.model_management as mm
+
     mm.unload_all_models()
     N_cache = sys.modules.get("visage.nodes.adapters.node")
     if N_cache is not None:
@@ -119,8 +127,9 @@ def comfy_inproc(comfy_path):
 
 def test_features_are_clip_vision_encode_of_the_aligned_face(comfy_base, comfy_inproc, comfy_path):
     _need_fixtures()
-    from PIL import Image
     from insightface.utils.face_align import norm_crop
+    from PIL import Image
+
     from visage.nodes.adapters import node as N
     from visage.nodes.common.types import FaceSet
     from visage.nodes.face.analyzer import load_analyzer
@@ -129,11 +138,12 @@ def test_features_are_clip_vision_encode_of_the_aligned_face(comfy_base, comfy_i
     with open(os.path.join(comfy_path, "nodes.py"), encoding="utf-8") as f:
         assert "output = clip_vision.encode_image(image, crop=crop_image)" in f.read()
     path = os.path.join(comfy_base["models"], "clip_vision", B.TEST_FILES["clip_vision"])
-    cv = comfy_inproc.load(path)                                 # what 'Load CLIP Vision' calls
+    cv = comfy_inproc.load(path)  # what 'Load CLIP Vision' calls
     vm = cv.model.vision_model
     assert len(vm.encoder.layers) == 32 and vm.embeddings.position_embedding.weight.shape == (257, 1280)
     # every parameter of ComfyUI's ViT-H comes from the file, with the same shape (nothing left uninitialised)
     from safetensors import safe_open
+
     with safe_open(path, "pt") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     assert shapes == {k: tuple(v.shape) for k, v in cv.model.state_dict().items()}
@@ -141,22 +151,22 @@ def test_features_are_clip_vision_encode_of_the_aligned_face(comfy_base, comfy_i
     pack = os.path.join(comfy_base["models"], "insightface", "models", B.TEST_FILES["pack"])
     an = load_analyzer(pack, "cpu", torch.float32, engine="onnxruntime")
     photo = np.asarray(Image.open(os.path.join(comfy_base["input"], B.TEST_FILES["photo"])).convert("RGB"))
-    image = torch.from_numpy(photo.astype(np.float32) / 255.0)[None]   # as LoadImage gives it
+    image = torch.from_numpy(photo.astype(np.float32) / 255.0)[None]  # as LoadImage gives it
     fs = an.analyze(image)
-    first = min(fs.faces[0], key=lambda f: float(f.bbox[0]))            # the workflow's face (left_to_right, 1)
+    first = min(fs.faces[0], key=lambda f: float(f.bbox[0]))  # the workflow's face (left_to_right, 1)
     faces = FaceSet(faces=((first,),), image_sizes=fs.image_sizes)
 
     N.CLIP_CACHE.clear()
     with torch.inference_mode():
         cond, uncond = N.VisageApplyFaceID._clip_features(faces, image, cv, None, 1280)
-        ref_crop = norm_crop(photo, first.kps.numpy(), image_size=224)          # insightface, cv2.warpAffine
+        ref_crop = norm_crop(photo, first.kps.numpy(), image_size=224)  # insightface, cv2.warpAffine
         ref = cv.encode_image(torch.from_numpy(ref_crop.astype(np.float32) / 255.0)[None], crop=True)
         zero = cv.model(pixel_values=torch.zeros(1, 3, 224, 224), intermediate_output=-2)[1].float()
     assert cond.shape == uncond.shape == (1, 257, 1280) and cond.dtype == torch.float32
     assert torch.isfinite(cond).all()
     d_ref = (cond[0] - ref.penultimate_hidden_states[0]).norm()
-    d_last = (cond[0] - ref.last_hidden_state[0]).norm()         # the last layer instead of the penultimate
-    d_zero = (cond[0] - zero[0]).norm()                          # another input (the blank negative)
+    d_last = (cond[0] - ref.last_hidden_state[0]).norm()  # the last layer instead of the penultimate
+    d_zero = (cond[0] - zero[0]).norm()  # another input (the blank negative)
     assert d_ref < 0.02 * d_last and d_ref < 0.02 * d_zero, (float(d_ref), float(d_last), float(d_zero))
     # the negative: the all-zero normalised input through the vision model (published IP-Adapter FaceID Plus)
     torch.testing.assert_close(uncond, zero)

@@ -1,19 +1,20 @@
 """A real ComfyUI (--cpu) runs the adapters' example API workflows with test-built weights (tiny
 SD1.5-architecture UNet, CLIP-L text encoder, released-format adapter files) and the identity
 changes the sampled latent; without the patch the result is the plain model's."""
+
 import copy
 import json
 
+import comfy_harness as ch
 import pytest
 import torch
-
-import comfy_harness as ch
 
 WF = ["visage_faceid_regional.json", "visage_instantid.json", "visage_instantid_regional.json", "visage_arc2face.json"]
 
 
 def _latent(server, entry):
     from safetensors.torch import load_file
+
     files = [f for f in server.output_files(entry) if f.endswith(".latent")]
     assert len(files) == 1, files
     return load_file(files[0])["latent_tensor"]
@@ -36,8 +37,13 @@ def plain(comfy_server):
 
 
 def test_nodes_registered(object_info):
-    for n in ("VisageInstantIDLoader", "VisageFaceIDLoader", "VisageApplyInstantID", "VisageApplyFaceID",
-              "VisageArc2FaceEncode"):
+    for n in (
+        "VisageInstantIDLoader",
+        "VisageFaceIDLoader",
+        "VisageApplyInstantID",
+        "VisageApplyFaceID",
+        "VisageArc2FaceEncode",
+    ):
         assert n in object_info, n
         info = object_info[n]
         assert info["category"] == "Visage/adapters" and info["description"]
@@ -58,7 +64,7 @@ def test_workflow_runs_and_identity_changes_result(comfy_server, plain, name):
 
 def test_disconnecting_removes_effect_and_weight_zero_is_plain(comfy_server, plain):
     base_wf, base = plain
-    again = _run(comfy_server, base_wf, "plain_again")        # after patched runs, the UNet is clean
+    again = _run(comfy_server, base_wf, "plain_again")  # after patched runs, the UNet is clean
     torch.testing.assert_close(again, base)
     wf = ch.load_api_workflow("visage_instantid.json")
     wf["apply"]["inputs"]["ip_weight"] = 0.0
@@ -123,8 +129,10 @@ def test_bad_inputs_are_clear_errors(comfy_server):
     assert "InstantID" in msg and "FaceID" in msg
     # and the InstantID payload connected to the FaceID apply node
     wf = ch.load_api_workflow("visage_faceid_regional.json")
-    wf["faceid"] = {"class_type": "VisageInstantIDLoader",
-                    "inputs": {"instantid_file": "visage-test-instantid_tiny.safetensors"}}
+    wf["faceid"] = {
+        "class_type": "VisageInstantIDLoader",
+        "inputs": {"instantid_file": "visage-test-instantid_tiny.safetensors"},
+    }
     wf["save"]["inputs"]["filename_prefix"] = ch.unique_prefix("err")
     msg = _error(comfy_server, wf)
     assert "wrong kind of adapter" in msg and "InstantID" in msg
@@ -134,17 +142,22 @@ def test_instantid_from_analysed_faces_two_people(comfy_server, plain):
     """Real detector (shared fixtures) on a group photo: the two left-most faces become two identities,
     each with its own keypoint hint (only its face drawn, at its place) and region."""
     from builders.adapters import _shared_fixture
+
     if not (_shared_fixture("models", "det_500m.onnx") and _shared_fixture("images", "insightface", "t1.jpg")):
         pytest.skip("real fixture not available: ../shared/fixtures (det_500m.onnx, t1.jpg)")
     import numpy as np
     from PIL import Image
+
     wf = ch.load_api_workflow("visage_instantid_two_people.json")
     wf["save"]["inputs"]["filename_prefix"] = ch.unique_prefix("two_people")
     entry = comfy_server.run(wf, timeout=300)
     out = _latent(comfy_server, entry)
     assert (out - plain[1]).abs().max() > 1e-3
-    hints = [np.asarray(Image.open(f)) for f in comfy_server.output_files(entry)
-             if "visage_faces" not in f and f.endswith(".png")]
+    hints = [
+        np.asarray(Image.open(f))
+        for f in comfy_server.output_files(entry)
+        if "visage_faces" not in f and f.endswith(".png")
+    ]
     assert len(hints) == 2 and hints[0].shape[:2] == (886, 1280)
     cols = [np.nonzero(h.max(axis=(0, 2)))[0] for h in hints]
     # left-to-right order: identity 0's keypoints lie left of identity 1's, each hint holds one face

@@ -1,15 +1,14 @@
 """Face analysis inside a real ComfyUI (started with --cpu, pack in custom_nodes)."""
-import json
+
 import os
 import subprocess
 import sys
 import textwrap
 
+import comfy_harness as ch
 import numpy as np
 import pytest
 from PIL import Image
-
-import comfy_harness as ch
 
 FACE_NODES = {
     "VisageFaceAnalyzerLoader": ([], ["VISAGE_ANALYZER"]),
@@ -113,8 +112,13 @@ def test_free_unloads_our_models_and_they_reload(comfy_server):
     comfy_server.post("/free", {"unload_models": True, "free_memory": True})
     # ComfyUI's worker applies /free between queue items: it may pick up the next prompt before the
     # flag. A trivial prompt that loads none of our models guarantees the unload happened before wf2.
-    comfy_server.run({"1": {"class_type": "LoadImage", "inputs": {"image": "no_face.png"}},
-                      "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}, timeout=120)
+    comfy_server.run(
+        {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "no_face.png"}},
+            "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        },
+        timeout=120,
+    )
     assert comfy_server.log().count("Requested to load GraphModule") == before
     wf2 = _wf("visage_test", engine="torch", min_score=0.01)  # a changed input so the analysis node runs again
     comfy_server.run(wf2, timeout=300)
@@ -158,7 +162,7 @@ def test_similarity_workflow_scores_and_saves_embeds(comfy_server, comfy_base):
     entry = comfy_server.run(wf, timeout=600)
     scores = entry["outputs"]["6"]["visage_similarity"][0]
     assert len(scores) >= 2
-    assert abs(scores[0]["score"] - 1.0) < 1e-3          # the reference face itself
+    assert abs(scores[0]["score"] - 1.0) < 1e-3  # the reference face itself
     assert all(s["score"] < 0.9999 for s in scores[1:])  # other faces are different vectors
     saved = os.path.join(comfy_base["models"], "visage", "embeds", "test_identity.safetensors")
     assert os.path.isfile(saved)

@@ -3,17 +3,24 @@
 The shipped workflows (workflows/api/swap_*.json) run with the test pack and inputs swapped in;
 outputs are read back and checked; bad inputs give clear errors naming the problem.
 """
+
 import copy
 import os
 
+import comfy_harness as ch
 import numpy as np
 import pytest
 from PIL import Image
 
-import comfy_harness as ch
-
-SWAP_NODES = ("VisageSwapModelLoader", "VisageRestoreModelLoader", "VisageSwapFaces", "VisageRestoreFaces",
-              "VisageBuildFaceModel", "VisageSaveFaceModel", "VisageLoadFaceModel")
+SWAP_NODES = (
+    "VisageSwapModelLoader",
+    "VisageRestoreModelLoader",
+    "VisageSwapFaces",
+    "VisageRestoreFaces",
+    "VisageBuildFaceModel",
+    "VisageSaveFaceModel",
+    "VisageLoadFaceModel",
+)
 
 
 def _wf(name, **images):
@@ -32,8 +39,9 @@ def _wf(name, **images):
 
 def _images(server, entry, node_id):
     out = entry["outputs"].get(node_id, {})
-    files = [os.path.join(server.base_dir, "output", it.get("subfolder", ""), it["filename"])
-             for it in out.get("images", [])]
+    files = [
+        os.path.join(server.base_dir, "output", it.get("subfolder", ""), it["filename"]) for it in out.get("images", [])
+    ]
     return [np.asarray(Image.open(f).convert("RGB")) for f in files]
 
 
@@ -69,9 +77,14 @@ def test_image_swap_workflow(comfy_server, comfy_base):
     assert diff[m].mean() > 3 and diff[~m].max() <= 1  # changed under the mask only (PNG/8-bit rounding)
 
 
-@pytest.mark.parametrize("model,engine", [("hyperswap/hyperswap_1a_256.onnx", "torch"),
-                                          ("reswapper/reswapper_256.onnx", "auto"),
-                                          ("inswapper_128.onnx", "torch")])
+@pytest.mark.parametrize(
+    "model,engine",
+    [
+        ("hyperswap/hyperswap_1a_256.onnx", "torch"),
+        ("reswapper/reswapper_256.onnx", "auto"),
+        ("inswapper_128.onnx", "torch"),
+    ],
+)
 def test_swappers_and_engines_run(comfy_server, model, engine):
     wf = _wf("swap_image.json", **{"1": "t1.jpg", "2": "t1.jpg"})
     wf["4"]["inputs"].update(swap_model=model, engine=engine)
@@ -143,15 +156,44 @@ def test_bad_inputs_give_clear_errors(comfy_server):
 def test_restore_faces_node(comfy_server, comfy_base):
     wf = {
         "1": {"class_type": "LoadImage", "inputs": {"image": "t1.jpg"}},
-        "2": {"class_type": "VisageFaceAnalyzerLoader", "inputs": {"pack": "visage_test", "det_size": 640,
-                                                                   "device": "auto", "precision": "auto",
-                                                                   "det_threshold": 0.5, "engine": "auto"}},
-        "3": {"class_type": "VisageRestoreModelLoader", "inputs": {"restore_model": "RestoreFormer.pth", "strength": 1.0,
-                                                                   "fidelity": 0.5, "device": "auto", "precision": "auto"}},
-        "4": {"class_type": "VisageRestoreFaces", "inputs": {"analyzer": ["2", 0], "restorer": ["3", 0], "image": ["1", 0],
-                                                             "order": "largest", "max_faces": 1, "mask_erode": 0.1,
-                                                             "mask_blur": 0.1, "on_no_face": "passthrough"}},
-        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": ch.unique_prefix("restore")}},
+        "2": {
+            "class_type": "VisageFaceAnalyzerLoader",
+            "inputs": {
+                "pack": "visage_test",
+                "det_size": 640,
+                "device": "auto",
+                "precision": "auto",
+                "det_threshold": 0.5,
+                "engine": "auto",
+            },
+        },
+        "3": {
+            "class_type": "VisageRestoreModelLoader",
+            "inputs": {
+                "restore_model": "RestoreFormer.pth",
+                "strength": 1.0,
+                "fidelity": 0.5,
+                "device": "auto",
+                "precision": "auto",
+            },
+        },
+        "4": {
+            "class_type": "VisageRestoreFaces",
+            "inputs": {
+                "analyzer": ["2", 0],
+                "restorer": ["3", 0],
+                "image": ["1", 0],
+                "order": "largest",
+                "max_faces": 1,
+                "mask_erode": 0.1,
+                "mask_blur": 0.1,
+                "on_no_face": "passthrough",
+            },
+        },
+        "5": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["4", 0], "filename_prefix": ch.unique_prefix("restore")},
+        },
         "6": {"class_type": "PreviewAny", "inputs": {"source": ["4", 1]}},
     }
     entry = comfy_server.run(wf, timeout=300)

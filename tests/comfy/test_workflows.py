@@ -13,6 +13,7 @@
   (it refuses to write while an undeclared breaking change is present). Before anything has shipped,
   VISAGE_UPDATE_SCHEMA=reset rewrites the record from the current nodes, breaking changes included.
 """
+
 import collections
 import glob
 import importlib.util
@@ -32,7 +33,9 @@ BREAKING = os.path.join(SCHEMA_DIR, "breaking_changes.json")
 UI_FILES = sorted(glob.glob(os.path.join(WF_DIR, "*.json")))
 API_FILES = sorted(glob.glob(os.path.join(API_DIR, "*.json")))
 
-_spec = importlib.util.spec_from_file_location("visage_run_for_workflows", os.path.join(REPO, "scripts", "visage_run.py"))
+_spec = importlib.util.spec_from_file_location(
+    "visage_run_for_workflows", os.path.join(REPO, "scripts", "visage_run.py")
+)
 vr = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(vr)
 
@@ -41,8 +44,23 @@ VIRTUAL = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 # that is not among the test server's files is fine there; any other combo value must be a listed choice
 FILE_COMBO_NAMES = {"image", "pack", "file", "video", "audio"}
 FILE_COMBO_SUFFIXES = ("_name", "_file", "_pack", "_path", "_model", "model", "ckpt")
-FILE_EXTS = (".onnx", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".sft", ".png", ".jpg", ".jpeg", ".webp",
-             ".npz", ".json", ".gguf", ".mp4")
+FILE_EXTS = (
+    ".onnx",
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".sft",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".webp",
+    ".npz",
+    ".json",
+    ".gguf",
+    ".mp4",
+)
 
 
 def load(path):
@@ -114,6 +132,7 @@ def value_problems(where, name, typ, opts, v):
 
 # ======================================================================================= API format
 
+
 def api_problems(api, object_info):
     problems = []
     for nid, node in api.items():
@@ -125,14 +144,15 @@ def api_problems(api, object_info):
             continue
         inputs = node.get("inputs") or {}
         for section in ("required",):
-            for name, cfg in (info["input"].get(section) or {}).items():
+            for name, _cfg in (info["input"].get(section) or {}).items():
                 if name not in inputs:
                     problems.append(f"{where}: required input '{name}' is missing")
         for name, v in inputs.items():
             sp = spec_of(info, name)
             if sp is None:
-                problems.append(f"{where}: has no input '{name}' (inputs: "
-                                f"{', '.join(n for _s, n in vr.input_order(info))})")
+                problems.append(
+                    f"{where}: has no input '{name}' (inputs: {', '.join(n for _s, n in vr.input_order(info))})"
+                )
                 continue
             typ, opts, _section = sp
             if isinstance(v, list) and len(v) == 2 and isinstance(v[1], int) and not isinstance(v[0], (int, float)):
@@ -145,11 +165,15 @@ def api_problems(api, object_info):
                     continue  # reported for that node
                 outs = sinfo.get("output") or []
                 if not 0 <= v[1] < len(outs):
-                    problems.append(f"{where}: input '{name}' links to output {v[1]} of node {v[0]} "
-                                    f"({src['class_type']}), which has {len(outs)} outputs")
+                    problems.append(
+                        f"{where}: input '{name}' links to output {v[1]} of node {v[0]} "
+                        f"({src['class_type']}), which has {len(outs)} outputs"
+                    )
                 elif not compatible(outs[v[1]], typ):
-                    problems.append(f"{where}: input '{name}' ({tname(typ)}) is linked to output {v[1]} of node "
-                                    f"{v[0]} ({src['class_type']}), of type {tname(outs[v[1]])}")
+                    problems.append(
+                        f"{where}: input '{name}' ({tname(typ)}) is linked to output {v[1]} of node "
+                        f"{v[0]} ({src['class_type']}), of type {tname(outs[v[1]])}"
+                    )
             else:
                 problems += value_problems(where, name, typ, opts, v)
     return problems
@@ -165,6 +189,7 @@ def test_api_workflow_matches_object_info(path, object_info):
 
 # ======================================================================================= UI format
 
+
 def ui_problems(wf, object_info, subgraph_types=None):
     """Problems of a UI-format graph; a subgraph is checked as a graph of its own (its input/output
     nodes -10/-20 and the instances of subgraphs stand for connections that are checked inside)."""
@@ -174,10 +199,10 @@ def ui_problems(wf, object_info, subgraph_types=None):
         stack = [wf]
         while stack:
             g = stack.pop()
-            for sg in ((g.get("definitions") or {}).get("subgraphs") or []):
+            for sg in (g.get("definitions") or {}).get("subgraphs") or []:
                 subgraph_types.add(sg.get("id"))
                 stack.append(sg)
-        for sg in ((wf.get("definitions") or {}).get("subgraphs") or []):
+        for sg in (wf.get("definitions") or {}).get("subgraphs") or []:
             problems += [f"subgraph '{sg.get('name')}': {p}" for p in ui_problems(sg, object_info, subgraph_types)]
     boundary = {"-10", "-20"}
     nodes = {str(n["id"]): n for n in wf.get("nodes") or []}
@@ -194,11 +219,14 @@ def ui_problems(wf, object_info, subgraph_types=None):
                 linked_ids.add(int(inp["link"]))
                 l = links.get(int(inp["link"]))
                 if l is None:
-                    problems.append(f"{label(n)}: input '{inp.get('name')}' uses link {inp['link']}, which is not "
-                                    f"in 'links'")
+                    problems.append(
+                        f"{label(n)}: input '{inp.get('name')}' uses link {inp['link']}, which is not in 'links'"
+                    )
                 elif str(l[2]) != nid or int(l[3]) != slot:
-                    problems.append(f"{label(n)}: input '{inp.get('name')}' uses link {inp['link']}, but that link "
-                                    f"goes to node {l[2]} slot {l[3]}")
+                    problems.append(
+                        f"{label(n)}: input '{inp.get('name')}' uses link {inp['link']}, but that link "
+                        f"goes to node {l[2]} slot {l[3]}"
+                    )
         if t in VIRTUAL or t in subgraph_types or n.get("mode", 0) in (2, 4):
             continue
         info = object_info.get(t)
@@ -212,13 +240,17 @@ def ui_problems(wf, object_info, subgraph_types=None):
             if sp is None and inp.get("widget") and inp.get("link") is None and str(inp.get("type")).endswith("UPLOAD"):
                 continue  # the editor's own upload-button widget (image_upload combos)
             if sp is None:
-                problems.append(f"{label(n)}: has an input '{name}' that {t} does not have (inputs: "
-                                f"{', '.join(x for _s, x in vr.input_order(info))})")
+                problems.append(
+                    f"{label(n)}: has an input '{name}' that {t} does not have (inputs: "
+                    f"{', '.join(x for _s, x in vr.input_order(info))})"
+                )
                 continue
-            if inp.get("type") not in (None, "*") and not compatible(inp["type"], sp[0]) and \
-                    not (tname(sp[0]) == "COMBO" and inp["type"] == "COMBO"):
-                problems.append(f"{label(n)}: input '{name}' is saved as {inp['type']} but {t} declares "
-                                f"{tname(sp[0])}")
+            if (
+                inp.get("type") not in (None, "*")
+                and not compatible(inp["type"], sp[0])
+                and not (tname(sp[0]) == "COMBO" and inp["type"] == "COMBO")
+            ):
+                problems.append(f"{label(n)}: input '{name}' is saved as {inp['type']} but {t} declares {tname(sp[0])}")
         for section, name in vr.input_order(info):
             typ, opts, _ = spec_of(info, name)
             if section == "required" and not vr.is_widget(typ, opts):
@@ -230,17 +262,20 @@ def ui_problems(wf, object_info, subgraph_types=None):
             if i >= len(spec_outs):
                 problems.append(f"{label(n)}: has output {i} ('{out.get('name')}') but {t} has {len(spec_outs)}")
             elif out.get("type") not in (None, "*") and not compatible(out["type"], spec_outs[i]):
-                problems.append(f"{label(n)}: output {i} is saved as {out['type']} but {t} returns "
-                                f"{tname(spec_outs[i])}")
+                problems.append(
+                    f"{label(n)}: output {i} is saved as {out['type']} but {t} returns {tname(spec_outs[i])}"
+                )
         # widget values
         values = n.get("widgets_values")
         slots = vr.widget_slots(info)
         if isinstance(values, list):
-            short_by_extras = len(values) < len(slots) and all(x is None for x in slots[len(values):])
+            short_by_extras = len(values) < len(slots) and all(x is None for x in slots[len(values) :])
             if len(values) != len(slots) and not short_by_extras:  # a missing trailing upload/control value is fine
-                problems.append(f"{label(n)}: has {len(values)} widget values but {t} has {len(slots)} widgets "
-                                f"({', '.join(x or '(control/upload value)' for x in slots)}); update the workflow "
-                                f"(open it in ComfyUI, set the new inputs, save)")
+                problems.append(
+                    f"{label(n)}: has {len(values)} widget values but {t} has {len(slots)} widgets "
+                    f"({', '.join(x or '(control/upload value)' for x in slots)}); update the workflow "
+                    f"(open it in ComfyUI, set the new inputs, save)"
+                )
             for name, v in zip(slots, values):
                 if name is None:
                     continue
@@ -270,14 +305,16 @@ def ui_problems(wf, object_info, subgraph_types=None):
         outs = info.get("output") or []
         return outs[int(slot)] if 0 <= int(slot) < len(outs) else None
 
-    for lid, (o_id, o_slot, t_id, t_slot, ltype) in sorted(links.items()):
+    for lid, (o_id, o_slot, t_id, t_slot, _ltype) in sorted(links.items()):
         if str(o_id) in boundary or str(t_id) in boundary:
             linked_ids.add(lid)
             continue  # into / out of the subgraph: the instance's own links are checked in the parent
         src, dst = nodes.get(str(o_id)), nodes.get(str(t_id))
         if src is None or dst is None:
-            problems.append(f"link {lid}: joins node {o_id} to node {t_id}, but node "
-                            f"{o_id if src is None else t_id} is not in the workflow")
+            problems.append(
+                f"link {lid}: joins node {o_id} to node {t_id}, but node "
+                f"{o_id if src is None else t_id} is not in the workflow"
+            )
             continue
         outs = src.get("outputs") or []
         if not 0 <= int(o_slot) < len(outs) or lid not in (outs[int(o_slot)].get("links") or []):
@@ -294,8 +331,10 @@ def ui_problems(wf, object_info, subgraph_types=None):
         if sp is None or ot is None:
             continue
         if not compatible(ot, sp[0]):
-            problems.append(f"link {lid}: node {o_id} ({src['type']}) output {o_slot} is {tname(ot)} but node "
-                            f"{t_id} ({dst['type']}) input '{ins[int(t_slot)].get('name')}' takes {tname(sp[0])}")
+            problems.append(
+                f"link {lid}: node {o_id} ({src['type']}) output {o_slot} is {tname(ot)} but node "
+                f"{t_id} ({dst['type']}) input '{ins[int(t_slot)].get('name')}' takes {tname(sp[0])}"
+            )
     for lid in set(links) - linked_ids:
         o_id, o_slot, t_id, t_slot, _ = links[lid]
         problems.append(f"link {lid}: no input of node {t_id} uses it (dangling link)")
@@ -367,10 +406,14 @@ def test_ui_and_api_twins_describe_the_same_graph(name, object_info):
     a, b = shallow(converted), shallow(api)
     only_ui = sorted((a - b).elements())
     only_api = sorted((b - a).elements())
-    pytest.fail(f"workflows/{name} and workflows/api/{name} describe different graphs (node: type, values, "
-                f"<- type of each linked input):\n  only in the UI file:  " + "\n                        ".join(only_ui[:8])
-                + "\n  only in the API file: " + "\n                        ".join(only_api[:8])
-                + ("\n  (same nodes and values: the links differ)" if not only_ui and not only_api else ""))
+    pytest.fail(
+        f"workflows/{name} and workflows/api/{name} describe different graphs (node: type, values, "
+        f"<- type of each linked input):\n  only in the UI file:  "
+        + "\n                        ".join(only_ui[:8])
+        + "\n  only in the API file: "
+        + "\n                        ".join(only_api[:8])
+        + ("\n  (same nodes and values: the links differ)" if not only_ui and not only_api else "")
+    )
 
 
 def test_there_are_workflows():
@@ -379,13 +422,14 @@ def test_there_are_workflows():
 
 # ======================================================================================= shipped schema
 
+
 def current_schema(object_info):
     out = {}
     for name, info in sorted(object_info.items()):
         if not name.startswith("Visage"):
             continue
         inputs = {}
-        for section, inp in vr.input_order(info):
+        for _section, inp in vr.input_order(info):
             inputs[inp] = tname(spec_of(info, inp)[0])
         out[name] = {"inputs": inputs, "outputs": [tname(t) for t in info.get("output") or []]}
     return out
@@ -402,8 +446,7 @@ def breaking_changes(recorded, current):
             if inp not in cur["inputs"]:
                 changes.append({"node": node, "input": inp, "change": "removed", "was": typ})
             elif cur["inputs"][inp] != typ:
-                changes.append({"node": node, "input": inp, "change": "retyped", "was": typ,
-                                "now": cur["inputs"][inp]})
+                changes.append({"node": node, "input": inp, "change": "retyped", "was": typ, "now": cur["inputs"][inp]})
         for i, typ in enumerate(rec.get("outputs", [])):
             if i >= len(cur["outputs"]):
                 changes.append({"node": node, "output": i, "change": "removed", "was": typ})
@@ -444,7 +487,7 @@ def test_schema_no_undeclared_breaking_change(object_info):
     if not os.path.isfile(SHIPPED) or update == "reset":
         os.makedirs(SCHEMA_DIR, exist_ok=True)
         _write(SHIPPED, current)
-        warnings.warn(f"wrote the first record of shipped nodes ({len(current)} nodes) to {SHIPPED}")
+        warnings.warn(f"wrote the first record of shipped nodes ({len(current)} nodes) to {SHIPPED}", stacklevel=2)
         return
     recorded = load(SHIPPED)
     declarations = load(BREAKING).get("changes", []) if os.path.isfile(BREAKING) else []
@@ -453,15 +496,19 @@ def test_schema_no_undeclared_breaking_change(object_info):
         "breaking change(s) to shipped Visage nodes (saved workflows would stop loading or running):\n  "
         + "\n  ".join(json.dumps(c) for c in undeclared)
         + "\nrestore the node/input, or declare the change in tests/schema/breaking_changes.json as "
-          '{"changes": [{"node": ..., "input": ... | "output": N, "change": "removed|retyped|renamed", '
-          '"reason": ...}]} and refresh the record (VISAGE_UPDATE_SCHEMA=1)')
+        '{"changes": [{"node": ..., "input": ... | "output": N, "change": "removed|retyped|renamed", '
+        '"reason": ...}]} and refresh the record (VISAGE_UPDATE_SCHEMA=1)'
+    )
     added = additions(recorded, current)
     if update == "1":
         _write(SHIPPED, current)
     elif added:
-        warnings.warn(f"{len(added)} node(s)/input(s) not yet in tests/schema/shipped_nodes.json: {added[:10]}; "
-                      f"refresh with VISAGE_UPDATE_SCHEMA=1 .venv/bin/python -m pytest tests/comfy/test_workflows.py "
-                      f"-k schema")
+        warnings.warn(
+            f"{len(added)} node(s)/input(s) not yet in tests/schema/shipped_nodes.json: {added[:10]}; "
+            f"refresh with VISAGE_UPDATE_SCHEMA=1 .venv/bin/python -m pytest tests/comfy/test_workflows.py "
+            f"-k schema",
+            stacklevel=2,
+        )
 
 
 def _write(path, data):
@@ -472,18 +519,23 @@ def _write(path, data):
 
 def test_schema_diff_logic():
     """The breaking-change rules themselves (no server needed)."""
-    rec = {"VisageA": {"inputs": {"image": "IMAGE", "k": "INT"}, "outputs": ["IMAGE", "INT"]},
-           "VisageGone": {"inputs": {}, "outputs": []}}
-    cur = {"VisageA": {"inputs": {"image": "IMAGE", "k": "FLOAT", "new": "STRING"}, "outputs": ["IMAGE"]},
-           "VisageNew": {"inputs": {}, "outputs": []}}
+    rec = {
+        "VisageA": {"inputs": {"image": "IMAGE", "k": "INT"}, "outputs": ["IMAGE", "INT"]},
+        "VisageGone": {"inputs": {}, "outputs": []},
+    }
+    cur = {
+        "VisageA": {"inputs": {"image": "IMAGE", "k": "FLOAT", "new": "STRING"}, "outputs": ["IMAGE"]},
+        "VisageNew": {"inputs": {}, "outputs": []},
+    }
     ch = breaking_changes(rec, cur)
     assert {"node": "VisageGone", "change": "removed"} in ch
     assert {"node": "VisageA", "input": "k", "change": "retyped", "was": "INT", "now": "FLOAT"} in ch
     assert {"node": "VisageA", "output": 1, "change": "removed", "was": "INT"} in ch
     assert len(ch) == 3
     decl = [{"node": "VisageGone", "change": "removed"}, {"node": "VisageA", "input": "k", "change": "retyped"}]
-    assert [c for c in ch if not declared(c, decl)] == [{"node": "VisageA", "output": 1, "change": "removed",
-                                                          "was": "INT"}]
+    assert [c for c in ch if not declared(c, decl)] == [
+        {"node": "VisageA", "output": 1, "change": "removed", "was": "INT"}
+    ]
     assert sorted(additions(rec, cur)) == ["VisageA.new", "VisageNew"]
     assert compatible(["a", "b"], ["c"]) and compatible("IMAGE", "IMAGE,MASK") and compatible("*", "LATENT")
     assert not compatible("IMAGE", "MASK")
@@ -491,24 +543,65 @@ def test_schema_diff_logic():
 
 # ======================================================================================= the checker itself
 
+
 def _core_ui():
     """LoadImage -> ImageScale -> SaveImage, and LoadImage.MASK -> MaskToImage -> SaveImage (core nodes only)."""
+
     def node(nid, typ, inputs=(), outputs=(), widgets=None):
-        return {"id": nid, "type": typ, "pos": [0, 0], "size": [200, 100], "flags": {}, "order": nid, "mode": 0,
-                "inputs": list(inputs), "outputs": list(outputs), "properties": {}, "widgets_values": widgets}
-    return {"nodes": [
-        node(1, "LoadImage", inputs=[{"name": "image", "type": "COMBO", "widget": {"name": "image"}, "link": None},
-                                     {"name": "upload", "type": "IMAGEUPLOAD", "widget": {"name": "upload"}, "link": None}],
-             outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [1]}, {"name": "MASK", "type": "MASK", "links": [3]}],
-             widgets=["t1.jpg", "image"]),
-        node(2, "ImageScale", inputs=[{"name": "image", "type": "IMAGE", "link": 1}],
-             outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [2]}], widgets=["bilinear", 64, 64, "disabled"]),
-        node(3, "SaveImage", inputs=[{"name": "images", "type": "IMAGE", "link": 2}], widgets=["a"]),
-        node(4, "MaskToImage", inputs=[{"name": "mask", "type": "MASK", "link": 3}],
-             outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [4]}], widgets=[]),
-        node(5, "SaveImage", inputs=[{"name": "images", "type": "IMAGE", "link": 4}], widgets=["b"]),
-    ], "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "IMAGE"], [3, 1, 1, 4, 0, "MASK"], [4, 4, 0, 5, 0, "IMAGE"]],
-        "version": 0.4}
+        return {
+            "id": nid,
+            "type": typ,
+            "pos": [0, 0],
+            "size": [200, 100],
+            "flags": {},
+            "order": nid,
+            "mode": 0,
+            "inputs": list(inputs),
+            "outputs": list(outputs),
+            "properties": {},
+            "widgets_values": widgets,
+        }
+
+    return {
+        "nodes": [
+            node(
+                1,
+                "LoadImage",
+                inputs=[
+                    {"name": "image", "type": "COMBO", "widget": {"name": "image"}, "link": None},
+                    {"name": "upload", "type": "IMAGEUPLOAD", "widget": {"name": "upload"}, "link": None},
+                ],
+                outputs=[
+                    {"name": "IMAGE", "type": "IMAGE", "links": [1]},
+                    {"name": "MASK", "type": "MASK", "links": [3]},
+                ],
+                widgets=["t1.jpg", "image"],
+            ),
+            node(
+                2,
+                "ImageScale",
+                inputs=[{"name": "image", "type": "IMAGE", "link": 1}],
+                outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [2]}],
+                widgets=["bilinear", 64, 64, "disabled"],
+            ),
+            node(3, "SaveImage", inputs=[{"name": "images", "type": "IMAGE", "link": 2}], widgets=["a"]),
+            node(
+                4,
+                "MaskToImage",
+                inputs=[{"name": "mask", "type": "MASK", "link": 3}],
+                outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [4]}],
+                widgets=[],
+            ),
+            node(5, "SaveImage", inputs=[{"name": "images", "type": "IMAGE", "link": 4}], widgets=["b"]),
+        ],
+        "links": [
+            [1, 1, 0, 2, 0, "IMAGE"],
+            [2, 2, 0, 3, 0, "IMAGE"],
+            [3, 1, 1, 4, 0, "MASK"],
+            [4, 4, 0, 5, 0, "IMAGE"],
+        ],
+        "version": 0.4,
+    }
 
 
 def _mutated(fn):
@@ -517,18 +610,33 @@ def _mutated(fn):
     return wf
 
 
-@pytest.mark.parametrize("mutation, expected", [
-    (lambda wf: None, None),
-    (lambda wf: wf["nodes"][1].update(type="ImageScaleGone"), "node type 'ImageScaleGone' does not exist"),
-    (lambda wf: wf["links"].pop(0), "uses link 1, which is not in 'links'"),
-    (lambda wf: wf["links"].__setitem__(2, [3, 1, 0, 4, 0, "IMAGE"]), "output 0 is IMAGE but node 4 (MaskToImage) input 'mask' takes MASK"),
-    (lambda wf: wf["nodes"][1]["widgets_values"].__setitem__(1, "wide"), "input 'width' is INT but the workflow gives 'wide'"),
-    (lambda wf: wf["nodes"][1]["widgets_values"].__setitem__(0, "sideways"), "input 'upscale_method' = 'sideways' is not one of"),
-    (lambda wf: wf["nodes"][1]["widgets_values"].pop(), "has 3 widget values but ImageScale has 4 widgets"),
-    (lambda wf: wf["nodes"][1]["widgets_values"].__setitem__(2, -4), "input 'height' = -4 is below its min 0"),
-    (lambda wf: wf["nodes"][1]["inputs"].append({"name": "sharpness", "type": "FLOAT", "link": None}), "has an input 'sharpness' that ImageScale does not have"),
-    (lambda wf: wf["nodes"][2]["inputs"][0].update(link=None), "required input 'images' (IMAGE) is not connected"),
-])
+@pytest.mark.parametrize(
+    "mutation, expected",
+    [
+        (lambda wf: None, None),
+        (lambda wf: wf["nodes"][1].update(type="ImageScaleGone"), "node type 'ImageScaleGone' does not exist"),
+        (lambda wf: wf["links"].pop(0), "uses link 1, which is not in 'links'"),
+        (
+            lambda wf: wf["links"].__setitem__(2, [3, 1, 0, 4, 0, "IMAGE"]),
+            "output 0 is IMAGE but node 4 (MaskToImage) input 'mask' takes MASK",
+        ),
+        (
+            lambda wf: wf["nodes"][1]["widgets_values"].__setitem__(1, "wide"),
+            "input 'width' is INT but the workflow gives 'wide'",
+        ),
+        (
+            lambda wf: wf["nodes"][1]["widgets_values"].__setitem__(0, "sideways"),
+            "input 'upscale_method' = 'sideways' is not one of",
+        ),
+        (lambda wf: wf["nodes"][1]["widgets_values"].pop(), "has 3 widget values but ImageScale has 4 widgets"),
+        (lambda wf: wf["nodes"][1]["widgets_values"].__setitem__(2, -4), "input 'height' = -4 is below its min 0"),
+        (
+            lambda wf: wf["nodes"][1]["inputs"].append({"name": "sharpness", "type": "FLOAT", "link": None}),
+            "has an input 'sharpness' that ImageScale does not have",
+        ),
+        (lambda wf: wf["nodes"][2]["inputs"][0].update(link=None), "required input 'images' (IMAGE) is not connected"),
+    ],
+)
 def test_ui_checker_catches(mutation, expected, object_info):
     problems = ui_problems(_mutated(mutation), object_info)
     if expected is None:
@@ -541,19 +649,28 @@ def test_api_checker_catches(object_info):
     good = vr.ui_to_api(_core_ui(), object_info)
     assert api_problems(good, object_info) == []
     bad = json.loads(json.dumps(good))
-    bad["4"]["inputs"]["mask"] = ["2", 0]            # IMAGE into MASK
-    bad["2"]["inputs"]["width"] = 1.5                # not an INT
-    bad["3"]["inputs"]["colour"] = "red"              # no such input
-    del bad["5"]["inputs"]["filename_prefix"]        # required input missing
+    bad["4"]["inputs"]["mask"] = ["2", 0]  # IMAGE into MASK
+    bad["2"]["inputs"]["width"] = 1.5  # not an INT
+    bad["3"]["inputs"]["colour"] = "red"  # no such input
+    del bad["5"]["inputs"]["filename_prefix"]  # required input missing
     bad["6"] = {"class_type": "NoSuchNode", "inputs": {}}
     text = "\n".join(api_problems(bad, object_info))
-    for expected in ("input 'mask' (MASK) is linked to output 0 of node 2 (ImageScale), of type IMAGE",
-                     "input 'width' is INT but the workflow gives 1.5", "has no input 'colour'",
-                     "required input 'filename_prefix' is missing", "node type 'NoSuchNode' does not exist"):
+    for expected in (
+        "input 'mask' (MASK) is linked to output 0 of node 2 (ImageScale), of type IMAGE",
+        "input 'width' is INT but the workflow gives 1.5",
+        "has no input 'colour'",
+        "required input 'filename_prefix' is missing",
+        "node type 'NoSuchNode' does not exist",
+    ):
         assert expected in text, text
     # the UI and API twins compare by graph, not by node ids
-    renumbered = {str(int(k) + 10): {**v, "inputs": {n: ([str(int(x[0]) + 10), x[1]] if isinstance(x, list) else x)
-                                                      for n, x in v["inputs"].items()}} for k, v in good.items()}
+    renumbered = {
+        str(int(k) + 10): {
+            **v,
+            "inputs": {n: ([str(int(x[0]) + 10), x[1]] if isinstance(x, list) else x) for n, x in v["inputs"].items()},
+        }
+        for k, v in good.items()
+    }
     assert canonical(renumbered) == canonical(good)
     changed = json.loads(json.dumps(good))
     changed["2"]["inputs"]["width"] = 65

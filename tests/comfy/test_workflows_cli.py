@@ -2,6 +2,7 @@
 live /object_info, inputs are set from the command line, the run is followed and its outputs land in
 --output; runtime and validation failures exit non-zero naming the node; the script can also start its
 own ComfyUI."""
+
 import json
 import os
 import subprocess
@@ -21,31 +22,77 @@ def _run(*args, timeout=300):
 
 def core_ui_workflow():
     """LoadImage('Source') -> ImageScale (width from PrimitiveNode 'Width') -> ImageInvert -> SaveImage('Result')."""
+
     def node(nid, typ, inputs=(), outputs=(), widgets=None, title=None):
-        n = {"id": nid, "type": typ, "pos": [nid * 250, 0], "size": [220, 120], "flags": {}, "order": nid,
-             "mode": 0, "inputs": list(inputs), "outputs": list(outputs), "properties": {}}
+        n = {
+            "id": nid,
+            "type": typ,
+            "pos": [nid * 250, 0],
+            "size": [220, 120],
+            "flags": {},
+            "order": nid,
+            "mode": 0,
+            "inputs": list(inputs),
+            "outputs": list(outputs),
+            "properties": {},
+        }
         if widgets is not None:
             n["widgets_values"] = widgets
         if title:
             n["title"] = title
         return n
+
     nodes = [
-        node(1, "LoadImage", outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [1]},
-                                      {"name": "MASK", "type": "MASK", "links": None}],
-             widgets=["placeholder.png", "image"], title="Source"),
-        node(2, "ImageScale", inputs=[{"name": "image", "type": "IMAGE", "link": 1},
-                                      {"name": "width", "type": "INT", "widget": {"name": "width"}, "link": 4}],
-             outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [2]}], widgets=["nearest-exact", 32, 24, "disabled"]),
-        node(3, "ImageInvert", inputs=[{"name": "image", "type": "IMAGE", "link": 2}],
-             outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [3]}], widgets=[]),
-        node(4, "SaveImage", inputs=[{"name": "images", "type": "IMAGE", "link": 3}], widgets=["visage_cli"],
-             title="Result"),
-        node(5, "PrimitiveNode", outputs=[{"name": "INT", "type": "INT", "links": [4], "widget": {"name": "width"}}],
-             widgets=[32, "fixed"], title="Width"),
+        node(
+            1,
+            "LoadImage",
+            outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [1]}, {"name": "MASK", "type": "MASK", "links": None}],
+            widgets=["placeholder.png", "image"],
+            title="Source",
+        ),
+        node(
+            2,
+            "ImageScale",
+            inputs=[
+                {"name": "image", "type": "IMAGE", "link": 1},
+                {"name": "width", "type": "INT", "widget": {"name": "width"}, "link": 4},
+            ],
+            outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [2]}],
+            widgets=["nearest-exact", 32, 24, "disabled"],
+        ),
+        node(
+            3,
+            "ImageInvert",
+            inputs=[{"name": "image", "type": "IMAGE", "link": 2}],
+            outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [3]}],
+            widgets=[],
+        ),
+        node(
+            4,
+            "SaveImage",
+            inputs=[{"name": "images", "type": "IMAGE", "link": 3}],
+            widgets=["visage_cli"],
+            title="Result",
+        ),
+        node(
+            5,
+            "PrimitiveNode",
+            outputs=[{"name": "INT", "type": "INT", "links": [4], "widget": {"name": "width"}}],
+            widgets=[32, "fixed"],
+            title="Width",
+        ),
     ]
     links = [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "IMAGE"], [3, 3, 0, 4, 0, "IMAGE"], [4, 5, 0, 2, 1, "INT"]]
-    return {"last_node_id": 5, "last_link_id": 4, "nodes": nodes, "links": links, "groups": [], "config": {},
-            "extra": {}, "version": 0.4}
+    return {
+        "last_node_id": 5,
+        "last_link_id": 4,
+        "nodes": nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {},
+        "version": 0.4,
+    }
 
 
 @pytest.fixture
@@ -60,8 +107,19 @@ def case(tmp_path):
 def test_ui_workflow_runs_with_image_and_set(comfy_server, case):
     tmp, wf, img = case
     out = tmp / "out"
-    r = _run(wf, "--url", comfy_server.url, "--image", f"Source={img}", "--set", "Width.value=20",
-             "--set", "ImageScale.height=10", "--output", str(out))
+    r = _run(
+        wf,
+        "--url",
+        comfy_server.url,
+        "--image",
+        f"Source={img}",
+        "--set",
+        "Width.value=20",
+        "--set",
+        "ImageScale.height=10",
+        "--output",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     files = [l for l in r.stdout.splitlines() if l.strip()]
     assert len(files) == 1 and os.path.isfile(files[0]) and files[0].startswith(str(out))
@@ -76,24 +134,36 @@ def test_ui_workflow_runs_with_image_and_set(comfy_server, case):
 def test_runtime_failure_names_the_node(comfy_server, case):
     tmp, wf, img = case
     # SaveImage refuses to write outside the output folder: a runtime (not validation) error
-    r = _run(wf, "--url", comfy_server.url, "--image", f"Source={img}",
-             "--set", "Result.filename_prefix=../../escape", "--output", str(tmp / "o"))
+    r = _run(
+        wf,
+        "--url",
+        comfy_server.url,
+        "--image",
+        f"Source={img}",
+        "--set",
+        "Result.filename_prefix=../../escape",
+        "--output",
+        str(tmp / "o"),
+    )
     assert r.returncode == 1, r.stderr
     assert "node 4 (SaveImage 'Result') failed" in r.stderr and "outside the output folder" in r.stderr
 
 
 def test_validation_failure_names_node_and_input(comfy_server, case):
     tmp, wf, img = case
-    r = _run(wf, "--url", comfy_server.url, "--image", f"Source={img}", "--set", "2.height=-5",
-             "--output", str(tmp / "o"))
+    r = _run(
+        wf, "--url", comfy_server.url, "--image", f"Source={img}", "--set", "2.height=-5", "--output", str(tmp / "o")
+    )
     assert r.returncode == 2
     assert "node 2 (ImageScale 'Upscale Image') input 'height'" in r.stderr and "smaller than min" in r.stderr
 
 
 def test_uninstalled_node_against_live_server(comfy_server, tmp_path):
-    api = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-           "2": {"class_type": "SomePackThatIsNotHere", "inputs": {"image": ["1", 0]}},
-           "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}}
+    api = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SomePackThatIsNotHere", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+    }
     p = tmp_path / "api.json"
     p.write_text(json.dumps(api))
     r = _run(str(p), "--url", comfy_server.url)
@@ -105,8 +175,19 @@ def test_script_starts_its_own_comfyui(comfy_path, case):
     tmp, wf, img = case
     out = tmp / "own"
     (tmp / "models").mkdir()
-    r = _run(wf, "--comfyui", comfy_path, "--cpu", "--image", f"Source={img}", "--output", str(out),
-             "--models", str(tmp / "models"), timeout=600)
+    r = _run(
+        wf,
+        "--comfyui",
+        comfy_path,
+        "--cpu",
+        "--image",
+        f"Source={img}",
+        "--output",
+        str(out),
+        "--models",
+        str(tmp / "models"),
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "starting ComfyUI from" in r.stderr
     files = [l for l in r.stdout.splitlines() if l.strip()]
@@ -125,6 +206,7 @@ def _pack(object_info):
 
 def _t1():
     import insightface
+
     p = os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg")
     if not os.path.isfile(p):
         pytest.skip("insightface does not ship t1.jpg")
@@ -135,8 +217,15 @@ def test_face_workflow_headless_face_index(comfy_server, object_info, tmp_path):
     if "VisageAnalyzeFaces" not in object_info:
         pytest.fail("the face nodes are not registered in the test ComfyUI")
     pack = _pack(object_info)
-    common = [FACE_API, "--url", comfy_server.url, "--set", f"Load Face Analyzer.pack={pack}",
-              "--image", f"Load Image={_t1()}"]
+    common = [
+        FACE_API,
+        "--url",
+        comfy_server.url,
+        "--set",
+        f"Load Face Analyzer.pack={pack}",
+        "--image",
+        f"Load Image={_t1()}",
+    ]
     r = _run(*common, "--output", str(tmp_path / "all"))
     assert r.returncode == 0, r.stderr[-3000:]
     # progress followed over the websocket: the node being run, and its own step bar
@@ -161,8 +250,18 @@ def test_face_workflow_no_face_error_is_reported(comfy_server, object_info, tmp_
         pytest.fail("the face nodes are not registered in the test ComfyUI")
     blank = tmp_path / "blank.png"
     Image.new("RGB", (320, 256), (127, 127, 127)).save(blank)
-    r = _run(FACE_API, "--url", comfy_server.url, "--set", f"Load Face Analyzer.pack={_pack(object_info)}",
-             "--image", f"Load Image={blank}", "--set", "Analyze Faces.on_no_face=error",
-             "--output", str(tmp_path / "o"))
+    r = _run(
+        FACE_API,
+        "--url",
+        comfy_server.url,
+        "--set",
+        f"Load Face Analyzer.pack={_pack(object_info)}",
+        "--image",
+        f"Load Image={blank}",
+        "--set",
+        "Analyze Faces.on_no_face=error",
+        "--output",
+        str(tmp_path / "o"),
+    )
     assert r.returncode == 1
     assert "node 3 (VisageAnalyzeFaces 'Analyze Faces') failed" in r.stderr

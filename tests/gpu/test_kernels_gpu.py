@@ -1,6 +1,7 @@
 """Fused Triton kernels (through kernels.ops, the one dispatch point) against their torch twins on
 the same GPU: odd sizes, boxes touching the frame edges, faces partly/fully outside, float16 /
 bfloat16 / float32 / uint8, batch 1 and 64, and offsets past 2**31. Skipped without CUDA."""
+
 import math
 import os
 
@@ -9,10 +10,14 @@ import torch
 
 from visage.kernels import ops, reference
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (fused kernels run on CUDA only)")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (fused kernels run on CUDA only)"),
+]
 
-DEV = os.environ.get("VISAGE_GPU_TEST_DEVICE", "cuda")   # "cpu" only for checking the test logic under TRITON_INTERPRET=1
+DEV = os.environ.get(
+    "VISAGE_GPU_TEST_DEVICE", "cuda"
+)  # "cpu" only for checking the test logic under TRITON_INTERPRET=1
 
 
 @pytest.fixture(autouse=True)
@@ -43,13 +48,13 @@ def paste_case(B, H, W, S, faces_per_frame, seed, dtype, crop_u8=False):
         for j in range(faces_per_frame):
             kind = (b + j) % 5
             if kind == 0:
-                cx, cy = 0.0, 0.0                                    # touching the top-left corner
+                cx, cy = 0.0, 0.0  # touching the top-left corner
             elif kind == 1:
-                cx, cy = W - 1.0, H - 1.0                            # bottom-right corner
+                cx, cy = W - 1.0, H - 1.0  # bottom-right corner
             elif kind == 2:
-                cx, cy = -0.3 * S, H * 0.5                           # partly outside
+                cx, cy = -0.3 * S, H * 0.5  # partly outside
             elif kind == 3:
-                cx, cy = W + 5.0 * S, -5.0 * S                       # fully outside
+                cx, cy = W + 5.0 * S, -5.0 * S  # fully outside
             else:
                 cx, cy = float(torch.rand(1, generator=g)) * W, float(torch.rand(1, generator=g)) * H
             px = S * (0.6 + float(torch.rand(1, generator=g)) * 1.5)
@@ -71,12 +76,13 @@ def paste_case(B, H, W, S, faces_per_frame, seed, dtype, crop_u8=False):
 TOL = {torch.float32: 2e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.uint8: 1.0}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.uint8],
-                         ids=["f32", "f16", "bf16", "u8"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float16, torch.bfloat16, torch.uint8], ids=["f32", "f16", "bf16", "u8"]
+)
 @pytest.mark.parametrize("B,faces", [(1, 1), (1, 3), (64, 2)])
 @pytest.mark.parametrize("lab", [False, True])
 def test_paste_back_fused_matches_twin(dtype, B, faces, lab):
-    H, W, S = (1081, 1919, 129) if B == 1 else (181, 243, 57)        # odd sizes
+    H, W, S = (1081, 1919, 129) if B == 1 else (181, 243, 57)  # odd sizes
     fr, cr, M, mk, fi = paste_case(B, H, W, S, faces, seed=B * 10 + faces, dtype=dtype)
     stats = None
     if lab:
@@ -112,8 +118,9 @@ def align_case(B, H, W, S, per_frame, seed, dtype):
             edge = (b + j) % 3
             cx = 0.0 if edge == 0 else float(torch.rand(1, generator=g)) * W
             cy = H - 1.0 if edge == 1 else float(torch.rand(1, generator=g)) * H
-            faces.append((b, cx, cy, 40 + float(torch.rand(1, generator=g)) * 200,
-                          float(torch.rand(1, generator=g)) * 360 - 180))
+            faces.append(
+                (b, cx, cy, 40 + float(torch.rand(1, generator=g)) * 200, float(torch.rand(1, generator=g)) * 360 - 180)
+            )
     M = torch.stack([mat(cx, cy, px, S, a) for (_, cx, cy, px, a) in faces])
     fi = torch.tensor([f[0] for f in faces], dtype=torch.int64)
     frames = torch.rand(B, H, W, 3, generator=g)
@@ -121,15 +128,20 @@ def align_case(B, H, W, S, per_frame, seed, dtype):
     return frames.to(DEV), M.to(DEV), fi.to(DEV)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.uint8],
-                         ids=["f32", "f16", "bf16", "u8"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float16, torch.bfloat16, torch.uint8], ids=["f32", "f16", "bf16", "u8"]
+)
 @pytest.mark.parametrize("B", [1, 64])
 @pytest.mark.parametrize("preset", ["arcface112", "inswapper128", "ffhq512_nhwc_f16"])
 def test_align_crops_fused_matches_twin(dtype, B, preset):
-    size, kw = {"arcface112": (112, dict(mean=127.5, std=127.5, bgr=True)),
-                "inswapper128": (128, dict(mean=0.0, std=255.0, bgr=True)),
-                "ffhq512_nhwc_f16": (512, dict(mean=(1.0, 2.0, 3.0), std=(50.0, 60.0, 70.0), layout="NHWC",
-                                               out_dtype=torch.float16))}[preset]
+    size, kw = {
+        "arcface112": (112, dict(mean=127.5, std=127.5, bgr=True)),
+        "inswapper128": (128, dict(mean=0.0, std=255.0, bgr=True)),
+        "ffhq512_nhwc_f16": (
+            512,
+            dict(mean=(1.0, 2.0, 3.0), std=(50.0, 60.0, 70.0), layout="NHWC", out_dtype=torch.float16),
+        ),
+    }[preset]
     H, W = (1081, 1919) if B == 1 else (241, 321)
     fr, M, fi = align_case(B, H, W, size, 2 if B == 1 else 1, seed=B, dtype=dtype)
     got = ops.align_crops(fr, M, fi, size, **kw)
@@ -140,9 +152,9 @@ def test_align_crops_fused_matches_twin(dtype, B, preset):
     # half outputs add their own rounding (relative 2**-10 for float16).
     std = torch.as_tensor(kw.get("std", 1.0), dtype=torch.float32, device=DEV).reshape(-1)
     std = std.reshape((1, -1, 1, 1) if kw.get("layout", "NCHW") == "NCHW" else (1, 1, 1, -1))
-    diff_px = ((got.float() - want.float()).abs() * std.abs())
+    diff_px = (got.float() - want.float()).abs() * std.abs()
     half = kw.get("out_dtype", torch.float32) != torch.float32
-    allowed = 0.02 + (want.float().abs() * std.abs() * 2.0 ** -10 if half else 0.0)
+    allowed = 0.02 + (want.float().abs() * std.abs() * 2.0**-10 if half else 0.0)
     assert bool((diff_px <= allowed).all()), diff_px.max().item()
 
 
@@ -154,10 +166,14 @@ def test_align_crops_fused_round_to_uint8_matches_twin(dtype, B, preset):
     twin, compared in 0..255 gray levels. The pre-rounding values agree to float noise, so a level
     differs only on a rare tie (a sample within float noise of a half); every value is a whole level
     in 0..255 (float frames are pushed outside 0..1 to exercise the clamp)."""
-    size, kw = {"arcface112_bgr": (112, dict(mean=127.5, std=127.5, bgr=True)),
-                "genderage96": (96, dict(mean=127.5, std=128.0)),
-                "box192_nhwc_f16": (192, dict(mean=(1.0, 2.0, 3.0), std=(50.0, 60.0, 70.0), layout="NHWC",
-                                              out_dtype=torch.float16))}[preset]
+    size, kw = {
+        "arcface112_bgr": (112, dict(mean=127.5, std=127.5, bgr=True)),
+        "genderage96": (96, dict(mean=127.5, std=128.0)),
+        "box192_nhwc_f16": (
+            192,
+            dict(mean=(1.0, 2.0, 3.0), std=(50.0, 60.0, 70.0), layout="NHWC", out_dtype=torch.float16),
+        ),
+    }[preset]
     H, W = (1081, 1919) if B == 1 else (241, 321)
     fr, M, fi = align_case(B, H, W, size, 2 if B == 1 else 1, seed=B + 100, dtype=dtype)
     if dtype != torch.uint8:
@@ -170,7 +186,7 @@ def test_align_crops_fused_round_to_uint8_matches_twin(dtype, B, preset):
     mean = torch.as_tensor(kw.get("mean", 0.0), dtype=torch.float32, device=DEV).reshape(shp)
     lg, lw = got.float() * std + mean, want.float() * std + mean
     half = kw.get("out_dtype", torch.float32) != torch.float32
-    slack = 255.0 * 2.0 ** -11 if half else 1e-3              # float16 output: relative 2**-11 of the value
+    slack = 255.0 * 2.0**-11 if half else 1e-3  # float16 output: relative 2**-11 of the value
     diff = (lg - lw).abs()
     assert diff.max().item() <= 1.0 + slack, diff.max().item()
     assert (diff > 0.5).float().mean().item() < 1e-4
@@ -188,17 +204,18 @@ def attn_case(B, Hh, Lq, Lt, I, T, D, dtype, seed):
 @pytest.mark.parametrize("shape", ["sdxl_1024", "sd15_head40", "batch64", "batch1_odd"])
 @pytest.mark.parametrize("masked", [False, True])
 def test_decoupled_attention_fused_matches_twin(dtype, shape, masked):
-    B, Hh, Lq, Lt, I, T, D = {"sdxl_1024": (2, 10, 4096, 77, 2, 16, 64),
-                              "sd15_head40": (2, 8, 1024, 77, 1, 4, 40),
-                              "batch64": (64, 2, 256, 77, 3, 4, 64),
-                              "batch1_odd": (1, 3, 333, 154, 2, 70, 80)}[shape]
+    B, Hh, Lq, Lt, I, T, D = {
+        "sdxl_1024": (2, 10, 4096, 77, 2, 16, 64),
+        "sd15_head40": (2, 8, 1024, 77, 1, 4, 40),
+        "batch64": (64, 2, 256, 77, 3, 4, 64),
+        "batch1_odd": (1, 3, 333, 154, 2, 70, 80),
+    }[shape]
     q, k, v, kid, vid = attn_case(B, Hh, Lq, Lt, I, T, D, dtype, seed=len(shape))
     g = torch.Generator().manual_seed(7)
     scale = (torch.rand(B, I, generator=g) * 1.5).to(DEV)
     mask = torch.rand(B, I, Lq, generator=g).to(DEV) if masked else None
     got = ops.decoupled_attention(q, k, v, kid, vid, scale, mask)
-    exact = reference.decoupled_attention(q.double(), k.double(), v.double(), kid.double(), vid.double(),
-                                          scale, mask)
+    exact = reference.decoupled_attention(q.double(), k.double(), v.double(), kid.double(), vid.double(), scale, mask)
     twin = reference.decoupled_attention(q, k, v, kid, vid, scale, mask)
     assert got.dtype == dtype and got.shape == q.shape
     err = (got.double() - exact).abs().max().item()
@@ -217,9 +234,9 @@ def test_disable_env_forces_twins(monkeypatch):
 
 def test_offsets_beyond_int32():
     """A uint8 frame batch of > 2**31 elements; faces pasted into / aligned from the LAST frame."""
-    B, H, W = 87, 2160, 3840                     # 87 * 2160 * 3840 * 3 = 2.16e9 > 2**31
+    B, H, W = 87, 2160, 3840  # 87 * 2160 * 3840 * 3 = 2.16e9 > 2**31
     free, _ = torch.cuda.mem_get_info()
-    if free < 8 * B * H * W * 3 // 3:           # frames + clone + slack
+    if free < 8 * B * H * W * 3 // 3:  # frames + clone + slack
         pytest.skip(f"needs ~{B * H * W * 3 * 2.7 / 2**30:.0f} GiB of free GPU memory")
     frames = torch.zeros(B, H, W, 3, dtype=torch.uint8, device=DEV)
     g = torch.Generator().manual_seed(3)
@@ -236,6 +253,7 @@ def test_offsets_beyond_int32():
     assert torch.equal(got[:-1], frames[:-1])
     del got
     a = ops.align_crops(frames, M, fi, 112, mean=127.5, std=127.5, bgr=True)
-    b = reference.align_crops(last, M, torch.zeros(2, dtype=torch.int64, device=DEV), 112, mean=127.5,
-                              std=127.5, bgr=True)
+    b = reference.align_crops(
+        last, M, torch.zeros(2, dtype=torch.int64, device=DEV), 112, mean=127.5, std=127.5, bgr=True
+    )
     assert (a - b).abs().max().item() <= 1e-4

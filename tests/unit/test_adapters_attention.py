@@ -1,4 +1,5 @@
 """Our attn2 patch vs diffusers' IPAdapterAttnProcessor2_0 (float32, tol 1e-4), SD1.5 / SDXL shapes."""
+
 import copy
 
 import pytest
@@ -39,9 +40,15 @@ def _setup(kind, n_id=1, tokens=4, seed=0):
 def _ours(attn, patch, x, ctx, heads, hw, cond_or_uncond, sigmas=None):
     q, k, v = attn.to_q(x), attn.to_k(ctx), attn.to_v(ctx)
     B = x.shape[0]
-    extra = {"n_heads": heads, "dim_head": q.shape[-1] // heads, "block": BLOCK[:2], "block_index": BLOCK[2],
-             "cond_or_uncond": cond_or_uncond, "activations_shape": [B, q.shape[-1], hw[0], hw[1]],
-             "original_shape": [B, 4, hw[0], hw[1]]}
+    extra = {
+        "n_heads": heads,
+        "dim_head": q.shape[-1] // heads,
+        "block": BLOCK[:2],
+        "block_index": BLOCK[2],
+        "cond_or_uncond": cond_or_uncond,
+        "activations_shape": [B, q.shape[-1], hw[0], hw[1]],
+        "original_shape": [B, 4, hw[0], hw[1]],
+    }
     if sigmas is not None:
         extra["sigmas"] = sigmas
     return attn.to_out[0](patch(q, k, v, extra))
@@ -73,7 +80,7 @@ def test_two_identities_with_region_masks_match_diffusers(kind):
     attn, proc, ip, cond, uncond, heads, hw = _setup(kind, n_id=2, seed=1)
     masks = torch.zeros(2, *hw)
     masks[0, :, : hw[1] // 2] = 1.0
-    masks[1, :, hw[1] // 2:] = 1.0
+    masks[1, :, hw[1] // 2 :] = 1.0
     masks[1, 0, 0] = 0.5  # soft value somewhere
     kv = A.project_identity_kv(ip, cond, uncond)
     patch = A.IdentityAttentionPatch([A.IdentityEntry(kv, {BLOCK: 0}, weights=[1.0, 0.7], masks=masks)])
@@ -185,8 +192,8 @@ def test_mask_errors():
         A.check_masks(torch.ones(1, 64, 64), 2)
     with pytest.raises(VisageError, match="3 identities but 2 masks"):
         A.check_masks(torch.ones(2, 64, 64), 3)
-    A.check_mask_fits_latent((512, 768), (64, 96))   # image size: fine
-    A.check_mask_fits_latent((64, 96), (64, 96))     # latent size: fine
+    A.check_mask_fits_latent((512, 768), (64, 96))  # image size: fine
+    A.check_mask_fits_latent((64, 96), (64, 96))  # latent size: fine
     with pytest.raises(VisageError, match="latent"):
         A.check_mask_fits_latent((512, 512), (64, 96))
     # and the patch raises it at the first step
@@ -219,7 +226,9 @@ class _FakeST(torch.nn.Module):
 
 def test_match_layers_rejects_sdxl_adapter_on_sd15_model():
     from builders import adapters as B
+
     from visage.nodes.adapters.loaders import AdapterInfo
+
     sd15_blocks = [(("input", i, 0), w, 768) for i, w in enumerate(B.SD15_WIDTHS)]
     sdxl = AdapterInfo("instantid", "SDXL", 2048, 16, 512, list(range(1, 141, 2)), B.SDXL_WIDTHS, file="ip-adapter.bin")
     with pytest.raises(VisageError) as e:
@@ -237,9 +246,10 @@ def test_identity_operands_assembled_once_per_layout(monkeypatch):
     attn, proc, ip, cond, uncond, heads, hw = _setup("sd15", n_id=2, seed=3)
     masks = torch.zeros(2, *hw)
     masks[0, :, : hw[1] // 2] = 1.0
-    masks[1, :, hw[1] // 2:] = 1.0
-    patch = A.IdentityAttentionPatch([A.IdentityEntry(A.project_identity_kv(ip, cond, uncond), {BLOCK: 0},
-                                                      weights=[0.9, 0.6], masks=masks)])
+    masks[1, :, hw[1] // 2 :] = 1.0
+    patch = A.IdentityAttentionPatch(
+        [A.IdentityEntry(A.project_identity_kv(ip, cond, uncond), {BLOCK: 0}, weights=[0.9, 0.6], masks=masks)]
+    )
     n = []
     real = patch._assemble
     monkeypatch.setattr(patch, "_assemble", lambda *a, **k: (n.append(1), real(*a, **k))[1])
@@ -250,10 +260,11 @@ def test_identity_operands_assembled_once_per_layout(monkeypatch):
         assert len(n) == 1
         swapped = _ours(attn, patch, x, ctx, heads, hw, [1, 0])
         assert len(n) == 2
-        fresh = A.IdentityAttentionPatch([A.IdentityEntry(A.project_identity_kv(ip, cond, uncond), {BLOCK: 0},
-                                                          weights=[0.9, 0.6], masks=masks)])
+        fresh = A.IdentityAttentionPatch(
+            [A.IdentityEntry(A.project_identity_kv(ip, cond, uncond), {BLOCK: 0}, weights=[0.9, 0.6], masks=masks)]
+        )
         want = _ours(attn, fresh, x, ctx, heads, hw, [1, 0])
     for o in first[1:]:
         assert torch.equal(o, first[0])
     torch.testing.assert_close(swapped, want)
-    assert (swapped - first[0]).abs().max() > 1e-4          # cond order matters: rows got other tokens
+    assert (swapped - first[0]).abs().max() > 1e-4  # cond order matters: rows got other tokens

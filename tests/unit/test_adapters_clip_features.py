@@ -1,5 +1,6 @@
 """FaceID Plus CLIP-vision features: the published negative (all-zero normalised pixels, not the 8-bit
 rounded mean colour), the per-model feature cache, and the encoder-width check."""
+
 import gc
 
 import pytest
@@ -31,14 +32,14 @@ class FakeVision(torch.nn.Module):
 def test_zero_pixel_hidden_is_the_published_negative():
     m = FakeVision()
     h = C.zero_pixel_hidden(m, 224, "cpu")
-    (px, io), = m.calls
-    assert io == -2 and px.shape == (1, 3, 224, 224) and px.abs().max() == 0   # exact zeros, penultimate layer
+    ((px, io),) = m.calls
+    assert io == -2 and px.shape == (1, 3, 224, 224) and px.abs().max() == 0  # exact zeros, penultimate layer
     assert h.shape == (1, 257, 16) and not h.requires_grad
     # what the old path fed instead: the mean colour rounded to 8 bits by ComfyUI's clip_preprocess
     mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
     img = clip_crops_uncond(1)[0].movedim(-1, 0)
     old = ((255 * img).round() / 255 - mean) / torch.tensor(CLIP_STD).view(3, 1, 1)
-    assert old.abs().max() > 3e-3           # not zero: hence the direct zero input
+    assert old.abs().max() > 3e-3  # not zero: hence the direct zero input
 
 
 def test_cache_per_model_and_crop():
@@ -51,12 +52,14 @@ def test_cache_per_model_and_crop():
         def f(x):
             n["enc"] += 1
             return model(pixel_values=x.movedim(-1, 1), intermediate_output=-2)[1]
+
         return f
 
     def zero(model):
         def f():
             n["zero"] += 1
             return C.zero_pixel_hidden(model, 224, "cpu")
+
         return f
 
     with torch.no_grad():
@@ -89,7 +92,7 @@ def test_cache_per_model_and_crop():
 def test_cache_without_weakref_still_computes():
     cache = C.ClipFeatureCache()
     calls = []
-    assert cache.get(1, "k", lambda: calls.append(1) or torch.ones(1)).item() == 1   # ints are not weak-referenceable
+    assert cache.get(1, "k", lambda: calls.append(1) or torch.ones(1)).item() == 1  # ints are not weak-referenceable
     assert cache.get(1, "k", lambda: calls.append(1) or torch.ones(1)).item() == 1
     assert len(calls) == 2
 
@@ -107,5 +110,10 @@ def test_wrong_encoder_width_and_shape_are_clear_errors():
         C.check_clip_width(torch.zeros(1, 257, 1024), 1280)
     assert "ViT-H-14" in str(e.value)
     with pytest.raises(VisageError, match="unexpected shape"):
-        C.faceid_plus_clip_features(torch.zeros(1, 4, 4, 3), lambda x: torch.zeros(1, 1280), lambda: torch.zeros(1, 5, 1280),
-                                    C.ClipFeatureCache(), FakeVision())
+        C.faceid_plus_clip_features(
+            torch.zeros(1, 4, 4, 3),
+            lambda x: torch.zeros(1, 1280),
+            lambda: torch.zeros(1, 5, 1280),
+            C.ClipFeatureCache(),
+            FakeVision(),
+        )

@@ -1,4 +1,5 @@
 """Faces/embeddings -> identities, tokens, keypoint hints, Arc2Face token injection."""
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +13,14 @@ from visage.nodes.common.types import Face, FaceEmbeds, FaceSet
 def _face(i=0, emb=True, x=20.0):
     kps = torch.tensor([[x, 30], [x + 20, 30], [x + 10, 40], [x + 2, 50], [x + 18, 50]], dtype=torch.float32)
     e = torch.randn(512) * 10 if emb else None
-    return Face(image_index=i, bbox=torch.tensor([x - 5, 20, x + 25, 60.0]), score=0.9, kps=kps, embedding=e,
-                normed_embedding=None if e is None else e / e.norm())
+    return Face(
+        image_index=i,
+        bbox=torch.tensor([x - 5, 20, x + 25, 60.0]),
+        score=0.9,
+        kps=kps,
+        embedding=e,
+        normed_embedding=None if e is None else e / e.norm(),
+    )
 
 
 def test_identity_embeddings_raw_normed_and_order():
@@ -49,9 +56,9 @@ def test_instantid_tokens_negative_zero_or_seeded_noise():
         torch.testing.assert_close(unc0, rs(torch.zeros(2, 1, 512)))
     _, unc_a = I.instantid_tokens(rs, emb, noise=0.35)
     _, unc_b = I.instantid_tokens(rs, emb, noise=0.35)
-    torch.testing.assert_close(unc_a, unc_b)            # deterministic
-    assert (unc_a - unc0).abs().max() > 1e-4             # and really noise, not zeros
-    assert (unc_a[0] - unc_a[1]).abs().max() > 1e-4      # seeded per identity
+    torch.testing.assert_close(unc_a, unc_b)  # deterministic
+    assert (unc_a - unc0).abs().max() > 1e-4  # and really noise, not zeros
+    assert (unc_a[0] - unc_a[1]).abs().max() > 1e-4  # seeded per identity
 
 
 def test_faceid_tokens_uncond_is_zero_input():
@@ -104,6 +111,7 @@ def test_arc2face_tokens():
 def test_faceid_plus_crops_match_insightface_norm_crop():
     import cv2
     from insightface.utils import face_align
+
     rng = np.random.default_rng(0)
     img = cv2.GaussianBlur(rng.integers(0, 256, (180, 240, 3), dtype=np.uint8), (7, 7), 0)
     kps = np.array([[90, 80], [140, 78], [115, 105], [95, 130], [138, 128]], np.float32)
@@ -112,5 +120,5 @@ def test_faceid_plus_crops_match_insightface_norm_crop():
     ours = I.faceid_plus_crops(torch.from_numpy(img).float().unsqueeze(0) / 255.0, fs)
     ref = face_align.norm_crop(img, landmark=kps, image_size=224).astype(np.float32) / 255.0
     assert ours.shape == (1, 224, 224, 3)
-    diff = (ours[0].numpy() - ref)
+    diff = ours[0].numpy() - ref
     assert np.abs(diff).mean() < 2e-3 and np.abs(diff).max() < 0.02

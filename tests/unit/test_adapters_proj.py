@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from builders import adapters as B
+
 from visage.nodes.adapters import loaders as L
 from visage.nodes.common.errors import ModelFileInvalid, VisageError
 
@@ -13,7 +13,9 @@ from diffusers.loaders.unet import UNet2DConditionLoadersMixin  # noqa: E402
 
 def diffusers_proj(state):
     """diffusers' own conversion of the released image_proj keys + its own projection class."""
-    m = UNet2DConditionLoadersMixin._convert_ip_adapter_image_proj_to_diffusers(None, dict(state), low_cpu_mem_usage=False)
+    m = UNet2DConditionLoadersMixin._convert_ip_adapter_image_proj_to_diffusers(
+        None, dict(state), low_cpu_mem_usage=False
+    )
     return m.eval().float()
 
 
@@ -29,6 +31,7 @@ def test_instantid_resampler_released_shapes_matches_diffusers(tmp_path):
     assert ad.info.kind == L.INSTANTID and ad.info.base == "SDXL" and ad.info.num_tokens == 16
     ref = diffusers_proj(proj)
     from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
     assert isinstance(ref, IPAdapterPlusImageProjection)
     emb = torch.randn(3, 512) * 10  # raw ArcFace embeddings have norm ~20
     with torch.no_grad():
@@ -47,6 +50,7 @@ def test_faceid_mlp_matches_diffusers(tmp_path, cross, tokens, kind):
     assert ad.info.base == ("SD1.5" if cross == 768 else "SDXL")
     ref = diffusers_proj(proj)
     from diffusers.models.embeddings import IPAdapterFaceIDImageProjection
+
     assert isinstance(ref, IPAdapterFaceIDImageProjection)
     emb = torch.nn.functional.normalize(torch.randn(2, 512), dim=-1)
     with torch.no_grad():
@@ -71,10 +75,11 @@ def test_faceid_plus_matches_diffusers(tmp_path, shortcut, scale):
     assert ad.info.kind == L.FACEID_PLUS and ad.info.clip_embeddings_dim == 1280
     ref = diffusers_proj(proj)
     from diffusers.models.embeddings import IPAdapterFaceIDPlusImageProjection
+
     assert isinstance(ref, IPAdapterFaceIDPlusImageProjection)
     emb = torch.nn.functional.normalize(torch.randn(2, 512), dim=-1)
     clip = torch.randn(2, 257, 1280)
-    ref.clip_embeds = clip.unsqueeze(1)     # diffusers: [B, images, seq, dim]
+    ref.clip_embeds = clip.unsqueeze(1)  # diffusers: [B, images, seq, dim]
     ref.shortcut, ref.shortcut_scale = shortcut, scale
     with torch.no_grad():
         ours = ad.image_proj(emb, clip, shortcut=shortcut, scale=scale)
@@ -87,19 +92,23 @@ def test_ip_layers_ordered_by_released_index(tmp_path):
     ad = _load(tmp_path, "faceid.bin", B.faceid_image_proj(), ip, "faceid")
     assert ad.info.layer_keys == list(range(1, 32, 2))
     assert ad.info.layer_widths == B.SD15_WIDTHS
-    for layer, n in zip(ad.ip_layers, ad.info.layer_keys):   # 11 sorts before 3 as text: must be numeric
+    for layer, n in zip(ad.ip_layers, ad.info.layer_keys):  # 11 sorts before 3 as text: must be numeric
         assert torch.equal(layer.to_k_ip.weight, ip[f"{n}.to_k_ip.weight"])
         assert torch.equal(layer.to_v_ip.weight, ip[f"{n}.to_v_ip.weight"])
 
 
 def test_faceid_file_rejected_by_instantid_loader_and_vice_versa(tmp_path):
-    fid = B.save_adapter(str(tmp_path / "ip-adapter-faceid_sd15.bin"), B.faceid_image_proj(),
-                         B.ip_adapter_layers(B.SD15_WIDTHS, 768))
+    fid = B.save_adapter(
+        str(tmp_path / "ip-adapter-faceid_sd15.bin"), B.faceid_image_proj(), B.ip_adapter_layers(B.SD15_WIDTHS, 768)
+    )
     with pytest.raises(VisageError) as e:
         L.load_identity_adapter(fid, expect="instantid")
     assert "FaceID" in str(e.value) and "SD1.5" in str(e.value)
-    inst = B.save_adapter(str(tmp_path / "ip-adapter.bin"),
-                          B.instantid_image_proj(dim=128, depth=1, heads=2), B.ip_adapter_layers([16] * 70, 2048))
+    inst = B.save_adapter(
+        str(tmp_path / "ip-adapter.bin"),
+        B.instantid_image_proj(dim=128, depth=1, heads=2),
+        B.ip_adapter_layers([16] * 70, 2048),
+    )
     with pytest.raises(VisageError) as e:
         L.load_identity_adapter(inst, expect="faceid")
     assert "InstantID" in str(e.value) and "SDXL" in str(e.value)
@@ -117,6 +126,7 @@ def test_bad_files(tmp_path):
     assert ".onnx" in str(e.value)
     # a LoRA / checkpoint-like safetensors without the adapter groups
     from safetensors.torch import save_file
+
     p3 = str(tmp_path / "lora.safetensors")
     save_file({"lora_unet_down.weight": torch.zeros(2, 2)}, p3)
     with pytest.raises(ModelFileInvalid) as e:
@@ -128,9 +138,16 @@ def test_bad_files(tmp_path):
     with pytest.raises(ModelFileInvalid):
         L.load_identity_adapter(p4)
     # CLIP-image IP-Adapter (not face ID)
-    p5 = B.save_adapter(str(tmp_path / "ip-adapter_sd15.bin"), {"proj.weight": torch.zeros(3072, 1024),
-                        "proj.bias": torch.zeros(3072), "norm.weight": torch.ones(768), "norm.bias": torch.zeros(768)},
-                        B.ip_adapter_layers(B.SD15_WIDTHS, 768))
+    p5 = B.save_adapter(
+        str(tmp_path / "ip-adapter_sd15.bin"),
+        {
+            "proj.weight": torch.zeros(3072, 1024),
+            "proj.bias": torch.zeros(3072),
+            "norm.weight": torch.ones(768),
+            "norm.bias": torch.zeros(768),
+        },
+        B.ip_adapter_layers(B.SD15_WIDTHS, 768),
+    )
     with pytest.raises(VisageError) as e:
         L.load_identity_adapter(p5, expect="faceid")
     assert "not a face-ID adapter" in str(e.value)

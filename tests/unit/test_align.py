@@ -1,14 +1,24 @@
 """Alignment maths against skimage / cv2 / insightface's face_align (the references)."""
+
 import cv2
 import numpy as np
 import pytest
 import torch
 from skimage.transform import SimilarityTransform
 
-from visage.nodes.face import align as align_mod
-from visage.nodes.face.align import (ARCFACE_112, align_faces, crop_matrix, estimate_norm, invert_affine, template_for,
-                                     transform_points, umeyama, warp_crops)
 from visage.nodes.common.types import Face, FaceSet
+from visage.nodes.face import align as align_mod
+from visage.nodes.face.align import (
+    ARCFACE_112,
+    align_faces,
+    crop_matrix,
+    estimate_norm,
+    invert_affine,
+    template_for,
+    transform_points,
+    umeyama,
+    warp_crops,
+)
 
 
 def test_umeyama_matches_skimage():
@@ -26,12 +36,14 @@ def test_umeyama_matches_skimage():
 @pytest.mark.parametrize("size", [112, 128, 224, 256])
 def test_estimate_norm_matches_insightface(size):
     from insightface.utils import face_align
+
     kps = ARCFACE_112 * 1.7 + np.array([40.0, 25.0], np.float32)
     assert np.allclose(estimate_norm(kps, size), face_align.estimate_norm(kps, size), atol=1e-4)
 
 
 def test_crop_matrix_matches_insightface_transform():
     from insightface.utils import face_align
+
     img = np.zeros((300, 400, 3), np.uint8)
     for rot in (0, 15, -30):
         _, M = face_align.transform(img, (210.3, 140.7), 192, 0.83, rot)
@@ -42,20 +54,26 @@ def test_warp_crops_matches_cv2():
     rng = np.random.RandomState(1)
     # a smooth image (cv2 quantises sub-pixel positions to 1/32 px; smooth content keeps that small)
     yy, xx = np.mgrid[:240, :320]
-    img = np.stack([128 + 100 * np.sin(xx / 17.0), 128 + 100 * np.cos(yy / 13.0), (xx + yy) % 255], -1).astype(np.float32)
+    img = np.stack([128 + 100 * np.sin(xx / 17.0), 128 + 100 * np.cos(yy / 13.0), (xx + yy) % 255], -1).astype(
+        np.float32
+    )
     mats = []
     for k in range(4):
         kps = ARCFACE_112 * (1 + 0.3 * k) + rng.rand(5, 2) * 3 + np.array([30 * k - 20, 10.0 * k], np.float32)
         mats.append(estimate_norm(kps, 112))
     mats = np.stack(mats)
-    ours = warp_crops(torch.from_numpy(img / 255.0)[None].float(), torch.from_numpy(mats),
-                      torch.zeros(4, dtype=torch.long), 112).numpy() * 255.0
+    ours = (
+        warp_crops(
+            torch.from_numpy(img / 255.0)[None].float(), torch.from_numpy(mats), torch.zeros(4, dtype=torch.long), 112
+        ).numpy()
+        * 255.0
+    )
     assert ours.shape == (4, 112, 112, 3) and ours.dtype == np.float32
     for k in range(4):
         ref = cv2.warpAffine(img, mats[k], (112, 112), borderValue=0.0)
         inside = cv2.warpAffine(np.ones_like(img[..., 0]), mats[k], (112, 112), borderValue=0.0) > 0.999
-        assert np.abs(ours[k] - ref)[inside].max() < 1.0      # 1/32 px quantisation of cv2 on a smooth image
-        assert np.abs(ours[k] - ref).mean() < 0.1              # including the border (zeros outside)
+        assert np.abs(ours[k] - ref)[inside].max() < 1.0  # 1/32 px quantisation of cv2 on a smooth image
+        assert np.abs(ours[k] - ref).mean() < 0.1  # including the border (zeros outside)
 
 
 def test_warp_several_images_and_inverse():
@@ -67,8 +85,11 @@ def test_warp_several_images_and_inverse():
     assert torch.allclose(out[1], imgs[0, 0:40:2, 0:40:2], atol=1e-5)
     # uint8 images give the same crops (0..1) as their float twin
     u8 = (imgs * 255).round().to(torch.uint8)
-    assert torch.allclose(warp_crops(u8, m, torch.tensor([2, 0]), 20), warp_crops(u8.float() / 255, m,
-                                                                                  torch.tensor([2, 0]), 20), atol=1e-5)
+    assert torch.allclose(
+        warp_crops(u8, m, torch.tensor([2, 0]), 20),
+        warp_crops(u8.float() / 255, m, torch.tensor([2, 0]), 20),
+        atol=1e-5,
+    )
     inv = invert_affine(m)
     pts = torch.tensor([[3.0, 4.0], [10.0, 2.0]])
     assert torch.allclose(transform_points(transform_points(pts, m[1]), inv[1]), pts, atol=1e-5)
@@ -106,8 +127,10 @@ def test_warps_go_through_the_kernel_dispatch(monkeypatch):
     monkeypatch.setattr(align_mod.kops, "align_crops", spy)
     img = torch.rand(1, 150, 160, 3)
     kps = torch.from_numpy(ARCFACE_112 + 20)
-    fs = FaceSet(faces=((Face(image_index=0, bbox=torch.tensor([20.0, 20, 130, 140]), score=0.9, kps=kps),),),
-                 image_sizes=((150, 160),))
+    fs = FaceSet(
+        faces=((Face(image_index=0, bbox=torch.tensor([20.0, 20, 130, 140]), score=0.9, kps=kps),),),
+        image_sizes=((150, 160),),
+    )
     al = align_faces(img, fs, "arcface_112")
     assert len(calls) == 1 and calls[0][0] == 112 and calls[0][1]["layout"] == "NHWC"
     assert al.crops.shape == (1, 112, 112, 3) and float(al.crops.min()) >= 0 and float(al.crops.max()) <= 1
@@ -122,7 +145,9 @@ def test_analyzer_crops_go_through_align_crops_like_insightface(tmp_path, monkey
     blobFromImages - within one gray level."""
     from builders.face import build_face_pack
     from conftest import insightface_image
+
     from visage.nodes.face import analyzer as an_mod
+
     img_bgr = cv2.imread(insightface_image("t1.jpg"))
     an = an_mod.load_analyzer(build_face_pack(str(tmp_path / "pack")), "cpu", torch.float32)
     calls = []
@@ -141,8 +166,11 @@ def test_analyzer_crops_go_through_align_crops_like_insightface(tmp_path, monkey
     assert len(calls) == len(per_face) == 4
     for frames, mats, size, kw, out in calls:
         assert frames.dtype == torch.uint8 and kw["round_to_uint8"] is True and kw["layout"] == "NCHW"
-        r = next(r for r in an.routed.values() if r.input_size == size and (r.mean, r.std, r.bgr) ==
-                 (kw["mean"], kw["std"], kw["bgr"]))
+        r = next(
+            r
+            for r in an.routed.values()
+            if r.input_size == size and (r.mean, r.std, r.bgr) == (kw["mean"], kw["std"], kw["bgr"])
+        )
         assert out.shape == (fs.count, 3, size, size)
         crops = [cv2.warpAffine(img_bgr, m.astype(np.float64), (size, size), borderValue=0) for m in mats]
         blob = cv2.dnn.blobFromImages(crops, 1.0 / r.std, (size, size), (r.mean,) * 3, swapRB=not r.bgr)

@@ -1,5 +1,6 @@
 """scripts/visage_run.py without a ComfyUI: UI -> API conversion against a saved /object_info (a trimmed
 copy of ComfyUI a125cd84's core nodes below), --set / --image handling, and the bad-input exit codes."""
+
 import importlib.util
 import json
 import os
@@ -16,7 +17,7 @@ _spec = importlib.util.spec_from_file_location("visage_run_under_test", SCRIPT)
 vr = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(vr)
 
-OBJECT_INFO = json.loads(r'''
+OBJECT_INFO = json.loads(r"""
 {"EmptyImage": {"input": {"required": {"width": ["INT", {"default": 512, "min": 1, "max": 16384, "step": 1}], "height": ["INT", {"default": 512, "min": 1, "max": 16384, "step": 1}], "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}], "color": ["INT", {"default": 0, "min": 0, "max": 16777215, "step": 1, "display": "color"}]}}, "input_order": {"required": ["width", "height", "batch_size", "color"]}, "output": ["IMAGE"], "output_is_list": [false], "output_name": ["IMAGE"], "name": "EmptyImage", "display_name": "EmptyImage", "output_node": false},
  "ImageInvert": {"input": {"required": {"image": ["IMAGE"]}}, "input_order": {"required": ["image"]}, "output": ["IMAGE"], "output_is_list": [false], "output_name": ["IMAGE"], "name": "ImageInvert", "display_name": "Invert Image", "output_node": false},
  "SaveImage": {"input": {"required": {"images": ["IMAGE", {}], "filename_prefix": ["STRING", {"default": "ComfyUI"}]}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}, "input_order": {"required": ["images", "filename_prefix"], "hidden": ["prompt", "extra_pnginfo"]}, "output": [], "output_is_list": [], "output_name": [], "name": "SaveImage", "display_name": "Save Image", "output_node": true},
@@ -24,12 +25,22 @@ OBJECT_INFO = json.loads(r'''
  "KSampler": {"input": {"required": {"model": ["MODEL", {}], "seed": ["INT", {"default": 0, "min": 0, "max": 18446744073709551615, "control_after_generate": true}], "steps": ["INT", {"default": 20, "min": 1, "max": 10000}], "cfg": ["FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}], "sampler_name": [["euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp"], {}], "scheduler": [["simple", "sgm_uniform", "karras", "exponential"], {}], "positive": ["CONDITIONING", {}], "negative": ["CONDITIONING", {}], "latent_image": ["LATENT", {}], "denoise": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}]}}, "input_order": {"required": ["model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative", "latent_image", "denoise"]}, "output": ["LATENT"], "output_is_list": [false], "output_name": ["LATENT"], "name": "KSampler", "display_name": "KSampler", "output_node": false},
  "PreviewImage": {"input": {"required": {"images": ["IMAGE"]}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}, "input_order": {"required": ["images"], "hidden": ["prompt", "extra_pnginfo"]}, "output": [], "output_is_list": [], "output_name": [], "name": "PreviewImage", "display_name": "Preview Image", "output_node": true},
  "ImageScale": {"input": {"required": {"image": ["IMAGE"], "upscale_method": [["nearest-exact", "bilinear", "area", "bicubic"]], "width": ["INT", {"default": 512, "min": 0, "max": 16384, "step": 1}], "height": ["INT", {"default": 512, "min": 0, "max": 16384, "step": 1}], "crop": [["disabled", "center"]]}}, "input_order": {"required": ["image", "upscale_method", "width", "height", "crop"]}, "output": ["IMAGE"], "output_is_list": [false], "output_name": ["IMAGE"], "name": "ImageScale", "display_name": "Upscale Image", "output_node": false}}
-''')
+""")
 
 
 def _node(nid, typ, inputs=(), outputs=(), widgets=None, mode=0, title=None, props=None):
-    n = {"id": nid, "type": typ, "pos": [0, 0], "size": [200, 100], "flags": {}, "order": nid, "mode": mode,
-         "inputs": list(inputs), "outputs": list(outputs), "properties": props or {}}
+    n = {
+        "id": nid,
+        "type": typ,
+        "pos": [0, 0],
+        "size": [200, 100],
+        "flags": {},
+        "order": nid,
+        "mode": mode,
+        "inputs": list(inputs),
+        "outputs": list(outputs),
+        "properties": props or {},
+    }
     if widgets is not None:
         n["widgets_values"] = widgets
     if title:
@@ -41,31 +52,76 @@ def ui_workflow():
     """LoadImage -> Reroute -> ImageScale (width from a PrimitiveNode) -> bypassed ImageInvert -> SaveImage,
     plus a muted PreviewImage and a Note."""
     nodes = [
-        _node(1, "LoadImage", outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [1]},
-                                       {"name": "MASK", "type": "MASK", "links": None}],
-              widgets=["face.png", "image"], title="Source"),
-        _node(2, "Reroute", inputs=[{"name": "", "type": "*", "link": 1}],
-              outputs=[{"name": "", "type": "IMAGE", "links": [2]}]),
-        _node(3, "ImageScale", inputs=[{"name": "image", "type": "IMAGE", "link": 2},
-                                       {"name": "width", "type": "INT", "widget": {"name": "width"}, "link": 5}],
-              outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [3, 6]}],
-              widgets=["bilinear", 320, 240, "center"]),
-        _node(4, "ImageInvert", inputs=[{"name": "image", "type": "IMAGE", "link": 3}],
-              outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [4]}], widgets=[], mode=4),
-        _node(5, "SaveImage", inputs=[{"name": "images", "type": "IMAGE", "link": 4}], widgets=["visage_test"],
-              title="Result"),
-        _node(6, "PrimitiveNode", outputs=[{"name": "INT", "type": "INT", "links": [5], "widget": {"name": "width"}}],
-              widgets=[320, "fixed"], title="Width"),
+        _node(
+            1,
+            "LoadImage",
+            outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [1]}, {"name": "MASK", "type": "MASK", "links": None}],
+            widgets=["face.png", "image"],
+            title="Source",
+        ),
+        _node(
+            2,
+            "Reroute",
+            inputs=[{"name": "", "type": "*", "link": 1}],
+            outputs=[{"name": "", "type": "IMAGE", "links": [2]}],
+        ),
+        _node(
+            3,
+            "ImageScale",
+            inputs=[
+                {"name": "image", "type": "IMAGE", "link": 2},
+                {"name": "width", "type": "INT", "widget": {"name": "width"}, "link": 5},
+            ],
+            outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [3, 6]}],
+            widgets=["bilinear", 320, 240, "center"],
+        ),
+        _node(
+            4,
+            "ImageInvert",
+            inputs=[{"name": "image", "type": "IMAGE", "link": 3}],
+            outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [4]}],
+            widgets=[],
+            mode=4,
+        ),
+        _node(
+            5,
+            "SaveImage",
+            inputs=[{"name": "images", "type": "IMAGE", "link": 4}],
+            widgets=["visage_test"],
+            title="Result",
+        ),
+        _node(
+            6,
+            "PrimitiveNode",
+            outputs=[{"name": "INT", "type": "INT", "links": [5], "widget": {"name": "width"}}],
+            widgets=[320, "fixed"],
+            title="Width",
+        ),
         _node(7, "PreviewImage", inputs=[{"name": "images", "type": "IMAGE", "link": 6}], mode=2),
         _node(8, "Note", widgets=["just a note"]),
     ]
-    links = [[1, 1, 0, 2, 0, "*"], [2, 2, 0, 3, 0, "IMAGE"], [3, 3, 0, 4, 0, "IMAGE"], [4, 4, 0, 5, 0, "IMAGE"],
-             [5, 6, 0, 3, 1, "INT"], [6, 3, 0, 7, 0, "IMAGE"]]
-    return {"last_node_id": 8, "last_link_id": 6, "nodes": nodes, "links": links, "groups": [], "config": {},
-            "extra": {}, "version": 0.4}
+    links = [
+        [1, 1, 0, 2, 0, "*"],
+        [2, 2, 0, 3, 0, "IMAGE"],
+        [3, 3, 0, 4, 0, "IMAGE"],
+        [4, 4, 0, 5, 0, "IMAGE"],
+        [5, 6, 0, 3, 1, "INT"],
+        [6, 3, 0, 7, 0, "IMAGE"],
+    ]
+    return {
+        "last_node_id": 8,
+        "last_link_id": 6,
+        "nodes": nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {},
+        "version": 0.4,
+    }
 
 
 # ------------------------------------------------------------------------------------ conversion
+
 
 def test_ui_to_api_follows_reroute_primitive_bypass_and_mute():
     prims = {}
@@ -74,24 +130,36 @@ def test_ui_to_api_follows_reroute_primitive_bypass_and_mute():
     assert sorted(api, key=int) == ["1", "3", "5"]
     assert api["1"] == {"class_type": "LoadImage", "inputs": {"image": "face.png"}, "_meta": {"title": "Source"}}
     # the Reroute is followed back to LoadImage; widget values map by name; the primitive feeds width
-    assert api["3"]["inputs"] == {"image": ["1", 0], "upscale_method": "bilinear", "width": 320, "height": 240,
-                                  "crop": "center"}
+    assert api["3"]["inputs"] == {
+        "image": ["1", 0],
+        "upscale_method": "bilinear",
+        "width": 320,
+        "height": 240,
+        "crop": "center",
+    }
     # SaveImage gets ImageScale's output through the bypassed ImageInvert (same type IMAGE)
     assert api["5"]["inputs"] == {"images": ["3", 0], "filename_prefix": "visage_test"}
     assert prims["Width"] == [("3", "width")] and prims["6"] == [("3", "width")]
 
 
 def test_seed_control_value_is_skipped():
-    wf = {"nodes": [_node(1, "KSampler", widgets=[1234, "randomize", 7, 4.5, "euler", "karras", 0.6])],
-          "links": []}
+    wf = {"nodes": [_node(1, "KSampler", widgets=[1234, "randomize", 7, 4.5, "euler", "karras", 0.6])], "links": []}
     api = vr.ui_to_api(wf, OBJECT_INFO)
-    assert api["1"]["inputs"] == {"seed": 1234, "steps": 7, "cfg": 4.5, "sampler_name": "euler",
-                                  "scheduler": "karras", "denoise": 0.6}
+    assert api["1"]["inputs"] == {
+        "seed": 1234,
+        "steps": 7,
+        "cfg": 4.5,
+        "sampler_name": "euler",
+        "scheduler": "karras",
+        "denoise": 0.6,
+    }
 
 
 def test_missing_widget_values_take_defaults_and_dict_values_map_by_name():
-    wf = {"nodes": [_node(1, "EmptyImage", widgets=[64, 32]), _node(2, "SaveImage", widgets={"filename_prefix": "x"})],
-          "links": []}
+    wf = {
+        "nodes": [_node(1, "EmptyImage", widgets=[64, 32]), _node(2, "SaveImage", widgets={"filename_prefix": "x"})],
+        "links": [],
+    }
     api = vr.ui_to_api(wf, OBJECT_INFO)
     assert api["1"]["inputs"] == {"width": 64, "height": 32, "batch_size": 1, "color": 0}
     assert api["2"]["inputs"] == {"filename_prefix": "x"}
@@ -138,6 +206,7 @@ def test_api_format_is_checked_for_types_and_dangling_links():
 
 # ------------------------------------------------------------------------------------ --set
 
+
 def test_set_by_id_title_type_and_primitive():
     prims = {}
     api = vr.ui_to_api(ui_workflow(), OBJECT_INFO, prims)
@@ -150,13 +219,16 @@ def test_set_by_id_title_type_and_primitive():
     assert api["5"]["inputs"]["filename_prefix"] == "out/a.b"
 
 
-@pytest.mark.parametrize("item, message", [
-    ("Nobody.width=3", "no node 'Nobody'"),
-    ("3.depth=3", "has no input 'depth'"),
-    ("3.height=tall", "'tall' is not a valid INT"),
-    ("3.crop=sideways", "'sideways' is not one of the choices"),
-    ("width=3", "expected NODE.input=VALUE"),
-])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("Nobody.width=3", "no node 'Nobody'"),
+        ("3.depth=3", "has no input 'depth'"),
+        ("3.height=tall", "'tall' is not a valid INT"),
+        ("3.crop=sideways", "'sideways' is not one of the choices"),
+        ("width=3", "expected NODE.input=VALUE"),
+    ],
+)
 def test_set_errors(item, message):
     api = vr.ui_to_api(ui_workflow(), OBJECT_INFO)
     with pytest.raises(vr.RunError, match=message):
@@ -164,6 +236,7 @@ def test_set_errors(item, message):
 
 
 # ------------------------------------------------------------------------------------ the command
+
 
 def _run(*args, timeout=60):
     return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=timeout)
@@ -248,31 +321,60 @@ def subgraph_workflow():
     subgraph's image input wired straight to its second output -> PreviewImage."""
     io = {"bounding": [0, 0, 10, 10]}
     definition = {
-        "id": SG, "version": 1, "revision": 0, "name": "invert and scale", "state": {},
-        "inputNode": dict(io, id=-10), "outputNode": dict(io, id=-20),
-        "inputs": [{"id": "a", "name": "image", "type": "IMAGE", "linkIds": [10, 13]},
-                   {"id": "b", "name": "width", "type": "INT", "linkIds": [11]}],
-        "outputs": [{"id": "c", "name": "IMAGE", "type": "IMAGE", "linkIds": [12]},
-                    {"id": "d", "name": "raw", "type": "IMAGE", "linkIds": [13]}],
-        "nodes": [
-            _node(1, "ImageInvert", inputs=[{"name": "image", "type": "IMAGE", "link": 10}],
-                  outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [14]}], widgets=[]),
-            _node(2, "ImageScale", inputs=[{"name": "image", "type": "IMAGE", "link": 14},
-                                           {"name": "width", "type": "INT", "widget": {"name": "width"}, "link": 11}],
-                  outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [12]}], widgets=["bilinear", 100, 24, "disabled"]),
+        "id": SG,
+        "version": 1,
+        "revision": 0,
+        "name": "invert and scale",
+        "state": {},
+        "inputNode": dict(io, id=-10),
+        "outputNode": dict(io, id=-20),
+        "inputs": [
+            {"id": "a", "name": "image", "type": "IMAGE", "linkIds": [10, 13]},
+            {"id": "b", "name": "width", "type": "INT", "linkIds": [11]},
         ],
-        "links": [{"id": 10, "origin_id": -10, "origin_slot": 0, "target_id": 1, "target_slot": 0, "type": "IMAGE"},
-                  {"id": 11, "origin_id": -10, "origin_slot": 1, "target_id": 2, "target_slot": 1, "type": "INT"},
-                  {"id": 14, "origin_id": 1, "origin_slot": 0, "target_id": 2, "target_slot": 0, "type": "IMAGE"},
-                  {"id": 12, "origin_id": 2, "origin_slot": 0, "target_id": -20, "target_slot": 0, "type": "IMAGE"},
-                  {"id": 13, "origin_id": -10, "origin_slot": 0, "target_id": -20, "target_slot": 1, "type": "IMAGE"}],
+        "outputs": [
+            {"id": "c", "name": "IMAGE", "type": "IMAGE", "linkIds": [12]},
+            {"id": "d", "name": "raw", "type": "IMAGE", "linkIds": [13]},
+        ],
+        "nodes": [
+            _node(
+                1,
+                "ImageInvert",
+                inputs=[{"name": "image", "type": "IMAGE", "link": 10}],
+                outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [14]}],
+                widgets=[],
+            ),
+            _node(
+                2,
+                "ImageScale",
+                inputs=[
+                    {"name": "image", "type": "IMAGE", "link": 14},
+                    {"name": "width", "type": "INT", "widget": {"name": "width"}, "link": 11},
+                ],
+                outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [12]}],
+                widgets=["bilinear", 100, 24, "disabled"],
+            ),
+        ],
+        "links": [
+            {"id": 10, "origin_id": -10, "origin_slot": 0, "target_id": 1, "target_slot": 0, "type": "IMAGE"},
+            {"id": 11, "origin_id": -10, "origin_slot": 1, "target_id": 2, "target_slot": 1, "type": "INT"},
+            {"id": 14, "origin_id": 1, "origin_slot": 0, "target_id": 2, "target_slot": 0, "type": "IMAGE"},
+            {"id": 12, "origin_id": 2, "origin_slot": 0, "target_id": -20, "target_slot": 0, "type": "IMAGE"},
+            {"id": 13, "origin_id": -10, "origin_slot": 0, "target_id": -20, "target_slot": 1, "type": "IMAGE"},
+        ],
     }
     nodes = [
         _node(1, "EmptyImage", outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [1]}], widgets=[64, 48, 1, 0]),
-        _node(5, SG, inputs=[{"name": "image", "type": "IMAGE", "link": 1},
-                             {"name": "width", "type": "INT", "widget": {"name": "width"}, "link": None}],
-              outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [2]}, {"name": "raw", "type": "IMAGE", "links": [3]}],
-              widgets=[32]),
+        _node(
+            5,
+            SG,
+            inputs=[
+                {"name": "image", "type": "IMAGE", "link": 1},
+                {"name": "width", "type": "INT", "widget": {"name": "width"}, "link": None},
+            ],
+            outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [2]}, {"name": "raw", "type": "IMAGE", "links": [3]}],
+            widgets=[32],
+        ),
         _node(3, "SaveImage", inputs=[{"name": "images", "type": "IMAGE", "link": 2}], widgets=["a"]),
         _node(4, "PreviewImage", inputs=[{"name": "images", "type": "IMAGE", "link": 3}]),
     ]
@@ -286,8 +388,10 @@ def test_subgraph_is_expanded_like_the_editor():
     assert strip == {
         "1": ("EmptyImage", {"width": 64, "height": 48, "batch_size": 1, "color": 0}),
         "5:1": ("ImageInvert", {"image": ["1", 0]}),
-        "5:2": ("ImageScale", {"image": ["5:1", 0], "upscale_method": "bilinear", "width": 32, "height": 24,
-                               "crop": "disabled"}),  # width: the value promoted onto the instance
+        "5:2": (
+            "ImageScale",
+            {"image": ["5:1", 0], "upscale_method": "bilinear", "width": 32, "height": 24, "crop": "disabled"},
+        ),  # width: the value promoted onto the instance
         "3": ("SaveImage", {"images": ["5:2", 0], "filename_prefix": "a"}),
         "4": ("PreviewImage", {"images": ["1", 0]}),  # subgraph input wired straight to an output
     }
@@ -307,6 +411,7 @@ def test_subgraph_muted_instance_and_missing_definition():
 def test_the_documented_commands_parse():
     """Every `python scripts/visage_run.py ...` command in docs/HEADLESS.md uses options the script has."""
     import shlex
+
     text = open(os.path.join(REPO, "docs", "HEADLESS.md"), encoding="utf-8").read().replace("\\\n", " ")
     commands = [line.strip() for line in text.splitlines() if line.strip().startswith("python scripts/visage_run.py")]
     assert len(commands) >= 2

@@ -1,4 +1,5 @@
 """Expression family maths and pipeline (narrow test twins of the networks, real 256x256 inputs)."""
+
 import math
 
 import numpy as np
@@ -12,8 +13,8 @@ from visage.nodes.expression import motion as M
 from visage.nodes.expression import networks as N
 from visage.nodes.expression import pipeline as PL
 
-
 # ----------------------------------------------------------------------------------- helpers
+
 
 class Models:
     def __init__(self, seed=0):
@@ -64,8 +65,15 @@ def landmarks68(cx, cy, s, eye_open=0.3, mouth_open=0.2):
 
 
 def make_face(cx, cy, s, image_index=0, with_lm=True, emb=None, roll_deg=0.0):
-    kps = torch.tensor([[cx - 0.4 * s, cy - 0.3 * s], [cx + 0.4 * s, cy - 0.3 * s], [cx, cy],
-                        [cx - 0.3 * s, cy + 0.45 * s], [cx + 0.3 * s, cy + 0.45 * s]])
+    kps = torch.tensor(
+        [
+            [cx - 0.4 * s, cy - 0.3 * s],
+            [cx + 0.4 * s, cy - 0.3 * s],
+            [cx, cy],
+            [cx - 0.3 * s, cy + 0.45 * s],
+            [cx + 0.3 * s, cy + 0.45 * s],
+        ]
+    )
     lm = landmarks68(cx, cy, s) if with_lm else None
     if roll_deg:
         a = math.radians(roll_deg)
@@ -75,20 +83,29 @@ def make_face(cx, cy, s, image_index=0, with_lm=True, emb=None, roll_deg=0.0):
         lm = None if lm is None else (lm - c) @ r.T + c
     bbox = torch.tensor([cx - s, cy - s, cx + s, cy + 1.1 * s])
     e = None if emb is None else torch.tensor(emb, dtype=torch.float32)
-    return Face(image_index, bbox, 0.9, kps, landmarks_2d_68=lm, embedding=e,
-                normed_embedding=None if e is None else e / e.norm())
+    return Face(
+        image_index,
+        bbox,
+        0.9,
+        kps,
+        landmarks_2d_68=lm,
+        embedding=e,
+        normed_embedding=None if e is None else e / e.norm(),
+    )
 
 
 def faceset(per_image, size):
-    return FaceSet(tuple(tuple(f.with_(image_index=i) for f in fs) for i, fs in enumerate(per_image)),
-                   (size,) * len(per_image))
+    return FaceSet(
+        tuple(tuple(f.with_(image_index=i) for f in fs) for i, fs in enumerate(per_image)), (size,) * len(per_image)
+    )
 
 
 # ----------------------------------------------------------------------------------- pose maths
 
+
 def test_headpose_bins_to_degrees():
     uniform = torch.zeros(1, 66)
-    assert abs(float(M.headpose_to_degree(uniform)[0])) < 1e-4        # mean bin 32.5 -> 0 deg
+    assert abs(float(M.headpose_to_degree(uniform)[0])) < 1e-4  # mean bin 32.5 -> 0 deg
     onehot = torch.full((3, 66), -1e4)
     for i, k in enumerate((0, 10, 65)):
         onehot[i, k] = 0
@@ -113,10 +130,15 @@ def test_rotation_matrix_convention():
 
 def _info(b=1, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return M.KeypointInfo(kp=torch.randn(b, 21, 3, generator=g) * 0.3, exp=torch.randn(b, 21, 3, generator=g) * 0.02,
-                          pitch=torch.randn(b, generator=g) * 5, yaw=torch.randn(b, generator=g) * 5,
-                          roll=torch.randn(b, generator=g) * 5, scale=1.5 + 0.1 * torch.rand(b, 1, generator=g),
-                          t=torch.randn(b, 3, generator=g) * 0.05)
+    return M.KeypointInfo(
+        kp=torch.randn(b, 21, 3, generator=g) * 0.3,
+        exp=torch.randn(b, 21, 3, generator=g) * 0.02,
+        pitch=torch.randn(b, generator=g) * 5,
+        yaw=torch.randn(b, generator=g) * 5,
+        roll=torch.randn(b, generator=g) * 5,
+        scale=1.5 + 0.1 * torch.rand(b, 1, generator=g),
+        t=torch.randn(b, 3, generator=g) * 0.05,
+    )
 
 
 def test_transform_is_scale_rotate_plus_expression_plus_txy():
@@ -124,7 +146,7 @@ def test_transform_is_scale_rotate_plus_expression_plus_txy():
     x = M.transform_keypoints(info)
     r = info.rotation()[0]
     ref = info.scale[0, 0] * (info.kp[0] @ r + info.exp[0])
-    ref[:, :2] += info.t[0, :2]   # t_z is dropped
+    ref[:, :2] += info.t[0, :2]  # t_z is dropped
     torch.testing.assert_close(x[0], ref)
 
 
@@ -141,7 +163,9 @@ FOOTPRINT = {
     "pupil_y": ({(11, 1), (15, 1), (13, 1), (16, 1), (1, 1), (2, 1)}, set()),
     "blink": ({(11, 1), (13, 1), (15, 1), (16, 1), (1, 1), (2, 1)}, set()),
     "eyebrow": ({(1, 1), (2, 1)}, set()),
-    "rotate_pitch": (set(), {0}), "rotate_yaw": (set(), {1}), "rotate_roll": (set(), {2}),
+    "rotate_pitch": (set(), {0}),
+    "rotate_yaw": (set(), {1}),
+    "rotate_roll": (set(), {2}),
 }
 
 
@@ -199,6 +223,7 @@ def test_sample_parts_copy_only_their_keypoints():
 
 # ----------------------------------------------------------------------------------- expression type
 
+
 def test_expression_save_load_add_interpolate(tmp_path):
     a = M.slider_expression({"smile": 1.0, "rotate_pitch": 4.0})
     b = M.slider_expression({"blink": -10.0})
@@ -211,6 +236,7 @@ def test_expression_save_load_add_interpolate(tmp_path):
     torch.testing.assert_close((a + b).exp, a.exp + b.exp)
     assert a.lerp(b, 0.0).exp.equal(a.exp * 1.0)
     from safetensors.torch import save_file
+
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(VisageError, match="not a Visage expression"):
         M.Expression.load(str(tmp_path / "other.safetensors"))
@@ -220,6 +246,7 @@ def test_expression_save_load_add_interpolate(tmp_path):
 
 # ----------------------------------------------------------------------------------- transfer maths
 
+
 def test_relative_motion_identity_and_deltas():
     src, drv = _info(seed=1), _info(b=4, seed=2)
     d0 = drv.select(0)
@@ -228,8 +255,9 @@ def test_relative_motion_identity_and_deltas():
     # expression-only region keeps pose: rotation/scale/t of the source
     xe = M.driven_keypoints(src, drv, d0, "relative", "expression")
     exp = src.exp + (drv.exp - d0.exp)
-    ref = M.compose(src.kp.expand(4, -1, -1), src.rotation().expand(4, -1, -1), exp, src.scale.expand(4, -1),
-                    src.t.expand(4, -1))
+    ref = M.compose(
+        src.kp.expand(4, -1, -1), src.rotation().expand(4, -1, -1), exp, src.scale.expand(4, -1), src.t.expand(4, -1)
+    )
     torch.testing.assert_close(xe, ref)
     # lips region moves only the lip keypoints
     xl = M.driven_keypoints(src, drv, d0, "relative", "lips")
@@ -253,16 +281,22 @@ def test_smoothing_reduces_frame_to_frame_jitter():
     for s in (0.3, 0.6, 0.9):
         sm = M.smooth_sequence(noisy, s)
         var = torch.diff(sm, dim=0).var().item()
-        assert var < prev_var          # stronger smoothing -> smaller frame-to-frame variance
+        assert var < prev_var  # stronger smoothing -> smaller frame-to-frame variance
         prev_var = var
     sm = M.smooth_sequence(noisy, 0.5)
     assert (sm - clean).pow(2).mean() < (noisy - clean).pow(2).mean()  # closer to the clean motion
     const = torch.full((10, 3), 0.7)
     torch.testing.assert_close(M.smooth_sequence(const, 0.8), const)
     # on keypoints composed from smoothed parameters too
-    info = M.KeypointInfo(kp=torch.zeros(60, 21, 3) + 0.1, exp=noisy, pitch=torch.randn(60, generator=g) * 2,
-                          yaw=torch.randn(60, generator=g) * 2, roll=torch.zeros(60), scale=torch.ones(60, 1),
-                          t=torch.zeros(60, 3))
+    info = M.KeypointInfo(
+        kp=torch.zeros(60, 21, 3) + 0.1,
+        exp=noisy,
+        pitch=torch.randn(60, generator=g) * 2,
+        yaw=torch.randn(60, generator=g) * 2,
+        roll=torch.zeros(60),
+        scale=torch.ones(60, 1),
+        t=torch.zeros(60, 3),
+    )
     raw = M.transform_keypoints(info)
     smo = M.transform_keypoints(M.smooth_info(info, 0.6))
     assert torch.diff(smo, dim=0).var() < 0.5 * torch.diff(raw, dim=0).var()
@@ -279,6 +313,7 @@ def test_open_ratios_from_68_landmarks():
 
 # ----------------------------------------------------------------------------------- crop / selection
 
+
 @pytest.mark.parametrize("with_lm", [True, False])
 def test_crop_is_rotation_aligned_and_centred(with_lm):
     f = make_face(200, 180, 60, with_lm=with_lm, roll_deg=20)
@@ -288,7 +323,7 @@ def test_crop_is_rotation_aligned_and_centred(with_lm):
     lip = (k[3] + k[4]) / 2
     to = lambda p: m[:, :2] @ p + m[:, 2]
     e, l = to(eye), to(lip)
-    assert abs(np.degrees(np.arctan2(l[0] - e[0], l[1] - e[1]))) < 3.0   # eyes -> lips is vertical in the crop
+    assert abs(np.degrees(np.arctan2(l[0] - e[0], l[1] - e[1]))) < 3.0  # eyes -> lips is vertical in the crop
     assert 0.3 * 512 < e[0] < 0.7 * 512 and 0.3 * 512 < l[1] < 0.8 * 512
     inv = C.invert(m)
     np.testing.assert_allclose(inv[:, :2] @ to(eye) + inv[:, 2], eye, atol=1e-6)
@@ -320,6 +355,7 @@ def test_face_mask_fades_before_the_crop_edge():
 
 # ----------------------------------------------------------------------------------- pipeline
 
+
 def _source(seed=0, size=(260, 240)):
     g = torch.Generator().manual_seed(seed)
     img = torch.rand(1, *size, 3, generator=g) * 0.2 + 0.4
@@ -332,7 +368,7 @@ def test_zero_edit_returns_the_source_reconstruction(engine):
     res = PL.edit(engine, img, fs, M.Expression.zero(), color_transfer=False)
     jobs = PL.find_jobs(img, fs, "largest", 0, None, 2.3, -0.125)
     rec = PL.reconstruct(engine, engine.crops(img, jobs))
-    assert torch.equal(res.crops, rec.permute(0, 2, 3, 1))   # same tensors as the unedited pass
+    assert torch.equal(res.crops, rec.permute(0, 2, 3, 1))  # same tensors as the unedited pass
     assert res.images.shape == img.shape and res.masks.shape == (1, 260, 240)
     # outside the face mask nothing changes; inside, the generated face was pasted
     outside = res.masks[0] == 0
@@ -350,11 +386,12 @@ def test_edit_any_face_and_no_face_policies(engine):
     fs = faceset([[left, right], []], (260, 240))
     with pytest.raises(NoFaceError):
         PL.edit(engine, img, fs, M.Expression.zero())
-    res = PL.edit(engine, img, fs, M.Expression.zero(), select="index", index=0, on_no_face="passthrough",
-                  color_transfer=False)
+    res = PL.edit(
+        engine, img, fs, M.Expression.zero(), select="index", index=0, on_no_face="passthrough", color_transfer=False
+    )
     assert res.images.shape[0] == 2 and torch.equal(res.images[1], img[1]) and float(res.masks[1].max()) == 0
     cols = res.masks[0].amax(0).nonzero().flatten()
-    assert float(cols.float().mean()) < 120   # the left face was edited
+    assert float(cols.float().mean()) < 120  # the left face was edited
     res2 = PL.edit(engine, img, fs, M.Expression.zero(), select="largest", on_no_face="skip", color_transfer=False)
     assert res2.images.shape[0] == 1
     assert float(res2.masks[0].amax(0).nonzero().flatten().float().mean()) > 120
@@ -365,12 +402,12 @@ def test_edit_any_face_and_no_face_policies(engine):
 def test_transfer_passthrough_other_sizes_and_errors(engine):
     src = _source()
     sfs = faceset([[make_face(120, 120, 35)]], (260, 240))
-    drv = torch.rand(3, 200, 300, 3)          # driving frames of another size than the source
+    drv = torch.rand(3, 200, 300, 3)  # driving frames of another size than the source
     d_face = make_face(150, 100, 30)
     dfs = faceset([[d_face], [], [d_face]], (200, 300))
     res = PL.transfer(engine, src, sfs, drv, dfs, on_no_face="passthrough", smoothing=0.5, color_transfer=False)
     assert res.images.shape == (3, 260, 240, 3) and res.generated == 2 and res.crops.shape == (2, 512, 512, 3)
-    assert torch.equal(res.images[1], src[0]) and float(res.masks[1].max()) == 0     # no face -> passthrough
+    assert torch.equal(res.images[1], src[0]) and float(res.masks[1].max()) == 0  # no face -> passthrough
     assert float(res.masks[0].max()) > 0.99 and float(res.masks[2].max()) > 0.99
     # frame 0 is the first driving frame: relative motion = none, so it is the source's reconstruction
     jobs = PL.find_jobs(src, sfs, "largest", 0, None, 2.3, -0.125)
@@ -407,8 +444,9 @@ def test_transfer_retargeting_needs_landmarks_and_uses_ratios(engine):
 
 def test_colour_transfer_matches_the_original_face_colour(engine):
     from visage.kernels import reference as K
+
     img = _source()
-    img[..., 0] = img[..., 0] * 0.5 + 0.45   # a warm frame: the twin's output colours are unrelated
+    img[..., 0] = img[..., 0] * 0.5 + 0.45  # a warm frame: the twin's output colours are unrelated
     fs = faceset([[make_face(120, 120, 35)]], (260, 240))
     plain = PL.edit(engine, img, fs, M.Expression.zero(), color_transfer=False)
     matched = PL.edit(engine, img, fs, M.Expression.zero(), color_transfer=True)

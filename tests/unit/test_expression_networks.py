@@ -1,11 +1,12 @@
 """LivePortrait networks: released key layout, strict loading, spectral-norm folding, wrong files,
 and one forward pass of every network at full released width and released input size (256x256)."""
+
 import os
 
 import pytest
 import torch
-
 from builders import expression as B
+
 from visage.nodes.common import paths
 from visage.nodes.common.errors import ModelFileInvalid, ModelFileMissing
 from visage.nodes.common.model_manager import MANAGER
@@ -16,8 +17,11 @@ from visage.nodes.expression import pipeline as PL
 
 # released parameter counts (the published files hold these many weights)
 RELEASED_PARAMS = {
-    "appearance_feature_extractor": 0.84e6, "motion_extractor": 28.1e6, "warping_module": 45.5e6,
-    "spade_generator": 55.4e6, "stitching_retargeting_module": 0.227e6,
+    "appearance_feature_extractor": 0.84e6,
+    "motion_extractor": 28.1e6,
+    "warping_module": 45.5e6,
+    "spade_generator": 55.4e6,
+    "stitching_retargeting_module": 0.227e6,
 }
 
 
@@ -51,8 +55,11 @@ def test_layout_has_released_names_and_sizes():
     assert lay["retarget_eye_module.mlp.10.weight"] == (63, 64)
     assert L.expected_layout("appearance_feature_extractor")["resblocks_3d.3dr5.conv2.weight"] == (32, 32, 3, 3, 3)
     for kind, n in RELEASED_PARAMS.items():
-        total = sum(int(torch.Size(s).numel()) for k, s in L.expected_layout(kind).items()
-                    if not k.endswith(("num_batches_tracked", "running_mean", "running_var", "weight_u", "weight_v")))
+        total = sum(
+            int(torch.Size(s).numel())
+            for k, s in L.expected_layout(kind).items()
+            if not k.endswith(("num_batches_tracked", "running_mean", "running_var", "weight_u", "weight_v"))
+        )
         assert abs(total - n) / n < 0.01, (kind, total)
 
 
@@ -77,12 +84,16 @@ def test_released_files_load_strict_and_run_once_at_full_width(released_dir):
     try:
         models = L.load_models("cpu", torch.float32)
         hits = MANAGER.stats.hits
-        again = L.load_models("cpu", torch.float32)   # one load per file: the manager's cache answers
+        again = L.load_models("cpu", torch.float32)  # one load per file: the manager's cache answers
         assert again.spade is models.spade and MANAGER.stats.hits == hits + 5
         for kind, n in RELEASED_PARAMS.items():
-            h = {"appearance_feature_extractor": models.appearance, "motion_extractor": models.motion,
-                 "warping_module": models.warping, "spade_generator": models.spade,
-                 "stitching_retargeting_module": models.stitching}[kind]
+            h = {
+                "appearance_feature_extractor": models.appearance,
+                "motion_extractor": models.motion,
+                "warping_module": models.warping,
+                "spade_generator": models.spade,
+                "stitching_retargeting_module": models.stitching,
+            }[kind]
             params = sum(p.numel() for p in h.module.parameters())
             assert abs(params - n) / n < 0.01, (kind, params)
         # loaded values are the file's (fp16 -> fp32), spectral convs folded
@@ -116,6 +127,7 @@ def test_released_files_load_strict_and_run_once_at_full_width(released_dir):
 
 def _save(path, sd):
     from safetensors.torch import save_file
+
     save_file({k: v.contiguous() for k, v in sd.items()}, path)
 
 
@@ -129,8 +141,11 @@ def test_wrong_files_are_rejected_with_what_they_hold(tmp_path, released_dir):
     with pytest.raises(ModelFileInvalid, match="diffusion"):
         L.load_network("spade_generator", p)
     # same names, other widths (a narrower variant)
-    tiny = {k: torch.zeros(s) for k, s in L.expected_layout("appearance_feature_extractor", N.tiny_cfg()).items()
-            if not k.endswith("num_batches_tracked")}
+    tiny = {
+        k: torch.zeros(s)
+        for k, s in L.expected_layout("appearance_feature_extractor", N.tiny_cfg()).items()
+        if not k.endswith("num_batches_tracked")
+    }
     p = str(tmp_path / "narrow.safetensors")
     _save(p, tiny)
     with pytest.raises(ModelFileInvalid, match="variant|shape"):

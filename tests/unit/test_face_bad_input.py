@@ -1,12 +1,12 @@
 """Bad input to face analysis: each gets a clear error or the documented passthrough."""
+
 import os
 import shutil
 
-import numpy as np
 import pytest
 import torch
-
 from builders.face import build_face_pack, make_per_face
+
 from visage.nodes.common.errors import ModelFileInvalid, VisageError
 from visage.nodes.common.images import check_image
 from visage.nodes.face.analyzer import load_analyzer

@@ -1,15 +1,16 @@
 """Our torch face analysis against insightface + onnxruntime (the reference), on models built here
 with the released signatures and on the real small pretrained models in ../shared/fixtures."""
+
 import os
 
 import cv2
 import numpy as np
 import pytest
 import torch
-
 from builders.face import build_face_pack
 from conftest import fixture_path, insightface_image
-from face_helpers import bgr_to_batch, cosine, insightface_app, iou, match_reference
+from face_helpers import bgr_to_batch, cosine, insightface_app, match_reference
+
 from visage.nodes.face.analyzer import load_analyzer
 
 
@@ -149,8 +150,9 @@ def test_real_recognizer_tells_identities_apart(tmp_path):
         m = np.mean(embs, 0)
         means[person] = m / np.linalg.norm(m)
     t1 = an.analyze(bgr_to_batch(cv2.imread(fixture_path("images", "insightface", "t1.jpg")))).faces[0]
-    names = [max(means, key=lambda p: means[p] @ f.normed_embedding.numpy())
-             for f in sorted(t1, key=lambda f: f.center[0])]
+    names = [
+        max(means, key=lambda p: means[p] @ f.normed_embedding.numpy()) for f in sorted(t1, key=lambda f: f.center[0])
+    ]
     assert names == ["Rachel", "Monica", "Ross", "Chandler", "Joey", "Phoebe"]
 
 
@@ -158,7 +160,7 @@ def test_onnxruntime_engine_matches_torch_engine(tmp_path, t1_bgr):
     pack = build_face_pack(str(tmp_path / "pack"), batched_detector=False)
     batch = bgr_to_batch(t1_bgr, t1_bgr[:, ::-1].copy())
     a = load_analyzer(pack, "cpu", torch.float32, engine="torch").analyze(batch)
-    b = load_analyzer(pack, "cpu", torch.float32, engine="auto").analyze(batch)   # auto on CPU = onnxruntime
+    b = load_analyzer(pack, "cpu", torch.float32, engine="auto").analyze(batch)  # auto on CPU = onnxruntime
     assert a.counts() == b.counts() and a.count > 0
     for fa, fb in zip(a.flat(), b.flat()):
         assert torch.allclose(fa.bbox, fb.bbox, atol=1e-2)
@@ -169,6 +171,7 @@ def test_onnxruntime_engine_matches_torch_engine(tmp_path, t1_bgr):
 def test_engine_choice_is_validated():
     from visage.nodes.common.errors import VisageError
     from visage.nodes.face.analyzer import pick_engine
+
     assert pick_engine("auto", torch.device("cpu")) == "onnxruntime"
     assert pick_engine("auto", torch.device("cuda")) == "torch"
     with pytest.raises(VisageError, match="CPU only"):

@@ -1,5 +1,5 @@
 """Face ordering/selection, identity fusion, embeddings files, previews, masks, keypoint images."""
-import numpy as np
+
 import pytest
 import torch
 
@@ -11,11 +11,27 @@ from visage.nodes.face.select import drop_images, embeds_from_faces, fuse, selec
 
 
 def face(i, x, y, w, score=0.9, gender="F", emb=None, idx=0):
-    kps = torch.tensor([[x + 0.3 * w, y + 0.4 * w], [x + 0.7 * w, y + 0.4 * w], [x + 0.5 * w, y + 0.6 * w],
-                        [x + 0.35 * w, y + 0.8 * w], [x + 0.65 * w, y + 0.8 * w]])
+    kps = torch.tensor(
+        [
+            [x + 0.3 * w, y + 0.4 * w],
+            [x + 0.7 * w, y + 0.4 * w],
+            [x + 0.5 * w, y + 0.6 * w],
+            [x + 0.35 * w, y + 0.8 * w],
+            [x + 0.65 * w, y + 0.8 * w],
+        ]
+    )
     e = emb if emb is not None else torch.randn(8, generator=torch.Generator().manual_seed(idx))
-    return Face(image_index=i, bbox=torch.tensor([x, y, x + w, y + w], dtype=torch.float32), score=score, kps=kps,
-                gender=gender, age=30, embedding=e * 20, normed_embedding=e / e.norm(), encoder="enc")
+    return Face(
+        image_index=i,
+        bbox=torch.tensor([x, y, x + w, y + w], dtype=torch.float32),
+        score=score,
+        kps=kps,
+        gender=gender,
+        age=30,
+        embedding=e * 20,
+        normed_embedding=e / e.norm(),
+        encoder="enc",
+    )
 
 
 @pytest.fixture
@@ -86,6 +102,7 @@ def test_embeds_roundtrip_and_wrong_file(tmp_path):
     assert torch.equal(back.raw, e.raw) and torch.equal(back.normed, e.normed)
     assert (back.encoder, back.dim, back.fusion, back.sources) == ("glintr100", 16, "none", (1, 1, 1))
     from safetensors.torch import save_file
+
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ModelFileInvalid, match="not a Visage embeddings file"):
         load_embeds(str(tmp_path / "other.safetensors"))

@@ -1,6 +1,6 @@
 """The torch twins (kernels/reference.py = the spec) against straightforward cv2 / loop / SDPA /
 diffusers implementations written here, and the dispatch rules of kernels/ops.py. CPU, always run."""
-import logging
+
 import math
 import os
 import subprocess
@@ -33,7 +33,7 @@ def feather_mask(s, margin=0.12, blur=0.08):
     """A feathered square mask [s, s] float32 (zero near the crop edge, 1 in the middle)."""
     m = np.zeros((s, s), np.float32)
     a = int(round(s * margin))
-    m[a:s - a, a:s - a] = 1.0
+    m[a : s - a, a : s - a] = 1.0
     k = max(3, int(s * blur) | 1)
     return cv2.GaussianBlur(m, (k, k), 0)
 
@@ -83,21 +83,22 @@ def cv2_paste(frames, crops, mats, masks, fidx, full_frame=False):
                 continue
         x0, y0, x1, y1 = box
         mb = m.copy()
-        mb[:, 2] = m[:, 2] + m[:, 0] * x0 + m[:, 1] * y0     # box-local dst px -> crop px
+        mb[:, 2] = m[:, 2] + m[:, 0] * x0 + m[:, 1] * y0  # box-local dst px -> crop px
         size = (x1 - x0 + 1, y1 - y0 + 1)
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
         crop = crops[i].astype(np.float32) / 255.0 if crops.dtype == np.uint8 else crops[i].astype(np.float32)
         wc = cv2.warpAffine(crop, mb, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        wm = cv2.warpAffine(masks[i].astype(np.float32), mb, size, flags=flags, borderMode=cv2.BORDER_CONSTANT,
-                            borderValue=0)
+        wm = cv2.warpAffine(
+            masks[i].astype(np.float32), mb, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
         wc = wc.reshape(size[1], size[0], C)
         wm = wm.reshape(size[1], size[0], 1)
         b = int(fidx[i])
-        reg = out[b, y0:y1 + 1, x0:x1 + 1].astype(np.float32)
+        reg = out[b, y0 : y1 + 1, x0 : x1 + 1].astype(np.float32)
         if u8:
             reg = reg / 255.0
         res = reg * (1.0 - wm) + wc * wm
-        out[b, y0:y1 + 1, x0:x1 + 1] = np.clip(np.round(res * 255.0), 0, 255).astype(np.uint8) if u8 else res
+        out[b, y0 : y1 + 1, x0 : x1 + 1] = np.clip(np.round(res * 255.0), 0, 255).astype(np.uint8) if u8 else res
     return out
 
 
@@ -107,8 +108,12 @@ def loop_bilinear(img, u, v):
     x0, y0 = math.floor(u), math.floor(v)
     fx, fy = u - x0, v - y0
     acc = np.zeros(img.shape[2:], np.float64)
-    for yy, xx, wt in ((y0, x0, (1 - fx) * (1 - fy)), (y0, x0 + 1, fx * (1 - fy)),
-                       (y0 + 1, x0, (1 - fx) * fy), (y0 + 1, x0 + 1, fx * fy)):
+    for yy, xx, wt in (
+        (y0, x0, (1 - fx) * (1 - fy)),
+        (y0, x0 + 1, fx * (1 - fy)),
+        (y0 + 1, x0, (1 - fx) * fy),
+        (y0 + 1, x0 + 1, fx * fy),
+    ):
         if 0 <= xx < w and 0 <= yy < h:
             acc = acc + wt * img[yy, xx].astype(np.float64)
     return acc
@@ -130,8 +135,14 @@ def make_paste_case(seed, B=2, H=61, W=83, S=31, dtype=np.float32, faces=None):
 
 
 def run_twin_paste(frames, crops, mats, masks, fidx, lab=None):
-    return reference.paste_back(torch.from_numpy(frames), torch.from_numpy(crops), torch.from_numpy(mats),
-                                torch.from_numpy(masks), torch.from_numpy(fidx), lab).numpy()
+    return reference.paste_back(
+        torch.from_numpy(frames),
+        torch.from_numpy(crops),
+        torch.from_numpy(mats),
+        torch.from_numpy(masks),
+        torch.from_numpy(fidx),
+        lab,
+    ).numpy()
 
 
 def units(a):
@@ -157,7 +168,7 @@ def test_paste_back_matches_cv2_box_limited_paste(dtype):
 def test_paste_back_box_limited_equals_full_frame_warp():
     """The box covers the whole support: a full-frame cv2 warp gives the same frame."""
     frames, crops, mats, masks, fidx = make_paste_case(1)
-    masks = np.ones_like(masks)                  # hard-edged mask: support reaches the crop border
+    masks = np.ones_like(masks)  # hard-edged mask: support reaches the crop border
     full = cv2_paste(frames, crops, mats, masks, fidx, full_frame=True)
     ours = run_twin_paste(frames, crops, mats, masks, fidx)
     assert np.abs(ours - full).max() <= 2.0 / 255.0
@@ -167,7 +178,7 @@ def test_paste_back_box_limited_equals_full_frame_warp():
     for i, m in enumerate(mats):
         box = cv2_box(m, crops.shape[1], H, W)
         if box:
-            untouched[fidx[i], box[1]:box[3] + 1, box[0]:box[2] + 1] = False
+            untouched[fidx[i], box[1] : box[3] + 1, box[0] : box[2] + 1] = False
     assert untouched.any()
     assert np.array_equal(ours[untouched], frames[untouched])
 
@@ -177,7 +188,7 @@ def test_paste_back_exact_bilinear_against_float64_loop():
     rng = np.random.default_rng(2)
     H, W, S = 19, 23, 9
     frame = rng.random((1, H, W, 3)).astype(np.float32)
-    crop = rng.random((1, S, S, 3)).astype(np.float32)         # sharp noise on purpose
+    crop = rng.random((1, S, S, 3)).astype(np.float32)  # sharp noise on purpose
     mask = rng.random((1, S, S)).astype(np.float32)
     m = face_matrix(10.3, 8.7, 11.0, S, 23.0)[None]
     ours = run_twin_paste(frame, crop, m, mask, np.zeros(1, np.int64))
@@ -195,9 +206,13 @@ def test_paste_back_exact_bilinear_against_float64_loop():
 
 @pytest.mark.parametrize("where", ["left_top", "right_bottom", "outside", "straddle"])
 def test_paste_back_boxes_at_and_beyond_frame_edges(where):
-    H, W, S = 37, 53, 21         # odd sizes
-    spots = {"left_top": (0.0, 0.0), "right_bottom": (W - 1.0, H - 1.0), "outside": (W + 40.0, -30.0),
-             "straddle": (-3.0, H * 0.5)}
+    H, W, S = 37, 53, 21  # odd sizes
+    spots = {
+        "left_top": (0.0, 0.0),
+        "right_bottom": (W - 1.0, H - 1.0),
+        "outside": (W + 40.0, -30.0),
+        "straddle": (-3.0, H * 0.5),
+    }
     cx, cy = spots[where]
     frames, crops, mats, masks, fidx = make_paste_case(3, B=1, H=H, W=W, S=S, faces=[(0, cx, cy, 24, 17.0)])
     ours = run_twin_paste(frames, crops, mats, masks, fidx)
@@ -212,8 +227,13 @@ def test_paste_back_boxes_at_and_beyond_frame_edges(where):
 def test_paste_back_many_faces_many_frames_overlapping_order():
     """Several faces per frame, overlapping: later faces land on top, like sequential cv2 pastes."""
     H, W, S = 64, 72, 27
-    faces = [(0, 30, 30, 30, 5.0), (0, 36, 34, 30, -15.0), (2, 20, 50, 26, 80.0), (1, 70, 10, 24, 0.0),
-             (2, 24, 46, 28, 33.0)]
+    faces = [
+        (0, 30, 30, 30, 5.0),
+        (0, 36, 34, 30, -15.0),
+        (2, 20, 50, 26, 80.0),
+        (1, 70, 10, 24, 0.0),
+        (2, 24, 46, 28, 33.0),
+    ]
     for dtype in (np.float32, np.uint8):
         frames, crops, mats, masks, fidx = make_paste_case(4, B=3, H=H, W=W, S=S, faces=faces, dtype=dtype)
         ours = run_twin_paste(frames, crops, mats, masks, fidx)
@@ -228,10 +248,11 @@ def test_paste_back_half_precision_frames_and_input_untouched():
     frames, crops, mats, masks, fidx = make_paste_case(5)
     ft = torch.from_numpy(frames).to(torch.float16)
     before = ft.clone()
-    out = reference.paste_back(ft, torch.from_numpy(crops), torch.from_numpy(mats), torch.from_numpy(masks),
-                               torch.from_numpy(fidx))
+    out = reference.paste_back(
+        ft, torch.from_numpy(crops), torch.from_numpy(mats), torch.from_numpy(masks), torch.from_numpy(fidx)
+    )
     assert out.dtype == torch.float16
-    assert torch.equal(ft, before)               # a new tensor, input not modified
+    assert torch.equal(ft, before)  # a new tensor, input not modified
     ref = cv2_paste(frames, crops, mats, masks, fidx)
     assert np.abs(out.float().numpy() - ref).max() <= 2.0 / 255.0
 
@@ -255,7 +276,7 @@ def test_paste_back_colour_transfer():
     ref = cv2_paste(frames, np.stack(moved), mats, masks, fidx)
     assert np.abs(ours - ref).max() <= 4.0 / 255.0
     plain = run_twin_paste(frames, crops, mats, masks, fidx)
-    assert np.abs(ours - plain).max() > 0.1      # the transfer changed the colours
+    assert np.abs(ours - plain).max() > 0.1  # the transfer changed the colours
     # identity stats leave the paste unchanged (LAB round trip)
     same = torch.stack((crop_stats, crop_stats), 1)
     assert np.abs(run_twin_paste(frames, crops, mats, masks, fidx, same) - plain).max() < 1e-4
@@ -281,8 +302,14 @@ def cv2_align(frames, mats, fidx, size, mean, std, bgr, layout):
     outs = []
     for i in range(len(mats)):
         fr = frames[fidx[i]]
-        w = cv2.warpAffine(fr, mats[i].astype(np.float64), (size, size), flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        w = cv2.warpAffine(
+            fr,
+            mats[i].astype(np.float64),
+            (size, size),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
         w = w.astype(np.float32) * (1.0 if fr.dtype == np.uint8 else 255.0)
         if bgr:
             w = w[..., ::-1]
@@ -315,8 +342,16 @@ def test_align_crops_matches_per_face_cv2(case, dtype):
     faces = [(0, 60, 45, 50, 10.0), (2, 5, 80, 60, -35.0), (1, 120, 20, 40, 90.0), (2, 66, 44, 200, 3.0)]
     mats = np.stack([face_matrix(cx, cy, px, size, a) for (_, cx, cy, px, a) in faces])
     fidx = np.array([f[0] for f in faces], np.int64)
-    ours = reference.align_crops(torch.from_numpy(frames), torch.from_numpy(mats), torch.from_numpy(fidx), size,
-                                 mean=mean, std=std, bgr=bgr, layout=layout).numpy()
+    ours = reference.align_crops(
+        torch.from_numpy(frames),
+        torch.from_numpy(mats),
+        torch.from_numpy(fidx),
+        size,
+        mean=mean,
+        std=std,
+        bgr=bgr,
+        layout=layout,
+    ).numpy()
     ref = cv2_align(frames, mats, fidx, size, mean, std, bgr, layout)
     assert ours.shape == ref.shape and ours.dtype == np.float32
     std_arr = np.asarray(std, np.float32).reshape(-1)
@@ -335,11 +370,26 @@ def test_align_crops_dtype_and_matches_blob_from_images():
     mats = np.stack([face_matrix(45, 40, 60, 112, 7.0)])
     crops = [cv2.warpAffine(frames[0], mats[0].astype(np.float64), (112, 112), borderValue=0)]
     blob = cv2.dnn.blobFromImages(crops, 1.0 / 127.5, (112, 112), (127.5, 127.5, 127.5), swapRB=True)
-    ours = ops.align_crops(torch.from_numpy(frames), torch.from_numpy(mats), torch.zeros(1, dtype=torch.int64),
-                           112, mean=127.5, std=127.5, bgr=True)
+    ours = ops.align_crops(
+        torch.from_numpy(frames),
+        torch.from_numpy(mats),
+        torch.zeros(1, dtype=torch.int64),
+        112,
+        mean=127.5,
+        std=127.5,
+        bgr=True,
+    )
     assert np.abs(ours.numpy() - blob).max() <= 1.0 / 127.5 + 1e-6
-    half = ops.align_crops(torch.from_numpy(frames), torch.from_numpy(mats), torch.zeros(1, dtype=torch.int64),
-                           112, mean=127.5, std=127.5, bgr=True, out_dtype=torch.float16)
+    half = ops.align_crops(
+        torch.from_numpy(frames),
+        torch.from_numpy(mats),
+        torch.zeros(1, dtype=torch.int64),
+        112,
+        mean=127.5,
+        std=127.5,
+        bgr=True,
+        out_dtype=torch.float16,
+    )
     assert half.dtype == torch.float16 and torch.allclose(half.float(), ours, atol=2e-3)
 
 
@@ -378,16 +428,16 @@ def test_align_crops_round_to_uint8_matches_cv2_on_uint8(case):
     fidx = np.array([f[0] for f in faces], np.int64)
     args = (torch.from_numpy(frames), torch.from_numpy(mats), torch.from_numpy(fidx), size)
     ours = ops.align_crops(*args, mean=mean, std=std, bgr=bgr, layout=layout, round_to_uint8=True).numpy()
-    ref = cv2_align(frames, mats, fidx, size, mean, std, bgr, layout)          # cv2 on the uint8 frames
+    ref = cv2_align(frames, mats, fidx, size, mean, std, bgr, layout)  # cv2 on the uint8 frames
     std_b = np.asarray(std, np.float32).reshape((1, -1, 1, 1) if layout == "NCHW" else (1, 1, 1, -1))
     mean_b = np.asarray(mean, np.float32).reshape(std_b.shape)
-    levels = ours * std_b + mean_b                                             # back to 0..255 levels
-    assert np.abs(levels - np.round(levels)).max() < 1e-3                      # whole gray levels only
+    levels = ours * std_b + mean_b  # back to 0..255 levels
+    assert np.abs(levels - np.round(levels)).max() < 1e-3  # whole gray levels only
     diff = np.abs(ours - ref) * np.abs(std_b)
     assert diff.max() <= 1.0 + 1e-3, diff.max()
     assert (diff > 0.5).mean() <= 0.01, (diff > 0.5).mean()
     plain = ops.align_crops(*args, mean=mean, std=std, bgr=bgr, layout=layout).numpy()
-    assert (np.abs(plain - ref) * np.abs(std_b) > 1e-3).mean() > 0.5          # the flag is what makes it exact
+    assert (np.abs(plain - ref) * np.abs(std_b) > 1e-3).mean() > 0.5  # the flag is what makes it exact
 
 
 def test_align_crops_rounding_is_half_up_saturating_and_before_normalisation():
@@ -400,31 +450,50 @@ def test_align_crops_rounding_is_half_up_saturating_and_before_normalisation():
     fr[0, 0, :, 0] = [100, 101, 102, 103]
     fr[0, 0, :, 1] = [10, 11, 12, 13]
     M = np.array([[[1.0, 0.0, -0.5], [0.0, 1.0, 0.0]]], np.float32)
-    ours = ops.align_crops(torch.from_numpy(fr), torch.from_numpy(M), torch.zeros(1, dtype=torch.int64), 3,
-                           layout="NHWC", round_to_uint8=True)[0, 0]
+    ours = ops.align_crops(
+        torch.from_numpy(fr),
+        torch.from_numpy(M),
+        torch.zeros(1, dtype=torch.int64),
+        3,
+        layout="NHWC",
+        round_to_uint8=True,
+    )[0, 0]
     ref = cv2.warpAffine(fr[0], M[0].astype(np.float64), (3, 3), borderValue=0)[0].astype(np.float32)
     assert ours[:, 0].tolist() == [101.0, 102.0, 103.0]
     assert ours[:, 1].tolist() == [11.0, 12.0, 13.0]
-    assert np.abs(ours.numpy() - ref).max() <= 1.0                              # whichever cv2 rounds halves
+    assert np.abs(ours.numpy() - ref).max() <= 1.0  # whichever cv2 rounds halves
     # float frames outside 0..1 saturate to 0..255 before normalisation
     f = torch.tensor([[[[1.5, -0.2, 0.5]]]]).expand(1, 2, 2, 3).contiguous()
     Mi = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
-    out = ops.align_crops(f, Mi, torch.zeros(1, dtype=torch.int64), 2, mean=10.0, std=2.0, layout="NHWC",
-                          round_to_uint8=True)
+    out = ops.align_crops(
+        f, Mi, torch.zeros(1, dtype=torch.int64), 2, mean=10.0, std=2.0, layout="NHWC", round_to_uint8=True
+    )
     assert torch.equal(out[0, 0, 0], torch.tensor([(255 - 10) / 2.0, (0 - 10) / 2.0, (128 - 10) / 2.0]))
     # on any input: rounded+normalised == normalise(clamp(floor(unrounded 0..255 sample + 0.5)))
     rng = np.random.default_rng(22)
     frames = torch.from_numpy(np.round(np.stack([smooth_image(rng, 60, 70)]) * 255).astype(np.uint8))
     mats = torch.from_numpy(np.stack([face_matrix(35, 30, 40, 112, 17.0), face_matrix(5, 50, 80, 112, -60.0)]))
     fi = torch.zeros(2, dtype=torch.int64)
-    raw = reference.align_crops(frames, mats, fi, 112, layout="NHWC")          # 0..255, unrounded
-    want = ((torch.floor(raw + 0.5).clamp(0, 255).flip(-1) - torch.tensor([1.0, 2.0, 3.0]))
-            / torch.tensor([50.0, 60.0, 70.0])).permute(0, 3, 1, 2)
-    got = reference.align_crops(frames, mats, fi, 112, mean=(1.0, 2.0, 3.0), std=(50.0, 60.0, 70.0), bgr=True,
-                                round_to_uint8=True)
+    raw = reference.align_crops(frames, mats, fi, 112, layout="NHWC")  # 0..255, unrounded
+    want = (
+        (torch.floor(raw + 0.5).clamp(0, 255).flip(-1) - torch.tensor([1.0, 2.0, 3.0]))
+        / torch.tensor([50.0, 60.0, 70.0])
+    ).permute(0, 3, 1, 2)
+    got = reference.align_crops(
+        frames, mats, fi, 112, mean=(1.0, 2.0, 3.0), std=(50.0, 60.0, 70.0), bgr=True, round_to_uint8=True
+    )
     assert torch.allclose(got, want, atol=1e-6, rtol=0)
-    half = reference.align_crops(frames, mats, fi, 112, mean=(1.0, 2.0, 3.0), std=(50.0, 60.0, 70.0), bgr=True,
-                                 round_to_uint8=True, out_dtype=torch.float16)
+    half = reference.align_crops(
+        frames,
+        mats,
+        fi,
+        112,
+        mean=(1.0, 2.0, 3.0),
+        std=(50.0, 60.0, 70.0),
+        bgr=True,
+        round_to_uint8=True,
+        out_dtype=torch.float16,
+    )
     assert half.dtype == torch.float16 and torch.equal(half, got.half())
 
 
@@ -442,7 +511,7 @@ def test_align_crops_without_rounding_is_unchanged():
     explicit = ops.align_crops(torch.from_numpy(u8), torch.from_numpy(mats), fi, 112, **kw, round_to_uint8=False)
     assert torch.equal(default, explicit)
     levels = default.numpy() * 127.5 + 127.5
-    assert np.abs(levels - np.round(levels)).max() > 0.1                        # not rounded
+    assert np.abs(levels - np.round(levels)).max() > 0.1  # not rounded
     as_float = ops.align_crops(torch.from_numpy(u8.astype(np.float32) / 255.0), torch.from_numpy(mats), fi, 112, **kw)
     assert (default - as_float).abs().max().item() * 127.5 < 1e-3
     ours = ops.align_crops(torch.from_numpy(f32), torch.from_numpy(mats), fi, 112, mean=0.0, std=1.0, layout="NHWC")
@@ -458,10 +527,12 @@ def test_align_crops_chunks_faces_without_changing_results(monkeypatch):
     fi = torch.tensor([0, 1, 1, 0, 1, 0, 0])
     kw = dict(mean=(1.0, 2.0, 3.0), std=(50.0, 60.0, 70.0), bgr=True, round_to_uint8=True)
     whole = reference.align_crops(frames, mats, fi, 24, **kw)
-    monkeypatch.setattr(reference, "ALIGN_CHUNK_PIXELS", 2 * 24 * 24)          # 2 faces per chunk
+    monkeypatch.setattr(reference, "ALIGN_CHUNK_PIXELS", 2 * 24 * 24)  # 2 faces per chunk
     assert torch.equal(reference.align_crops(frames, mats, fi, 24, **kw), whole)
-    assert torch.equal(reference.align_crops(frames, mats, fi, 24, layout="NHWC")[3],
-                       reference.align_crops(frames, mats[3:4], fi[3:4], 24, layout="NHWC")[0])
+    assert torch.equal(
+        reference.align_crops(frames, mats, fi, 24, layout="NHWC")[3],
+        reference.align_crops(frames, mats[3:4], fi[3:4], 24, layout="NHWC")[0],
+    )
 
 
 def test_align_crops_round_flag_is_validated():
@@ -486,8 +557,12 @@ def test_rgb_to_lab_matches_cv2_float32():
     assert np.abs(ours - ref).mean() < 0.1
     back = reference.lab_to_rgb(torch.from_numpy(ours)).numpy()
     assert np.abs(back - rgb).max() < 1e-4
-    assert np.abs(reference.lab_to_rgb(torch.from_numpy(ref)).numpy()
-                  - np.clip(cv2.cvtColor(ref, cv2.COLOR_LAB2RGB), 0, 1)).max() < 2e-3
+    assert (
+        np.abs(
+            reference.lab_to_rgb(torch.from_numpy(ref)).numpy() - np.clip(cv2.cvtColor(ref, cv2.COLOR_LAB2RGB), 0, 1)
+        ).max()
+        < 2e-3
+    )
 
 
 def test_lab_stats_weighted_mean_std_matches_cv2():
@@ -559,8 +634,11 @@ def manual_softmax_attention(q, k, v, k_id, v_id, scale_bi, mask):
 def test_decoupled_attention_matches_two_sdpa_calls(scale_kind, masked):
     q, k, v, k_id, v_id = attention_case(20)
     B, I, Lq = q.shape[0], k_id.shape[2], q.shape[2]
-    scale = {"float": 0.8, "per_identity": torch.tensor([0.5, 1.2, -0.3]),
-             "per_batch_identity": torch.tensor([[0.5, 1.2, 0.0], [1.0, 0.25, 0.7]])}[scale_kind]
+    scale = {
+        "float": 0.8,
+        "per_identity": torch.tensor([0.5, 1.2, -0.3]),
+        "per_batch_identity": torch.tensor([[0.5, 1.2, 0.0], [1.0, 0.25, 0.7]]),
+    }[scale_kind]
     sb = torch.as_tensor(scale).expand(B, I) if not isinstance(scale, float) else torch.full((B, I), scale)
     mask = torch.rand(B, I, Lq, generator=torch.Generator().manual_seed(1)) if masked else None
     ours = ops.decoupled_attention(q, k, v, k_id, v_id, scale, mask)
@@ -570,7 +648,9 @@ def test_decoupled_attention_matches_two_sdpa_calls(scale_kind, masked):
     assert (ours.double() - ref).abs().max() < 1e-5
     assert (ours.double() - man).abs().max() < 1e-5
     # separate softmax states: NOT one softmax over the concatenated keys
-    cat = F.scaled_dot_product_attention(q, torch.cat([k, k_id.flatten(2, 3)], 2), torch.cat([v, v_id.flatten(2, 3)], 2))
+    cat = F.scaled_dot_product_attention(
+        q, torch.cat([k, k_id.flatten(2, 3)], 2), torch.cat([v, v_id.flatten(2, 3)], 2)
+    )
     assert (ours - cat).abs().max() > 0.05
 
 
@@ -619,8 +699,9 @@ def test_decoupled_attention_equals_diffusers_ip_adapter_processor():
         return lin(hs).view(B, -1, heads, dh).transpose(1, 2)
 
     # (a) masked: one adapter, two images, per-image scales
-    proc = IPAdapterAttnProcessor2_0(hidden_size=heads * dh, cross_attention_dim=Cx, num_tokens=(T,),
-                                     scale=[[0.6, 0.9]]).eval()
+    proc = IPAdapterAttnProcessor2_0(
+        hidden_size=heads * dh, cross_attention_dim=Cx, num_tokens=(T,), scale=[[0.6, 0.9]]
+    ).eval()
     attn.set_processor(proc)
     ip = torch.randn(B, 2, T, Cx)
     masks = torch.zeros(1, 2, 16, 24)
@@ -632,14 +713,16 @@ def test_decoupled_attention_equals_diffusers_ip_adapter_processor():
         k, v = project(enc, attn.to_k), project(enc, attn.to_v)
         kid = torch.stack([project(ip[:, i], proc.to_k_ip[0]) for i in range(2)], 2)
         vid = torch.stack([project(ip[:, i], proc.to_v_ip[0]) for i in range(2)], 2)
-        region = torch.stack([IPAdapterMaskProcessor.downsample(masks[:, i], B, Lq, heads * dh)[..., 0]
-                              for i in range(2)], 1)
+        region = torch.stack(
+            [IPAdapterMaskProcessor.downsample(masks[:, i], B, Lq, heads * dh)[..., 0] for i in range(2)], 1
+        )
         out = ops.decoupled_attention(q, k, v, kid, vid, torch.tensor([0.6, 0.9]), region)
         ours = attn.to_out[0](out.transpose(1, 2).reshape(B, Lq, heads * dh))
     assert (ours - ref).abs().max() < 1e-5
     # (b) unmasked: two adapters (identities) with their own projections and scales
-    proc2 = IPAdapterAttnProcessor2_0(hidden_size=heads * dh, cross_attention_dim=Cx, num_tokens=(T, T),
-                                      scale=[0.5, 1.3]).eval()
+    proc2 = IPAdapterAttnProcessor2_0(
+        hidden_size=heads * dh, cross_attention_dim=Cx, num_tokens=(T, T), scale=[0.5, 1.3]
+    ).eval()
     attn.set_processor(proc2)
     ips = [torch.randn(B, T, Cx), torch.randn(B, T, Cx)]
     with torch.no_grad():
@@ -656,7 +739,7 @@ def test_decoupled_attention_equals_diffusers_ip_adapter_processor():
 # ----------------------------------------------------------------------------------------------
 def test_dispatch_uses_twins_off_cuda_and_when_disabled(monkeypatch):
     q, k, v, k_id, v_id = attention_case(30)
-    assert not ops.use_fused("decoupled_attention", q, k, v)          # CPU tensors: never fused
+    assert not ops.use_fused("decoupled_attention", q, k, v)  # CPU tensors: never fused
     monkeypatch.setenv("VISAGE_DISABLE_TRITON", "1")
     assert ops.triton_disabled()
     monkeypatch.setenv("VISAGE_DISABLE_TRITON", "0")
@@ -689,4 +772,4 @@ def test_broken_triton_never_breaks_import():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "OK (1, 1, 4, 8)" in r.stdout
-    assert r.stderr.count("Triton is not usable") == 1              # logged once
+    assert r.stderr.count("Triton is not usable") == 1  # logged once

@@ -7,6 +7,7 @@ compile, needs more shared memory per block than a target allows, or spills regi
 memory-bound kernel - the failures the interpreter tests (test_kernels_triton_interp.py) cannot
 see. Skips (with the reason) only when Triton or its ptxas is not installed.
 """
+
 import json
 import os
 import subprocess
@@ -38,9 +39,22 @@ def report(tmp_path_factory):
     _toolchain_or_skip()
     out = tmp_path_factory.mktemp("kc") / "report.json"
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "VISAGE_DISABLE_TRITON")}
-    r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "kernel_compile.py"), "--check",
-                        "--arch", ",".join(map(str, ARCHES)), "--json", str(out)],
-                       capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "kernel_compile.py"),
+            "--check",
+            "--arch",
+            ",".join(map(str, ARCHES)),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=REPO,
+    )
     rows = json.loads(out.read_text()) if out.exists() else None
     return r, rows
 
@@ -78,12 +92,24 @@ def test_problems_are_detected():
         import kernel_compile as kc
     finally:
         sys.path.pop(0)
-    base = {"name": "k", "num_warps": 4, "shared": 0, "spill_stores": 0, "spill_loads": 0, "registers": 40,
-            "blocks_per_sm": 4}
+    base = {
+        "name": "k",
+        "num_warps": 4,
+        "shared": 0,
+        "spill_stores": 0,
+        "spill_loads": 0,
+        "registers": 40,
+        "blocks_per_sm": 4,
+    }
     rows = [
         {"arch": 89, "op": "paste", "variant": "v", "status": "ok", "kernels": [dict(base, spill_stores=8)]},
-        {"arch": 89, "op": "attention", "variant": "v", "status": "ok",
-         "kernels": [dict(base, shared=180480, blocks_per_sm=0)]},
+        {
+            "arch": 89,
+            "op": "attention",
+            "variant": "v",
+            "status": "ok",
+            "kernels": [dict(base, shared=180480, blocks_per_sm=0)],
+        },
         {"arch": 90, "op": "align", "variant": "v", "status": "FAILED", "error": "CompilationError: x", "kernels": []},
         {"arch": 90, "op": "attention", "variant": "v", "status": "ok", "kernels": [dict(base, shared=180480)]},
     ]
@@ -92,9 +118,11 @@ def test_problems_are_detected():
     assert any("sm_89 attention" in p and "shared memory" in p for p in probs)
     assert any("sm_89 attention" in p and "resident" in p for p in probs)
     assert any("CompilationError" in p for p in probs)
-    assert not any(p.startswith("sm_90 attention") for p in probs)      # 176 KiB fits sm_90's 227 KiB
-    st = kc.ptxas_stats("ptxas info    : Used 133 registers, used 1 barriers, 57344 bytes smem\n"
-                        "ptxas info    : 16 bytes stack frame, 12 bytes spill stores, 20 bytes spill loads\n")
+    assert not any(p.startswith("sm_90 attention") for p in probs)  # 176 KiB fits sm_90's 227 KiB
+    st = kc.ptxas_stats(
+        "ptxas info    : Used 133 registers, used 1 barriers, 57344 bytes smem\n"
+        "ptxas info    : 16 bytes stack frame, 12 bytes spill stores, 20 bytes spill loads\n"
+    )
     assert st == {"registers": 133, "spill_stores": 12, "spill_loads": 20, "ptxas_smem": 57344}
     occ = kc.occupancy(90, 4, 133, 56 * 1024)
-    assert occ["blocks_per_sm"] == 3                      # registers: 65536 // (4 warps * 32 * 136) = 3
+    assert occ["blocks_per_sm"] == 3  # registers: 65536 // (4 warps * 32 * 136) = 3

@@ -1,4 +1,5 @@
 """Host-side pieces of the fused kernels: fast box maths, in-place paste (twin and Triton)."""
+
 import math
 import os
 import subprocess
@@ -28,10 +29,10 @@ def _mats(n, seed=0):
 
 def test_fast_boxes_equal_vectorised_boxes():
     m = _mats(64)
-    vec = reference.face_boxes(m, 128, 480, 640)                # > 16 faces: numpy path
-    fast = [b for i in range(0, 64, 8) for b in reference.face_boxes(m[i:i + 8], 128, 480, 640)]   # Python path
+    vec = reference.face_boxes(m, 128, 480, 640)  # > 16 faces: numpy path
+    fast = [b for i in range(0, 64, 8) for b in reference.face_boxes(m[i : i + 8], 128, 480, 640)]  # Python path
     assert vec == fast
-    assert any(b is None for b in vec) and any(b is not None for b in vec)   # both outcomes exercised
+    assert any(b is None for b in vec) and any(b is not None for b in vec)  # both outcomes exercised
     for b in vec:
         if b is not None:
             x0, y0, x1, y1 = b
@@ -54,8 +55,13 @@ def _scene(seed=0, dtype=torch.float32):
     if dtype == torch.uint8:
         frames, crops = (frames * 255).round().to(torch.uint8), (crops * 255).round().to(torch.uint8)
     masks = torch.rand(3, 16, 16, generator=g)
-    m = torch.tensor([[[0.8, 0.1, -4.0], [-0.1, 0.8, -2.0]], [[0.6, 0.0, -10.0], [0.0, 0.6, -8.0]],
-                      [[0.7, 0.2, -12.0], [-0.2, 0.7, -6.0]]])
+    m = torch.tensor(
+        [
+            [[0.8, 0.1, -4.0], [-0.1, 0.8, -2.0]],
+            [[0.6, 0.0, -10.0], [0.0, 0.6, -8.0]],
+            [[0.7, 0.2, -12.0], [-0.2, 0.7, -6.0]],
+        ]
+    )
     return frames, crops, m, masks, torch.tensor([0, 1, 1])
 
 
@@ -72,11 +78,11 @@ def test_twin_inplace_writes_into_frames(dtype):
 
 def test_inplace_needs_contiguous_frames():
     frames, crops, m, masks, fi = _scene(2)
-    view = frames.permute(0, 2, 1, 3)                          # [2,50,40,3], not contiguous
+    view = frames.permute(0, 2, 1, 3)  # [2,50,40,3], not contiguous
     with pytest.raises(VisageError) as e:
         reference.paste_back(view, crops, m, masks, fi, inplace=True)
     assert "contiguous" in str(e.value)
-    out = reference.paste_back(view, crops, m, masks, fi)     # not in place: any layout works
+    out = reference.paste_back(view, crops, m, masks, fi)  # not in place: any layout works
     assert out.shape == view.shape
 
 
@@ -89,13 +95,18 @@ def _run_interpreted(code: str) -> subprocess.CompletedProcess:
         pytest.skip(f"Triton not importable: {e}")
     env = dict(os.environ, TRITON_INTERPRET="1")
     env.pop("VISAGE_DISABLE_TRITON", None)
-    r = subprocess.run([sys.executable, "-c", code, REPO, os.path.dirname(os.path.abspath(__file__))],
-                       capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [sys.executable, "-c", code, REPO, os.path.dirname(os.path.abspath(__file__))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
 
-_INTERP = r'''
+_INTERP = r"""
 import sys, types, torch
 pkg = types.ModuleType("visage"); pkg.__path__ = [sys.argv[1]]; sys.modules["visage"] = pkg
 sys.path.insert(0, sys.argv[2])
@@ -111,7 +122,7 @@ for dt in (torch.float32, torch.uint8):
     d1 = float((copy_out.float() - want.float()).abs().max())
     d2 = float((inpl.float() - copy_out.float()).abs().max())
     print("RESULT", str(dt), d1, d2, inpl.data_ptr() == frames.data_ptr(), bool((frames != untouched).any()))
-'''
+"""
 
 
 def test_triton_paste_inplace_under_interpreter():
@@ -119,13 +130,13 @@ def test_triton_paste_inplace_under_interpreter():
     lines = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("RESULT")]
     assert len(lines) == 2, r.stdout
     for _, dt, d1, d2, same_ptr, changed in lines:
-        tol = 1.0 if "uint8" in dt else 1e-5                  # uint8: one rounding step
+        tol = 1.0 if "uint8" in dt else 1e-5  # uint8: one rounding step
         assert float(d1) <= tol, (dt, d1)
-        assert float(d2) == 0.0, (dt, d2)                      # in place == new tensor, exactly
+        assert float(d2) == 0.0, (dt, d2)  # in place == new tensor, exactly
         assert same_ptr == "True" and changed == "True"
 
 
-_DISPATCH = r'''
+_DISPATCH = r"""
 import sys, types, torch
 pkg = types.ModuleType("visage"); pkg.__path__ = [sys.argv[1]]; sys.modules["visage"] = pkg
 sys.path.insert(0, sys.argv[2])
@@ -156,7 +167,7 @@ rt = reference.decoupled_attention(q, k, k, kid, kid, [0.5, 1.0], mask)
 print("ATTN", float((at - rt).abs().max()))
 print("BROKEN", sorted(map(str, ops._broken)))
 print("CALLS", sorted(set(calls)))
-'''
+"""
 
 
 def test_dispatch_glue_runs_the_triton_modules_under_interpreter():

@@ -1,4 +1,5 @@
 """The one model cache: keyed by file identity + device + dtype, thread-safe, LRU budget, never downloads."""
+
 import os
 import threading
 import time
@@ -16,6 +17,7 @@ def _loader(calls):
         calls.append((path, str(device), dtype))
         time.sleep(0.05)
         return torch.nn.Linear(64, 64).to(dtype)
+
     return load
 
 
@@ -71,8 +73,8 @@ def test_lru_budget_drops_least_recently_used(tmp_path):
     calls = []
     a = mm.get("k", files[0], _loader(calls))
     mm.get("k", files[1], _loader(calls))
-    mm.get("k", files[0], _loader(calls))          # a is now most recent
-    mm.get("k", files[2], _loader(calls))          # over budget: drops files[1]
+    mm.get("k", files[0], _loader(calls))  # a is now most recent
+    mm.get("k", files[2], _loader(calls))  # over budget: drops files[1]
     names = {h.key[1][0] for h in mm.cached()}
     assert os.path.realpath(files[1]) not in names and os.path.realpath(files[0]) in names
     assert mm.get("k", files[0], _loader(calls)) is a
@@ -115,16 +117,29 @@ def test_manifest_lists_known_files_and_checker(tmp_path):
     d.mkdir(parents=True)
     (d / "glintr100.onnx").write_bytes(b"123")
     rows = {(r["folder"], r["name"]): r for r in paths.check_against_manifest(str(tmp_path))}
-    assert rows[("insightface/models/antelopev2", "glintr100.onnx")]["status"] in ("present", "size-mismatch", "sha256-mismatch")
+    assert rows[("insightface/models/antelopev2", "glintr100.onnx")]["status"] in (
+        "present",
+        "size-mismatch",
+        "sha256-mismatch",
+    )
     assert rows[("insightface/models/buffalo_l", "det_10g.onnx")]["status"] == "missing"
 
 
 def test_check_models_tool(tmp_path):
-    import subprocess, sys
+    import subprocess
+    import sys
+
     d = tmp_path / "insightface" / "models" / "buffalo_s"
     d.mkdir(parents=True)
     (d / "det_500m.onnx").write_bytes(b"not the real file")
-    r = subprocess.run([sys.executable, os.path.join(os.path.dirname(paths.__file__), "..", "..", "tools", "check_models.py"),
-                        str(tmp_path)], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(os.path.dirname(paths.__file__), "..", "..", "tools", "check_models.py"),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1
     assert "size-mismatch" in r.stdout and "det_500m.onnx" in r.stdout and "missing" in r.stdout

@@ -9,27 +9,38 @@ from visage.nodes.common.names import safe_filename, safe_stem
 
 
 # The three rules as they were before the shared sanitiser (copied from the old call sites).
-def old_embeds(name):        # nodes/face/node.py, Save Face Embeds
+def old_embeds(name):  # nodes/face/node.py, Save Face Embeds
     return (re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "identity") + ".safetensors"
 
 
-def old_face_model(name):    # nodes/swap/node.py _safe_name (empty -> error)
+def old_face_model(name):  # nodes/swap/node.py _safe_name (empty -> error)
     n = re.sub(r"[^A-Za-z0-9_.\- ]+", "_", (name or "").strip()).strip(". ")
     return n if n.endswith(".safetensors") else n + ".safetensors"
 
 
-def old_expression(name):    # nodes/expression/node.py, Save Expression (stem; numbering is unchanged)
+def old_expression(name):  # nodes/expression/node.py, Save Expression (stem; numbering is unchanged)
     return (re.sub(r"[^A-Za-z0-9_\-]+", "_", name.strip()) or "expression") + ".safetensors"
 
 
-TYPICAL = ["alice", "Bob", "my_face", "face-01", "ID_2024-05-01", "x", "A1b2C3", "celeb_v2-final", "007",
-           "UPPER_lower-123"]
+TYPICAL = [
+    "alice",
+    "Bob",
+    "my_face",
+    "face-01",
+    "ID_2024-05-01",
+    "x",
+    "A1b2C3",
+    "celeb_v2-final",
+    "007",
+    "UPPER_lower-123",
+]
 WITH_SPACE = ["my face", "Alice Smith", "take 2"]
 WITH_DOT = ["v1.2", "alice.v2", "face.model"]
 
 
-@pytest.mark.parametrize("old,default", [(old_embeds, "identity"), (old_face_model, None),
-                                         (old_expression, "expression")])
+@pytest.mark.parametrize(
+    "old,default", [(old_embeds, "identity"), (old_face_model, None), (old_expression, "expression")]
+)
 def test_typical_names_keep_their_file_names(old, default):
     for n in TYPICAL:
         assert safe_filename(n, default) == old(n) == n + ".safetensors"
@@ -51,12 +62,26 @@ def test_where_the_old_rules_differed():
     assert safe_filename("alice.safetensors", "identity") == "alice.safetensors" != old_embeds("alice.safetensors")
 
 
-@pytest.mark.parametrize("name,expect", [
-    ("../../etc/passwd", "_.._etc_passwd"), ("a/b\\c", "a_b_c"), ("C:\\x", "C_x"), ("..", None),
-    ("  .hidden", "hidden"), ("trailing. ", "trailing"), ("what?*<>|\"", "what_"), ("José", "Jos_"),
-    ("tab\tname", "tab_name"), ("CON", "CON_"), ("nul.txt", "nul_.txt"), ("lpt1", "lpt1_"), ("console", "console"),
-    ("x" * 300, "x" * 200), ("face.SAFETENSORS", "face"),
-])
+@pytest.mark.parametrize(
+    "name,expect",
+    [
+        ("../../etc/passwd", "_.._etc_passwd"),
+        ("a/b\\c", "a_b_c"),
+        ("C:\\x", "C_x"),
+        ("..", None),
+        ("  .hidden", "hidden"),
+        ("trailing. ", "trailing"),
+        ('what?*<>|"', "what_"),
+        ("José", "Jos_"),
+        ("tab\tname", "tab_name"),
+        ("CON", "CON_"),
+        ("nul.txt", "nul_.txt"),
+        ("lpt1", "lpt1_"),
+        ("console", "console"),
+        ("x" * 300, "x" * 200),
+        ("face.SAFETENSORS", "face"),
+    ],
+)
 def test_unsafe_names(name, expect):
     if expect is None:
         assert safe_filename(name, "identity") == "identity.safetensors"
@@ -72,6 +97,6 @@ def test_empty_names():
     assert safe_filename("", "identity") == "identity.safetensors"
     assert safe_filename("   ", "expression") == "expression.safetensors"
     assert safe_filename(None, "x", ext=".json") == "x.json"
-    assert safe_filename("///") == "_.safetensors"          # one run of bad characters -> one '_'
+    assert safe_filename("///") == "_.safetensors"  # one run of bad characters -> one '_'
     with pytest.raises(VisageError):
         safe_filename(" . ")

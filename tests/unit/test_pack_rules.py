@@ -1,9 +1,8 @@
 """Rules every family follows, checked over the whole source tree (see docs/DESIGN.md)."""
+
 import ast
 import os
 import re
-
-import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMFY_MODULES = ("comfy", "folder_paths", "server", "comfy_execution", "comfy_api", "nodes", "execution")
@@ -45,7 +44,7 @@ def test_internal_imports_are_relative():
     offenders = []
     for p in list(source_files("nodes", "kernels")) + [os.path.join(REPO, "__init__.py")]:
         for node, mod, level in imports(p):
-            if level == 0 and mod.split(".")[0] in ("visage", "kernels") :
+            if level == 0 and mod.split(".")[0] in ("visage", "kernels"):
                 offenders.append(f"{os.path.relpath(p, REPO)}:{node.lineno} imports {mod} absolutely")
     assert not offenders, "\n".join(offenders)
 
@@ -59,12 +58,20 @@ def test_no_print_and_safe_torch_load():
                 fn = node.func
                 if isinstance(fn, ast.Name) and fn.id == "print":
                     offenders.append(f"{os.path.relpath(p, REPO)}:{node.lineno} print()")
-                if isinstance(fn, ast.Attribute) and fn.attr == "load" and isinstance(fn.value, ast.Name) \
-                        and fn.value.id == "torch":
-                    ok = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
-                             for k in node.keywords)
+                if (
+                    isinstance(fn, ast.Attribute)
+                    and fn.attr == "load"
+                    and isinstance(fn.value, ast.Name)
+                    and fn.value.id == "torch"
+                ):
+                    ok = any(
+                        k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                        for k in node.keywords
+                    )
                     if not ok:
-                        offenders.append(f"{os.path.relpath(p, REPO)}:{node.lineno} torch.load without weights_only=True")
+                        offenders.append(
+                            f"{os.path.relpath(p, REPO)}:{node.lineno} torch.load without weights_only=True"
+                        )
     assert not offenders, "\n".join(offenders)
 
 
@@ -91,7 +98,9 @@ def test_node_ids_are_visage_prefixed():
         src = open(p, encoding="utf-8").read()
         tree = ast.parse(src)
         for node in tree.body:
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "NODE_CLASS_MAPPINGS" for t in node.targets):
+            if isinstance(node, ast.Assign) and any(
+                getattr(t, "id", "") == "NODE_CLASS_MAPPINGS" for t in node.targets
+            ):
                 for k in node.value.keys:
                     assert k.value.startswith("Visage"), f"{p}: node id {k.value} must start with 'Visage'"
                     checked += 1

@@ -1,4 +1,5 @@
 """nodes/paste.py against an independent cv2 implementation of the same maths (within 2/255)."""
+
 import math
 
 import cv2
@@ -17,8 +18,9 @@ def smooth_image(h, w, seed):
 
 def similarity(angle_deg, scale, tx, ty):
     a = math.radians(angle_deg)
-    return np.array([[scale * math.cos(a), -scale * math.sin(a), tx],
-                     [scale * math.sin(a), scale * math.cos(a), ty]], np.float32)
+    return np.array(
+        [[scale * math.cos(a), -scale * math.sin(a), tx], [scale * math.sin(a), scale * math.cos(a), ty]], np.float32
+    )
 
 
 def cv2_mask(size, erode_frac, blur_frac):
@@ -74,8 +76,14 @@ def test_paste_two_faces_matches_cv2():
     frame = smooth_image(H, W, 0)
     crops = [smooth_image(S, S, 1), smooth_image(S, S, 2)]
     mats = [similarity(12, 1.3, -20, -30), similarity(-25, 0.9, -100, 10)]
-    ours, fmask = P.paste_faces(torch.from_numpy(frame)[None], torch.from_numpy(np.stack(crops)),
-                                torch.from_numpy(np.stack(mats)), torch.tensor([0, 0]), erode_frac=0.1, blur_frac=0.1)
+    ours, fmask = P.paste_faces(
+        torch.from_numpy(frame)[None],
+        torch.from_numpy(np.stack(crops)),
+        torch.from_numpy(np.stack(mats)),
+        torch.tensor([0, 0]),
+        erode_frac=0.1,
+        blur_frac=0.1,
+    )
     m = cv2_mask(S, 0.1, 0.1)
     ref = cv2_paste(frame, crops, mats, [m, m])
     diff = np.abs(ours[0].numpy() - ref)
@@ -89,8 +97,14 @@ def test_paste_only_inside_the_box():
     H, W, S = 300, 300, 64
     frame = smooth_image(H, W, 3)
     M = similarity(0, 1.0, -100, -100)  # crop covers 100..164
-    out, _ = P.paste_faces(torch.from_numpy(frame)[None], torch.zeros(1, S, S, 3), torch.from_numpy(M[None]),
-                           torch.tensor([0]), erode_frac=0.0, blur_frac=0.0)
+    out, _ = P.paste_faces(
+        torch.from_numpy(frame)[None],
+        torch.zeros(1, S, S, 3),
+        torch.from_numpy(M[None]),
+        torch.tensor([0]),
+        erode_frac=0.0,
+        blur_frac=0.0,
+    )
     out = out[0].numpy()
     assert np.array_equal(out[:98], frame[:98]) and np.array_equal(out[:, 170:], frame[:, 170:])
     assert out[110:150, 110:150].max() == 0.0
@@ -103,17 +117,30 @@ def test_colour_transfer_matches_cv2_and_moves_colour():
     crop = (0.25 + 0.3 * smooth_image(S, S, 5) + np.array([0.3, 0.1, 0.0], np.float32)).clip(0, 1)  # orange cast
     M = similarity(5, 1.2, -30, -40)
     original = cv2.warpAffine(frame, M, (S, S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    ours, _ = P.paste_faces(torch.from_numpy(frame)[None], torch.from_numpy(crop)[None], torch.from_numpy(M[None]),
-                            torch.tensor([0]), erode_frac=0.1, blur_frac=0.1, color_transfer=True,
-                            original_crops=torch.from_numpy(original)[None])
+    ours, _ = P.paste_faces(
+        torch.from_numpy(frame)[None],
+        torch.from_numpy(crop)[None],
+        torch.from_numpy(M[None]),
+        torch.tensor([0]),
+        erode_frac=0.1,
+        blur_frac=0.1,
+        color_transfer=True,
+        original_crops=torch.from_numpy(original)[None],
+    )
     m = cv2_mask(S, 0.1, 0.1)
     stats = [(cv2_lab_stats(crop, m), cv2_lab_stats(original, m))]
     ref = cv2_paste(frame, [crop], [M], [m], color=stats)
     diff = np.abs(ours[0].numpy() - ref)
     assert diff.max() < 2 / 255, diff.max()
     # colour moved towards the frame: the pasted region's LAB mean is closer to the original's
-    plain, _ = P.paste_faces(torch.from_numpy(frame)[None], torch.from_numpy(crop)[None], torch.from_numpy(M[None]),
-                             torch.tensor([0]), erode_frac=0.1, blur_frac=0.1)
+    plain, _ = P.paste_faces(
+        torch.from_numpy(frame)[None],
+        torch.from_numpy(crop)[None],
+        torch.from_numpy(M[None]),
+        torch.tensor([0]),
+        erode_frac=0.1,
+        blur_frac=0.1,
+    )
     reg = (slice(60, 120), slice(60, 120))
     lab = lambda im: cv2.cvtColor(np.ascontiguousarray(im[reg]), cv2.COLOR_RGB2LAB).reshape(-1, 3).mean(0)
     assert np.abs(lab(ours[0].numpy()) - lab(frame)).sum() < np.abs(lab(plain[0].numpy()) - lab(frame)).sum() * 0.5
@@ -123,7 +150,7 @@ def test_landmark_mask_follows_the_hull():
     S = 128
     pts = np.array([[40, 40], [88, 40], [96, 80], [64, 110], [32, 80]], np.float32)
     m = P.landmark_masks([torch.from_numpy(pts)], S, 0.1, 0.05)[0].numpy()
-    assert m[70, 64] > 0.95           # inside the hull
+    assert m[70, 64] > 0.95  # inside the hull
     assert m[10, 10] < 0.01 and m[120, 10] < 0.01  # outside the hull, inside the crop
     assert m.max() <= 1.0 and m.min() >= 0.0
 
@@ -133,8 +160,9 @@ def test_paste_several_frames_and_strength():
     frames = torch.from_numpy(np.stack([smooth_image(H, W, 6), smooth_image(H, W, 7)]))
     crops = torch.ones(2, S, S, 3)
     mats = torch.from_numpy(np.stack([similarity(0, 1, -20, -20)] * 2))
-    out, _ = P.paste_faces(frames, crops, mats, torch.tensor([1, 0]), erode_frac=0.0, blur_frac=0.0,
-                           strength=torch.tensor([1.0, 0.5]))
+    out, _ = P.paste_faces(
+        frames, crops, mats, torch.tensor([1, 0]), erode_frac=0.0, blur_frac=0.0, strength=torch.tensor([1.0, 0.5])
+    )
     # face 0 -> frame 1 at full strength, face 1 -> frame 0 at half
     assert torch.allclose(out[1, 40, 40], torch.ones(3), atol=1e-5)
     assert torch.allclose(out[0, 40, 40], frames[0, 40, 40] * 0.5 + 0.5, atol=1e-5)

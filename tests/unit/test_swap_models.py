@@ -1,12 +1,13 @@
 """Swap models: our torch run vs onnxruntime (1e-3), layout detection, batching, bad files."""
+
 import shutil
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
 from builders import swap as SB
+
 from visage.nodes.common.errors import ModelFileInvalid, VisageError
 from visage.nodes.swap import models as M
 
@@ -34,8 +35,9 @@ def _inputs(n, size, seed=0):
     return t, s / np.linalg.norm(s, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("key,kind,size", [("in128", "inswapper", 128), ("re256", "inswapper", 256),
-                                           ("hyper", "hyperswap", 256)])
+@pytest.mark.parametrize(
+    "key,kind,size", [("in128", "inswapper", 128), ("re256", "inswapper", 256), ("hyper", "hyperswap", 256)]
+)
 def test_batched_torch_matches_onnxruntime(files, key, kind, size):
     mod = M.load_swapper(files[key])
     assert mod.spec.kind == kind and mod.spec.size == size
@@ -43,10 +45,10 @@ def test_batched_torch_matches_onnxruntime(files, key, kind, size):
     t, s = _inputs(3, size)
     outs = mod(torch.from_numpy(t), torch.from_numpy(s))  # one batched call for 3 faces
     for i in range(3):
-        ref = _ort(files[key], {"target": t[i:i + 1], "source": s[i:i + 1]})
+        ref = _ort(files[key], {"target": t[i : i + 1], "source": s[i : i + 1]})
         assert len(ref) == len(outs)
         for r, o in zip(ref, outs):
-            assert np.abs(o[i:i + 1].numpy() - r).max() < 1e-3
+            assert np.abs(o[i : i + 1].numpy() - r).max() < 1e-3
     # the faces differ, so batching did not just repeat the first item
     assert (outs[0][0] - outs[0][1]).abs().max() > 1e-3
 
@@ -54,6 +56,7 @@ def test_batched_torch_matches_onnxruntime(files, key, kind, size):
 def test_released_graph_does_not_batch_without_the_fix(files):
     import onnx
     from onnx2torch import convert
+
     g = convert(onnx.load(files["in128"]))
     t, s = _inputs(2, 128)
     with pytest.raises(RuntimeError):
@@ -63,6 +66,7 @@ def test_released_graph_does_not_batch_without_the_fix(files):
 def test_emap_is_last_initializer_and_latent_matches_insightface(files):
     import onnx
     from onnx import numpy_helper
+
     spec, emap = M.detect_swapper(files["in128"])
     ins_emap = numpy_helper.to_array(onnx.load(files["in128"]).graph.initializer[-1])  # what INSwapper reads
     assert np.array_equal(emap, ins_emap)
@@ -71,7 +75,7 @@ def test_emap_is_last_initializer_and_latent_matches_insightface(files):
     e /= np.linalg.norm(e, axis=1, keepdims=True)
     ours = M.source_latent(mod, torch.from_numpy(e)).numpy()
     for i in range(2):
-        ref = e[i:i + 1] @ ins_emap
+        ref = e[i : i + 1] @ ins_emap
         ref /= np.linalg.norm(ref)
         assert np.abs(ours[i] - ref[0]).max() < 1e-5
     hyper = M.load_swapper(files["hyper"])  # hyperswap feeds the normed embedding itself
@@ -84,6 +88,7 @@ def test_swap_crop_matches_insightface_inswapper(files):
     from conftest import insightface_image
     from insightface.app.common import Face as InsFace
     from insightface.model_zoo.inswapper import INSwapper
+
     from visage.kernels import reference as K
     from visage.nodes.face.align import estimate_norm
 
@@ -101,7 +106,7 @@ def test_swap_crop_matches_insightface_inswapper(files):
     x = K.align_crops(frames, torch.from_numpy(Mx[None]), torch.tensor([0]), 128, mean=0.0, std=255.0)
     lat = M.source_latent(mod, torch.from_numpy(emb / np.linalg.norm(emb))[None])
     faces, mask = M.run_swapper(mod, x, lat)
-    ours_bgr = (faces[0].permute(1, 2, 0).numpy()[:, :, ::-1] * 255)
+    ours_bgr = faces[0].permute(1, 2, 0).numpy()[:, :, ::-1] * 255
     # insightface rounds its crop to uint8 before the model and truncates the output: a few levels apart
     d = np.abs(ours_bgr - ref_bgr.astype(np.float32))
     assert d.mean() < 1.0 and d.max() < 5.0  # measured: mean 0.56, max 2.98 levels
@@ -122,8 +127,10 @@ def test_256_model_where_128_expected(files, tmp_path):
 
 def test_not_a_swapper_and_truncated(files, tmp_path):
     from builders.face import make_per_face
-    rec = make_per_face(str(tmp_path / "w600k_r50.onnx"), 112, 512, in_name="input.1", out_name="683") or \
-        str(tmp_path / "w600k_r50.onnx")
+
+    make_per_face(str(tmp_path / "w600k_r50.onnx"), 112, 512, in_name="input.1", out_name="683") or str(
+        tmp_path / "w600k_r50.onnx"
+    )
     with pytest.raises(ModelFileInvalid) as e:
         M.load_swapper(str(tmp_path / "w600k_r50.onnx"))
     assert "not a face swapper" in str(e.value)

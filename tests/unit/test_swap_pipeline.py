@@ -4,11 +4,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from builders import swap as SB
 from builders.face import build_face_pack
 from conftest import insightface_image
+from safetensors.torch import save_file
+
 from visage.nodes.common.errors import ModelFileInvalid, NoFaceError, VisageError
 from visage.nodes.common.model_manager import MANAGER
 from visage.nodes.common.types import FaceEmbeds
@@ -24,10 +24,12 @@ def env(tmp_path_factory):
     d = tmp_path_factory.mktemp("swappipe")
     pack = build_face_pack(str(d / "pack"))
     an = load_analyzer(pack)
-    files = {"in128": SB.make_inswapper(str(d / "inswapper_128.onnx"), 128),
-             "hyper": SB.make_hyperswap(str(d / "hyperswap_1a_256.onnx"), 256),
-             "rf": SB.make_restoreformer(str(d / "RestoreFormer.pth")),
-             "up": SB.make_upscaler(str(d / "not_a_face_model.pth"))}
+    files = {
+        "in128": SB.make_inswapper(str(d / "inswapper_128.onnx"), 128),
+        "hyper": SB.make_hyperswap(str(d / "hyperswap_1a_256.onnx"), 256),
+        "rf": SB.make_restoreformer(str(d / "RestoreFormer.pth")),
+        "up": SB.make_upscaler(str(d / "not_a_face_model.pth")),
+    }
     sw = MANAGER.get("swap:swapper", files["in128"], lambda p, dv, dt: load_swapper(p, "cpu", dt))
     img = cv2.imread(insightface_image("t1.jpg"))[:, :, ::-1]
     img = cv2.resize(img, (640, 443), interpolation=cv2.INTER_AREA)
@@ -40,6 +42,7 @@ def env(tmp_path_factory):
 def _replicate(faces, pattern):
     """FaceSet over len(pattern) frames: frame i holds the photo's faces when pattern[i] else none."""
     from visage.nodes.common.types import FaceSet
+
     rows = tuple(tuple(f.with_(image_index=i) for f in faces.faces[0]) if on else () for i, on in enumerate(pattern))
     return FaceSet(faces=rows, image_sizes=faces.image_sizes * len(pattern))
 
@@ -56,7 +59,7 @@ def test_swap_changes_faces_and_nothing_else(env):
     out, mask, count = PL.swap_frames(frame, plan, env["sw"], [_source()])
     assert count == faces.count and out.shape == frame.shape and mask.shape == frame.shape[:3]
     outside = mask[0] == 0
-    assert torch.equal(out[0][outside], frame[0][outside])           # untouched outside the pasted faces
+    assert torch.equal(out[0][outside], frame[0][outside])  # untouched outside the pasted faces
     inside = mask[0] > 0.9
     assert inside.sum() > 500 and (out[0][inside] - frame[0][inside]).abs().mean() > 0.02
 
@@ -94,8 +97,14 @@ def test_progress_per_chunk_and_cancel(env):
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     seen.clear()
     with pytest.raises(Cancelled):  # a cancel raised mid-frame stops before the next frame
-        PL.swap_frames(frames, plan, env["sw"], [_source()], faces_per_chunk=env["faces"].count,
-                       progress=lambda d, t: (_ for _ in ()).throw(Cancelled()) if d == 1 else seen.append(d))
+        PL.swap_frames(
+            frames,
+            plan,
+            env["sw"],
+            [_source()],
+            faces_per_chunk=env["faces"].count,
+            progress=lambda d, t: (_ for _ in ()).throw(Cancelled()) if d == 1 else seen.append(d),
+        )
     assert seen == [0]  # the tick inside frame 0, then the cancel at its end
 
 
@@ -138,8 +147,8 @@ def test_color_transfer_and_landmark_mask(env):
     a, ma, _ = PL.swap_frames(frame, plan, env["sw"], [_source()], mask_type="landmarks")
     b, mb, _ = PL.swap_frames(frame, plan, env["sw"], [_source()], color_transfer=True)
     c, mc, _ = PL.swap_frames(frame, plan, env["sw"], [_source()])
-    assert not torch.equal(ma, mc)         # landmark masks differ from box masks
-    assert (b - c).abs().max() > 0.01      # colour transfer changed the face colours
+    assert not torch.equal(ma, mc)  # landmark masks differ from box masks
+    assert (b - c).abs().max() > 0.01  # colour transfer changed the face colours
     assert torch.equal(mb, mc)
 
 
@@ -174,8 +183,9 @@ def test_face_model_roundtrip_and_reactor_format(env, tmp_path):
     assert torch.allclose(back.normed, e.normed) and back.encoder == "w600k_r50" and back.sources == (3,)
     # ReActor writes an insightface Face as tensors; 'embedding' is the identity
     emb = torch.randn(512)
-    save_file({"embedding": emb, "kps": torch.zeros(5, 2), "det_score": torch.tensor(0.9)},
-              str(tmp_path / "bob.safetensors"))
+    save_file(
+        {"embedding": emb, "kps": torch.zeros(5, 2), "det_score": torch.tensor(0.9)}, str(tmp_path / "bob.safetensors")
+    )
     bob = load_face_model(str(tmp_path / "bob.safetensors"))
     assert torch.allclose(bob.normed[0], emb / emb.norm(), atol=1e-6)
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
@@ -188,10 +198,18 @@ def test_swap_batch_chunks_like_one_pass_and_reports_progress(env):
     frames = torch.cat([env["frame"], blank, env["frame"]])
     src = [_source()]
     seen = []
-    a, ma, na = PL.swap_batch(env["an"], frames, env["sw"], source_embeddings=src, frames_per_chunk=2,
-                              temporal_smoothing=0.0, progress=lambda d, t: seen.append((d, t)))
-    b, mb, nb = PL.swap_batch(env["an"], frames, env["sw"], source_embeddings=src, frames_per_chunk=8,
-                              temporal_smoothing=0.0)
+    a, ma, na = PL.swap_batch(
+        env["an"],
+        frames,
+        env["sw"],
+        source_embeddings=src,
+        frames_per_chunk=2,
+        temporal_smoothing=0.0,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    b, mb, nb = PL.swap_batch(
+        env["an"], frames, env["sw"], source_embeddings=src, frames_per_chunk=8, temporal_smoothing=0.0
+    )
     assert na == nb == 2 * env["faces"].count
     # the detector sees batches of 2+1 vs 3: float noise only (measured 6e-5)
     assert torch.allclose(a, b, atol=1e-3) and torch.equal(a[1], blank[0])
@@ -217,6 +235,7 @@ class _JitterAnalyzer:
 
     def analyze(self, images, tasks=None, **kw):
         from visage.nodes.common.types import FaceSet
+
         rows = []
         for i in range(images.shape[0]):
             j = torch.from_numpy(self.rng.normal(0, self.jitter, (5, 2)).astype(np.float32))
@@ -231,8 +250,9 @@ def test_static_head_swap_does_not_jitter_with_smoothing(env):
 
     def centroid_spread(strength):
         an = _JitterAnalyzer(face)
-        _, mask, n = PL.swap_batch(an, frames, env["sw"], source_embeddings=[_source()],
-                                   temporal_smoothing=strength, frames_per_chunk=4)
+        _, mask, n = PL.swap_batch(
+            an, frames, env["sw"], source_embeddings=[_source()], temporal_smoothing=strength, frames_per_chunk=4
+        )
         assert n == 10
         ys, xs = torch.meshgrid(torch.arange(mask.shape[1]).float(), torch.arange(mask.shape[2]).float(), indexing="ij")
         w = mask.sum((1, 2))

@@ -1,4 +1,5 @@
 """Face tracks across frames and temporal smoothing (jitter down, motion kept)."""
+
 import numpy as np
 import torch
 
@@ -12,8 +13,9 @@ def face(i, cx, cy, size=100.0, emb=None):
     kps = KPS * (size / 100.0) + np.array([cx, cy], np.float32)
     box = np.array([cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2], np.float32)
     e = None if emb is None else torch.from_numpy(emb / np.linalg.norm(emb)).float()
-    return Face(image_index=i, bbox=torch.from_numpy(box), score=0.9, kps=torch.from_numpy(kps),
-                embedding=e, normed_embedding=e)
+    return Face(
+        image_index=i, bbox=torch.from_numpy(box), score=0.9, kps=torch.from_numpy(kps), embedding=e, normed_embedding=e
+    )
 
 
 def sequence(T, centers, jitter=3.0, seed=0, embs=None, order=None):
