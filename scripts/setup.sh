@@ -20,6 +20,18 @@ COMFY=""
 for c in "${COMFYUI_PATH:-}" "$(dirname "$(dirname "$REPO")")" /opt/ComfyUI; do
   if [ -n "$c" ] && [ -f "$c/main.py" ] && [ -f "$c/folder_paths.py" ]; then COMFY=$(cd "$c" && pwd); break; fi
 done
+# none found: unpack the pinned ComfyUI source that sits beside the repo (../shared/comfyui, the developers'
+# and CI's machines) outside the repo, so every machine runs the comfy tier
+SHARED_COMFY="$REPO/../shared/comfyui/ComfyUI-0.3.64.tar.gz"
+if [ -z "$COMFY" ] && [ -f "$SHARED_COMFY" ]; then
+  DEST="${VISAGE_COMFY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/visage}"
+  if [ ! -f "$DEST/ComfyUI-0.3.64/main.py" ]; then
+    echo "[visage] unpacking ComfyUI 0.3.64 from ../shared/comfyui into $DEST"
+    mkdir -p "$DEST"
+    tar -xzf "$SHARED_COMFY" -C "$DEST"
+  fi
+  COMFY=$(cd "$DEST/ComfyUI-0.3.64" && pwd)
+fi
 if [ -n "$COMFY" ]; then
   echo "[visage] ComfyUI: $COMFY"
   # ComfyUI's requirements without letting pip touch torch; the frontend version stays as ComfyUI pins it
