@@ -26,7 +26,7 @@ def _import():
     import common
 
     common.ensure_package()
-    from visage.nodes.common.types import Face, FaceSet
+    from visage.core.types import Face, FaceSet
     from visage.nodes.expression import networks as N
     from visage.nodes.expression import pipeline as PL
 

@@ -115,7 +115,7 @@ def _pipelines(kinds, models, w, h, faces, device, threads=0):
     steps = {}
     if "ours" in kinds or "ours_sp" in kinds:
         _import_visage()
-        from visage.nodes.common.model_manager import MANAGER
+        from visage.core.model_manager import MANAGER
         from visage.nodes.face.analyzer import load_analyzer
         from visage.nodes.swap import pipeline as PL
         from visage.nodes.swap.models import load_swapper
@@ -232,7 +232,7 @@ def restore_rows(models, w, h, faces, reps, device, threads=0):
     if not device.startswith("cuda"):
         _limit_threads(threads)
     _import_visage()
-    from visage.nodes.common.model_manager import MANAGER
+    from visage.core.model_manager import MANAGER
     from visage.nodes.face.analyzer import load_analyzer
     from visage.nodes.swap import pipeline as PL
     from visage.nodes.swap.models import load_swapper

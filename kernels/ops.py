@@ -21,7 +21,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..nodes.common.errors import VisageError
+from ..core.errors import VisageError
 from . import reference
 
 log = logging.getLogger("visage")

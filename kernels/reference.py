@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..nodes.common.errors import VisageError, describe_tensor
+from ..core.errors import VisageError, describe_tensor
 
 # --------------------------------------------------------------------------------------------
 # CIE LAB (OpenCV's float maths: sRGB gamma, D65 white, cv2's sRGB->XYZ matrix)

@@ -32,7 +32,7 @@ try:  # the one dispatch point (fused kernels on CUDA, torch twins elsewhere)
 except ImportError:  # pragma: no cover - until kernels/ops.py exists the twins are the spec
     from ..kernels import reference as _kops
 
-from .common.errors import VisageError, describe_tensor
+from ..core.errors import VisageError, describe_tensor
 
 log = logging.getLogger("visage")
 

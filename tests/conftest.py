@@ -58,7 +58,7 @@ def pytest_sessionfinish(session, exitstatus):
 
     try:
         for name, mod in list(sys.modules.items()):
-            if name.endswith("nodes.common.model_manager") and hasattr(mod, "MANAGER"):
+            if name.endswith("core.model_manager") and hasattr(mod, "MANAGER"):
                 mod.MANAGER.clear()
         mm.unload_all_models()
         gc.collect()

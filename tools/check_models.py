@@ -17,7 +17,7 @@ if "visage" not in sys.modules:
     pkg.__path__ = [REPO]
     sys.modules["visage"] = pkg
 
-from visage.nodes.common.paths import check_against_manifest  # noqa: E402
+from visage.core.paths import check_against_manifest  # noqa: E402
 
 
 def main(argv=None):

@@ -1,5 +1,5 @@
 """Regenerate README.md's generated sections (nodes with their ports, model files) from the live
-node schemas and nodes/common/manifest.json.
+node schemas and core/manifest.json.
 
     python tools/gen_readme.py --object-info /tmp/object_info.json     # or --url http://127.0.0.1:8188
 
@@ -48,7 +48,7 @@ def nodes_md(info: dict) -> str:
 
 
 def models_md() -> str:
-    data = json.load(open(os.path.join(REPO, "nodes", "common", "manifest.json")))
+    data = json.load(open(os.path.join(REPO, "core", "manifest.json")))
     out = ["| file | folder (under ComfyUI/models) | used by | licence | where users get it |", "|---|---|---|---|---|"]
     for e in data["models"]:
         out.append(f"| `{e['name']}` | `{e['folder']}` | {e.get('used_by', '')} | {e['licence']} | {e['source']} |")

@@ -34,8 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...core.errors import VisageError
 from ...kernels import ops
-from ..common.errors import VisageError
 
 log = logging.getLogger("visage")
 

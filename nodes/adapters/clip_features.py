@@ -85,7 +85,7 @@ def faceid_plus_clip_features(
     cond = cache.get(model, crops_key(crops), lambda: encode(crops).float().cpu())
     zero = cache.get(model, "zero", lambda: encode_zero().float().cpu())
     if cond.ndim != 3 or zero.ndim != 3 or cond.shape[1:] != zero.shape[1:]:
-        from ..common.errors import VisageError
+        from ...core.errors import VisageError
 
         raise VisageError(
             "The CLIP vision model gave features of an unexpected shape",
@@ -99,7 +99,7 @@ def faceid_plus_clip_features(
 def check_clip_width(features: torch.Tensor, expected: int) -> None:
     """A FaceID Plus file's perceiver reads features of one width (ViT-H: 1280); another encoder is refused."""
     if expected and int(features.shape[-1]) != int(expected):
-        from ..common.errors import VisageError
+        from ...core.errors import VisageError
 
         names = {1024: "CLIP-ViT-L-14", 1280: "CLIP-ViT-H-14", 1664: "CLIP-ViT-bigG-14"}
         got = names.get(int(features.shape[-1]), "a CLIP vision model")

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..common.errors import VisageError
-from ..common.images import from_uint8_np
-from ..common.types import FaceEmbeds, FaceSet
+from ...core.errors import VisageError
+from ...core.images import from_uint8_np
+from ...core.types import FaceEmbeds, FaceSet
 
 ARC2FACE_PROMPT = "photo of a id person"
 ARC2FACE_PLACEHOLDER = "id"

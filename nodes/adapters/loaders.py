@@ -26,7 +26,7 @@ from typing import Dict, List, Tuple
 import torch
 import torch.nn as nn
 
-from ..common.errors import ModelFileInvalid, VisageError
+from ...core.errors import ModelFileInvalid, VisageError
 from .projection import MLPProjModel, ProjPlusModel, Resampler
 
 log = logging.getLogger("visage")

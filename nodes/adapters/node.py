@@ -16,11 +16,12 @@ import comfy.utils
 import folder_paths
 import torch
 
-from ..common import comfy_glue, paths
-from ..common.errors import VisageError
-from ..common.images import check_image
-from ..common.model_manager import MANAGER
-from ..common.types import VISAGE_EMBEDS, VISAGE_FACES
+from ...core import paths
+from ...core.errors import VisageError
+from ...core.images import check_image
+from ...core.model_manager import MANAGER
+from ...core.types import VISAGE_EMBEDS, VISAGE_FACES
+from .. import comfy_glue
 from .attention import (
     IdentityAttentionPatch,
     IdentityEntry,

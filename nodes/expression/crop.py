@@ -17,8 +17,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..common.errors import VisageError
-from ..common.types import Face, FaceEmbeds, FaceSet
+from ...core.errors import VisageError
+from ...core.types import Face, FaceEmbeds, FaceSet
 
 CROP_SIZE = 512
 NET_SIZE = 256

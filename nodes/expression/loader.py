@@ -31,9 +31,9 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from ..common.errors import ModelFileInvalid, VisageError
-from ..common.model_manager import MANAGER, ModelHandle
-from ..common.paths import find_file
+from ...core.errors import ModelFileInvalid, VisageError
+from ...core.model_manager import MANAGER, ModelHandle
+from ...core.paths import find_file
 from . import networks as N
 
 log = logging.getLogger("visage")

@@ -17,7 +17,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from ..common.errors import VisageError
+from ...core.errors import VisageError
 
 NUM_KP = 21
 VISAGE_EXPRESSION = "VISAGE_EXPRESSION"

@@ -7,12 +7,12 @@ import os
 
 import folder_paths
 
-from ..common import comfy_glue
-from ..common.errors import VisageError
-from ..common.images import check_image
-from ..common.model_manager import resolve_dtype
-from ..common.names import safe_stem
-from ..common.types import VISAGE_EMBEDS, VISAGE_FACES
+from ...core.errors import VisageError
+from ...core.images import check_image
+from ...core.model_manager import resolve_dtype
+from ...core.names import safe_stem
+from ...core.types import VISAGE_EMBEDS, VISAGE_FACES
+from .. import comfy_glue
 from . import crop as C
 from . import loader as L
 from . import motion as M

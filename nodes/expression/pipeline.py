@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...core.errors import NoFaceError, VisageError
+from ...core.types import Face, FaceEmbeds, FaceSet
 from .. import paste as P
-from ..common.errors import NoFaceError, VisageError
-from ..common.types import Face, FaceEmbeds, FaceSet
 from . import crop as C
 from . import motion as M
 

@@ -14,8 +14,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ...core.types import AlignedFaces, FaceSet
 from ...kernels import ops as kops
-from ..common.types import AlignedFaces, FaceSet
 
 # insightface's ArcFace 5-point template for 112x112 crops
 ARCFACE_112 = np.array(

@@ -15,13 +15,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ...core.errors import VisageError
+from ...core.images import check_image
+from ...core.model_manager import MANAGER, ModelHandle
+from ...core.onnx import OrtCpuModule, load_onnx_module, run_batched
+from ...core.types import Face, FaceSet
 from ...kernels import ops as kops
-from ..common.errors import VisageError
-from ..common.images import check_image
-from ..common.model_manager import MANAGER, ModelHandle
-from ..common.types import Face, FaceSet
 from .align import crop_matrix, estimate_norm, invert_affine
-from .onnx_torch import OrtCpuModule, load_onnx_module, run_batched
 from .pack import RoutedModel, route_pack
 from .scrfd import ScrfdDetector
 

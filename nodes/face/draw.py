@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import torch
 
-from ..common.errors import VisageError
-from ..common.images import from_uint8_np, to_uint8_np
-from ..common.types import Face, FaceSet
+from ...core.errors import VisageError
+from ...core.images import from_uint8_np, to_uint8_np
+from ...core.types import Face, FaceSet
 
 SELECTED = (40, 220, 90)
 OTHER = (170, 170, 170)

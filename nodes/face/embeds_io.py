@@ -8,8 +8,8 @@ import os
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..common.errors import ModelFileInvalid
-from ..common.types import FaceEmbeds
+from ...core.errors import ModelFileInvalid
+from ...core.types import FaceEmbeds
 
 FORMAT = "visage.embeds"
 VERSION = "1"

@@ -7,12 +7,13 @@ import os
 
 import torch
 
-from ..common import comfy_glue, paths
-from ..common.errors import NoFaceError, VisageError
-from ..common.images import check_image
-from ..common.model_manager import resolve_dtype
-from ..common.names import safe_filename
-from ..common.types import (
+from ...core import paths
+from ...core.errors import NoFaceError, VisageError
+from ...core.images import check_image
+from ...core.model_manager import resolve_dtype
+from ...core.names import safe_filename
+from ...core.select import FUSIONS, GENDERS, ORDERS, drop_images, embeds_from_faces, select, similarity
+from ...core.types import (
     VISAGE_ALIGNED,
     VISAGE_ANALYZER,
     VISAGE_EMBEDS,
@@ -20,12 +21,12 @@ from ..common.types import (
     FaceEmbeds,
     FaceSet,
 )
+from .. import comfy_glue
 from .align import TEMPLATES, align_faces
 from .analyzer import ENGINES, FaceAnalyzer, load_analyzer
 from .draw import MASK_SHAPES, face_mask, keypoints_image, preview
 from .embeds_io import load_embeds, save_embeds
 from .pack import list_packs
-from .select import FUSIONS, GENDERS, ORDERS, drop_images, embeds_from_faces, select, similarity
 
 log = logging.getLogger("visage")
 
@@ -47,7 +48,7 @@ def _find_pack(name: str) -> str:
         p = os.path.join(base, name)
         if os.path.isdir(p):
             return p
-    from ..common.errors import ModelFileMissing
+    from ...core.errors import ModelFileMissing
 
     raise ModelFileMissing(
         name,
@@ -394,7 +395,7 @@ class VisageFaceSimilarity:
         import cv2
         import numpy as np
 
-        from ..common.images import from_uint8_np, to_uint8_np
+        from ...core.images import from_uint8_np, to_uint8_np
 
         rows, per_image, best = [], [], -1.0
         for i, fs in enumerate(faces.faces):

@@ -20,8 +20,8 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from ..common.errors import ModelFileInvalid, VisageError
-from .onnx_torch import OnnxSignature, onnx_signature
+from ...core.errors import ModelFileInvalid, VisageError
+from ...core.onnx import OnnxSignature, onnx_signature
 
 log = logging.getLogger("visage")
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .onnx_torch import OnnxSignature, run_batched
+from ...core.onnx import OnnxSignature, run_batched
 
 
 @dataclass(frozen=True)

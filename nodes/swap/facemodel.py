@@ -12,8 +12,8 @@ import os
 
 from safetensors import safe_open
 
-from ..common.errors import ModelFileInvalid, VisageError
-from ..common.types import FaceEmbeds
+from ...core.errors import ModelFileInvalid, VisageError
+from ...core.types import FaceEmbeds
 from ..face.embeds_io import FORMAT, load_embeds, save_embeds
 
 

@@ -28,8 +28,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from ..common.errors import ModelFileInvalid, VisageError, describe_tensor
-from ..face.onnx_torch import HostModule, load_proto, ort_cpu_session, value_dims
+from ...core.errors import ModelFileInvalid, VisageError, describe_tensor
+from ...core.onnx import HostModule, load_proto, ort_cpu_session, value_dims
 
 log = logging.getLogger("visage")
 

@@ -7,14 +7,15 @@ import os
 
 import torch
 
-from ..common import comfy_glue, paths
-from ..common.errors import NoFaceError, VisageError
-from ..common.images import check_image
-from ..common.model_manager import MANAGER, resolve_dtype
-from ..common.names import safe_filename
-from ..common.types import VISAGE_ANALYZER, VISAGE_EMBEDS
+from ...core import paths
+from ...core.errors import NoFaceError, VisageError
+from ...core.images import check_image
+from ...core.model_manager import MANAGER, resolve_dtype
+from ...core.names import safe_filename
+from ...core.select import FUSIONS, ORDERS, embeds_from_faces, order_faces
+from ...core.types import VISAGE_ANALYZER, VISAGE_EMBEDS
+from .. import comfy_glue
 from ..face.analyzer import pick_engine
-from ..face.select import FUSIONS, ORDERS, embeds_from_faces, order_faces
 from .facemodel import load_face_model, save_face_model
 from .models import ENGINES, load_swapper
 from .pipeline import MAPPINGS, MASK_TYPES, restore_pass, swap_batch
@@ -501,7 +502,7 @@ class VisageBuildFaceModel:
     CATEGORY = CATEGORY
 
     def build(self, analyzer, images, order="largest", fusion="norm_mean", on_no_face="skip"):
-        from ..common.types import FaceSet
+        from ...core.types import FaceSet
 
         images = check_image(images, "images")
         fs = analyzer.analyze(images, tasks=["recognition"])

@@ -13,11 +13,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ...core.errors import NoFaceError, VisageError
+from ...core.select import order_faces
+from ...core.types import Face, FaceEmbeds, FaceSet
 from .. import paste as P
-from ..common.errors import NoFaceError, VisageError
-from ..common.types import Face, FaceEmbeds, FaceSet
 from ..face.align import estimate_norm
-from ..face.select import order_faces
 from .models import SwapperModule, run_swapper, source_latent
 from .restore import Restorer, restore_crops
 

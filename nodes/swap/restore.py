@@ -28,7 +28,7 @@ from typing import Mapping, Optional
 
 import torch
 
-from ..common.errors import ModelFileInvalid
+from ...core.errors import ModelFileInvalid
 
 log = logging.getLogger("visage")
 

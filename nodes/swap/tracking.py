@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..common.types import FaceSet
+from ...core.types import FaceSet
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

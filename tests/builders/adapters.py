@@ -314,7 +314,7 @@ def build(models_dir: str, input_dir: str) -> None:
         j(models_dir, "instantid", TEST_FILES["instantid"]), j(models_dir, "ipadapter", TEST_FILES["instantid"])
     )
     # two identities as saved embeddings (what 'Visage Save Face Embeds' writes)
-    from visage.nodes.common.types import FaceEmbeds
+    from visage.core.types import FaceEmbeds
     from visage.nodes.face.embeds_io import save_embeds
 
     os.makedirs(j(models_dir, "visage", "embeds"), exist_ok=True)

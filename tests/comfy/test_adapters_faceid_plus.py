@@ -130,8 +130,8 @@ def test_features_are_clip_vision_encode_of_the_aligned_face(comfy_base, comfy_i
     from insightface.utils.face_align import norm_crop
     from PIL import Image
 
+    from visage.core.types import FaceSet
     from visage.nodes.adapters import node as N
-    from visage.nodes.common.types import FaceSet
     from visage.nodes.face.analyzer import load_analyzer
 
     # CLIPVisionEncode is encode_image(image, crop=...) on the loaded model: that is the reference called below

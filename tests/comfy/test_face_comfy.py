@@ -136,8 +136,8 @@ def test_comfy_backend_registers_with_model_management(comfy_path, tmp_path):
         import comfy.cli_args
         comfy.cli_args.args.cpu = True  # as `main.py --cpu`
         import comfy.model_management as mm
-        from visage.nodes.common import comfy_glue
-        from visage.nodes.common.model_manager import MANAGER
+        from visage.nodes import comfy_glue
+        from visage.core.model_manager import MANAGER
         p = {str(tmp_path / "m.bin")!r}
         open(p, "wb").write(b"x")
         h = MANAGER.get("t", p, lambda path, d, t: torch.nn.Linear(8, 8), device=torch.device("cpu"))

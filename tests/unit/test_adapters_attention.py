@@ -5,9 +5,9 @@ import copy
 import pytest
 import torch
 
+from visage.core.errors import VisageError
 from visage.nodes.adapters import attention as A
 from visage.nodes.adapters.loaders import IPLayer
-from visage.nodes.common.errors import VisageError
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0  # noqa: E402

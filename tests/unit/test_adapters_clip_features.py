@@ -6,9 +6,9 @@ import gc
 import pytest
 import torch
 
+from visage.core.errors import VisageError
 from visage.nodes.adapters import clip_features as C
 from visage.nodes.adapters.identity import CLIP_MEAN, clip_crops_uncond
-from visage.nodes.common.errors import VisageError
 
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from visage.core.errors import VisageError
+from visage.core.types import Face, FaceEmbeds, FaceSet
 from visage.nodes.adapters import identity as I
 from visage.nodes.adapters.projection import MLPProjModel, Resampler
-from visage.nodes.common.errors import VisageError
-from visage.nodes.common.types import Face, FaceEmbeds, FaceSet
 
 
 def _face(i=0, emb=True, x=20.0):

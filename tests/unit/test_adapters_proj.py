@@ -4,8 +4,8 @@ import pytest
 import torch
 from builders import adapters as B
 
+from visage.core.errors import ModelFileInvalid, VisageError
 from visage.nodes.adapters import loaders as L
-from visage.nodes.common.errors import ModelFileInvalid, VisageError
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.loaders.unet import UNet2DConditionLoadersMixin  # noqa: E402

@@ -6,7 +6,7 @@ import pytest
 import torch
 from skimage.transform import SimilarityTransform
 
-from visage.nodes.common.types import Face, FaceSet
+from visage.core.types import Face, FaceSet
 from visage.nodes.face import align as align_mod
 from visage.nodes.face.align import (
     ARCFACE_112,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from visage.nodes.common.errors import NoFaceError, VisageError
-from visage.nodes.common.types import Face, FaceEmbeds, FaceSet
+from visage.core.errors import NoFaceError, VisageError
+from visage.core.types import Face, FaceEmbeds, FaceSet
 from visage.nodes.expression import crop as C
 from visage.nodes.expression import motion as M
 from visage.nodes.expression import networks as N

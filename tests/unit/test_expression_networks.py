@@ -7,9 +7,9 @@ import pytest
 import torch
 from builders import expression as B
 
-from visage.nodes.common import paths
-from visage.nodes.common.errors import ModelFileInvalid, ModelFileMissing
-from visage.nodes.common.model_manager import MANAGER
+from visage.core import paths
+from visage.core.errors import ModelFileInvalid, ModelFileMissing
+from visage.core.model_manager import MANAGER
 from visage.nodes.expression import loader as L
 from visage.nodes.expression import motion as M
 from visage.nodes.expression import networks as N

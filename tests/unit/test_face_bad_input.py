@@ -7,8 +7,8 @@ import pytest
 import torch
 from builders.face import build_face_pack, make_per_face
 
-from visage.nodes.common.errors import ModelFileInvalid, VisageError
-from visage.nodes.common.images import check_image
+from visage.core.errors import ModelFileInvalid, VisageError
+from visage.core.images import check_image
 from visage.nodes.face.analyzer import load_analyzer
 from visage.nodes.face.pack import pack_files, route, route_pack
 

@@ -169,7 +169,7 @@ def test_onnxruntime_engine_matches_torch_engine(tmp_path, t1_bgr):
 
 
 def test_engine_choice_is_validated():
-    from visage.nodes.common.errors import VisageError
+    from visage.core.errors import VisageError
     from visage.nodes.face.analyzer import pick_engine
 
     assert pick_engine("auto", torch.device("cpu")) == "onnxruntime"

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from visage.nodes.common.errors import ModelFileInvalid, VisageError
-from visage.nodes.common.types import Face, FaceEmbeds, FaceSet
+from visage.core.errors import ModelFileInvalid, VisageError
+from visage.core.select import drop_images, embeds_from_faces, fuse, select
+from visage.core.types import Face, FaceEmbeds, FaceSet
 from visage.nodes.face.draw import KPS_COLORS, face_mask, keypoints_image, preview
 from visage.nodes.face.embeds_io import load_embeds, save_embeds
-from visage.nodes.face.select import drop_images, embeds_from_faces, fuse, select
 
 
 def face(i, x, y, w, score=0.9, gender="F", emb=None, idx=0):

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from visage.core.errors import VisageError
 from visage.kernels import ops, reference
-from visage.nodes.common.errors import VisageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -57,7 +57,7 @@ def test_input_errors_are_not_swallowed(monkeypatch):
     """A VisageError from argument checks reaches the caller even on the fused path."""
     import pytest
 
-    from visage.nodes.common.errors import VisageError
+    from visage.core.errors import VisageError
 
     monkeypatch.setattr(ops, "use_fused", lambda op, *t: True)
     monkeypatch.setattr(ops, "_fused_module", lambda op: _FakeFused())

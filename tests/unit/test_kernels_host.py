@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from visage.core.errors import VisageError
 from visage.kernels import reference
-from visage.nodes.common.errors import VisageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -7,9 +7,9 @@ import time
 import pytest
 import torch
 
-from visage.nodes.common import paths
-from visage.nodes.common.errors import ModelFileMissing
-from visage.nodes.common.model_manager import LocalBackend, ModelManager, file_identity, resolve_dtype
+from visage.core import paths
+from visage.core.errors import ModelFileMissing
+from visage.core.model_manager import LocalBackend, ModelManager, file_identity, resolve_dtype
 
 
 def _loader(calls):

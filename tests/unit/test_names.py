@@ -1,11 +1,11 @@
-"""nodes/common/names.py: one file-name sanitiser for embeds, face models and expressions."""
+"""core/names.py: one file-name sanitiser for embeds, face models and expressions."""
 
 import re
 
 import pytest
 
-from visage.nodes.common.errors import VisageError
-from visage.nodes.common.names import safe_filename, safe_stem
+from visage.core.errors import VisageError
+from visage.core.names import safe_filename, safe_stem
 
 
 # The three rules as they were before the shared sanitiser (copied from the old call sites).

@@ -31,7 +31,7 @@ def imports(path):
 
 def test_math_files_import_no_comfyui():
     offenders = []
-    for p in source_files("nodes", "kernels"):
+    for p in source_files("core", "nodes", "kernels"):
         if os.path.basename(p) in GLUE_FILES:
             continue
         for node, mod, level in imports(p):
@@ -42,7 +42,7 @@ def test_math_files_import_no_comfyui():
 
 def test_internal_imports_are_relative():
     offenders = []
-    for p in list(source_files("nodes", "kernels")) + [os.path.join(REPO, "__init__.py")]:
+    for p in list(source_files("core", "nodes", "kernels")) + [os.path.join(REPO, "__init__.py")]:
         for node, mod, level in imports(p):
             if level == 0 and mod.split(".")[0] in ("visage", "kernels"):
                 offenders.append(f"{os.path.relpath(p, REPO)}:{node.lineno} imports {mod} absolutely")
@@ -51,7 +51,7 @@ def test_internal_imports_are_relative():
 
 def test_no_print_and_safe_torch_load():
     offenders = []
-    for p in list(source_files("nodes", "kernels")) + [os.path.join(REPO, "__init__.py")]:
+    for p in list(source_files("core", "nodes", "kernels")) + [os.path.join(REPO, "__init__.py")]:
         tree = ast.parse(open(p, encoding="utf-8").read(), p)
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
@@ -78,7 +78,7 @@ def test_no_print_and_safe_torch_load():
 def test_no_runtime_downloads():
     pat = re.compile(r"hf_hub_download|snapshot_download|urlretrieve|requests\.get\(|load_file_from_url|download_url")
     offenders = []
-    for p in list(source_files("nodes", "kernels")) + [os.path.join(REPO, "__init__.py")]:
+    for p in list(source_files("core", "nodes", "kernels")) + [os.path.join(REPO, "__init__.py")]:
         for i, line in enumerate(open(p, encoding="utf-8"), 1):
             if pat.search(line):
                 offenders.append(f"{os.path.relpath(p, REPO)}:{i}: {line.strip()}")
@@ -105,3 +105,30 @@ def test_node_ids_are_visage_prefixed():
                     assert k.value.startswith("Visage"), f"{p}: node id {k.value} must start with 'Visage'"
                     checked += 1
     assert checked > 0
+
+
+def _resolve(path, mod, level):
+    """Repo-relative dotted module an import in ``path`` names (relative imports resolved)."""
+    rel = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".")
+    parts = rel.split(".")
+    parts = parts[:-1]  # the package the file sits in (a package's __init__ sits in itself)
+    if level == 0:
+        return mod
+    base = parts[: len(parts) - (level - 1)] if level > 1 else parts
+    return ".".join(base + ([mod] if mod else []))
+
+
+def test_layers_point_down():
+    """core imports neither kernels nor nodes (nor ComfyUI); kernels imports core only."""
+    offenders = []
+    for root, forbidden in (("core", ("kernels", "nodes")), ("kernels", ("nodes",))):
+        for p in source_files(root):
+            for node, mod, level in imports(p):
+                target = _resolve(p, mod, level)
+                names = [a.name for a in getattr(node, "names", [])]
+                heads = {target.split(".")[0]} if target else set(names)
+                if level and heads & set(forbidden):
+                    offenders.append(f"{os.path.relpath(p, REPO)}:{node.lineno} imports {target or names}")
+                if level == 0 and mod.split(".")[0] in COMFY_MODULES:
+                    offenders.append(f"{os.path.relpath(p, REPO)}:{node.lineno} imports {mod}")
+    assert not offenders, "an import points up the layers:\n" + "\n".join(offenders)

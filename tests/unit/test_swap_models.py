@@ -8,7 +8,7 @@ import pytest
 import torch
 from builders import swap as SB
 
-from visage.nodes.common.errors import ModelFileInvalid, VisageError
+from visage.core.errors import ModelFileInvalid, VisageError
 from visage.nodes.swap import models as M
 
 

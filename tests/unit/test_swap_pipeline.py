@@ -9,9 +9,9 @@ from builders.face import build_face_pack
 from conftest import insightface_image
 from safetensors.torch import save_file
 
-from visage.nodes.common.errors import ModelFileInvalid, NoFaceError, VisageError
-from visage.nodes.common.model_manager import MANAGER
-from visage.nodes.common.types import FaceEmbeds
+from visage.core.errors import ModelFileInvalid, NoFaceError, VisageError
+from visage.core.model_manager import MANAGER
+from visage.core.types import FaceEmbeds
 from visage.nodes.face.analyzer import load_analyzer
 from visage.nodes.swap import pipeline as PL
 from visage.nodes.swap.facemodel import load_face_model, save_face_model
@@ -41,7 +41,7 @@ def env(tmp_path_factory):
 
 def _replicate(faces, pattern):
     """FaceSet over len(pattern) frames: frame i holds the photo's faces when pattern[i] else none."""
-    from visage.nodes.common.types import FaceSet
+    from visage.core.types import FaceSet
 
     rows = tuple(tuple(f.with_(image_index=i) for f in faces.faces[0]) if on else () for i, on in enumerate(pattern))
     return FaceSet(faces=rows, image_sizes=faces.image_sizes * len(pattern))
@@ -234,7 +234,7 @@ class _JitterAnalyzer:
         self.face, self.jitter, self.rng, self.name = face, jitter, np.random.default_rng(seed), "jitter"
 
     def analyze(self, images, tasks=None, **kw):
-        from visage.nodes.common.types import FaceSet
+        from visage.core.types import FaceSet
 
         rows = []
         for i in range(images.shape[0]):

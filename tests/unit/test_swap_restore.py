@@ -12,8 +12,8 @@ from builders import swap as SB
 from builders.face import build_face_pack
 from conftest import insightface_image
 
+from visage.core.model_manager import MANAGER
 from visage.nodes import paste as P
-from visage.nodes.common.model_manager import MANAGER
 from visage.nodes.face.analyzer import load_analyzer
 from visage.nodes.swap import pipeline as PL
 from visage.nodes.swap.models import load_swapper
@@ -162,7 +162,7 @@ def test_real_restorer_in_the_swap_path(env):
 def test_batch_with_restorer_matches_single_frames(env):
     """Faces of different frames never mix: a 3-frame batch (face, no face, face) gives the single-frame
     result on the face frames and the untouched frame in between."""
-    from visage.nodes.common.types import FaceSet
+    from visage.core.types import FaceSet
 
     faces = env["faces"].faces[0]
     fs = FaceSet(

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from visage.nodes.common.errors import ModelFileInvalid, VisageError
+from visage.core.errors import ModelFileInvalid, VisageError
 from visage.nodes.swap import restore as RS
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from visage.nodes.common.types import Face, FaceSet
+from visage.core.types import Face, FaceSet
 from visage.nodes.swap.tracking import box_iou, smooth_faceset, smooth_series, track_faces
 
 KPS = np.array([[-20, -15], [20, -15], [0, 5], [-15, 25], [15, 25]], np.float32)

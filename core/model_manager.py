@@ -13,7 +13,7 @@ Backends
 * :class:`LocalBackend` (default; tests, scripts, headless maths): the handle moves the module to
   its device itself, and the cache is an LRU bounded by a byte budget
   (``VISAGE_CACHE_BYTES``, default 4 GiB) — the least recently used models are dropped first.
-* The ComfyUI backend (``nodes/common/comfy_glue.py``, installed when the pack is loaded by
+* The ComfyUI backend (``nodes/comfy_glue.py``, installed when the pack is loaded by
   ComfyUI) wraps each module in a ``comfy.model_patcher.ModelPatcher`` and calls
   ``comfy.model_management.load_models_gpu`` in ``handle.model()``, so ComfyUI decides what is on
   the GPU, can evict our models under memory pressure, and frees them on ``/free`` or "unload

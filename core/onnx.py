@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
-from ..common.errors import ModelFileInvalid
+from .errors import ModelFileInvalid
 
 log = logging.getLogger("visage")
 

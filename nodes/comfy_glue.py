@@ -1,4 +1,4 @@
-"""Everything in nodes/common that touches ComfyUI. Imported only by node modules.
+"""Everything Visage needs from ComfyUI, in one place (folders, ModelPatcher backend, progress and cancel, memory hooks). Imported only by node modules.
 
 * registers Visage's model folders with ``folder_paths`` (keeping ``extra_model_paths.yaml``
   entries users already made for the same names),
@@ -20,7 +20,7 @@ import comfy.utils
 import folder_paths
 import torch
 
-from . import model_manager, paths
+from ..core import model_manager, paths
 
 log = logging.getLogger("visage")
 

@@ -11,8 +11,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from ..common.errors import VisageError
-from ..common.types import Face, FaceEmbeds, FaceSet
+from .errors import VisageError
+from .types import Face, FaceEmbeds, FaceSet
 
 ORDERS = (
     "largest",
