@@ -7,12 +7,15 @@ caps the count.
 
 from __future__ import annotations
 
+import logging
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .errors import VisageError
+from .errors import NoFaceError, VisageError
 from .types import Face, FaceEmbeds, FaceSet
+
+log = logging.getLogger("visage")
 
 ORDERS = (
     "largest",
@@ -28,24 +31,35 @@ GENDERS = ("any", "female", "male")
 FUSIONS = ("norm_mean", "mean", "median", "outlier_rejection", "none")
 
 
-def similarity(face: Face, reference: FaceEmbeds) -> float:
-    """Best cosine similarity between ``face`` and any reference identity."""
-    if face.normed_embedding is None:
+def similarities(face: Face, reference: FaceEmbeds) -> torch.Tensor:
+    """Cosine similarity [K] between ``face`` and each reference identity, in the reference's recognizer
+    space (or another recognizer both carry)."""
+    if not face.recognizers:
         raise VisageError(
             "A face has no embedding to compare",
             expected="faces analysed with a recognition model",
             got="faces without embeddings",
             fix="use a model pack with a recognizer (e.g. buffalo_l)",
         )
-    e = face.normed_embedding.float().cpu()
-    if e.shape[-1] != reference.dim:
-        raise VisageError(
-            "The reference embedding comes from another recognizer",
-            expected=f"{e.shape[-1]}-d embeddings ({face.encoder})",
-            got=f"{reference.dim}-d embeddings ({reference.encoder})",
-            fix="build the reference with the same analysis pack as the faces",
-        )
-    return float((reference.normed.float() @ e).max())
+    for rid in reference.recognizers:
+        raw = face.embedding_for(rid)
+        if raw is not None:
+            ref = reference.for_recognizer(rid, normed=True).float()
+            e = raw.float().cpu()
+            e = e / e.norm().clamp_min(1e-12)
+            if e.shape[-1] == ref.shape[-1]:
+                return ref @ e
+    raise VisageError(
+        "The reference embedding comes from another recognizer",
+        expected=f"embeddings of a recognizer the faces carry ({', '.join(face.recognizers)})",
+        got=f"embeddings of {', '.join(reference.recognizers)}",
+        fix="build the reference from faces analysed with the same recognizer as these faces",
+    )
+
+
+def similarity(face: Face, reference: FaceEmbeds) -> float:
+    """Best cosine similarity between ``face`` and any reference identity."""
+    return float(similarities(face, reference).max())
 
 
 def order_faces(faces: Sequence[Face], order: str, reference: Optional[FaceEmbeds] = None) -> List[Face]:
@@ -125,16 +139,87 @@ def select(
 
 
 def drop_images(faceset: FaceSet, keep: Sequence[int]) -> FaceSet:
-    """A FaceSet of only the images ``keep`` (re-indexed 0..len(keep)-1)."""
+    """A FaceSet of only the images ``keep`` (re-indexed 0..len(keep)-1); it remembers which images of
+    the analysed batch it kept, so consumers given the whole batch follow its indices."""
     faces = []
     for new_i, old_i in enumerate(keep):
         faces.append(tuple(f.with_(image_index=new_i) for f in faceset.faces[old_i]))
+    rows = faceset.source_indices or tuple(range(faceset.batch_size))
     return FaceSet(
         faces=tuple(faces),
         image_sizes=tuple(faceset.image_sizes[i] for i in keep),
         analyzer=faceset.analyzer,
         selection=faceset.selection,
+        source_indices=tuple(rows[i] for i in keep),
+        source_batch=faceset.analysed_batch,
     )
+
+
+# ----------------------------------------------------------------------------- no-face policy
+
+ON_NO_FACE = ("error", "skip", "passthrough")
+ON_NO_FACE_TIP = (
+    "What to do when an image has no face: 'error' stops the run naming the images; 'skip' leaves those "
+    "images out (Analyze Faces' 'image' output holds the kept ones; every Visage node given the whole batch "
+    "follows the kept indices); 'passthrough' keeps them (no faces, count 0) so headless servers never fail "
+    "on an empty frame."
+)
+
+
+def apply_on_no_face(faceset: FaceSet, policy: str, where: str = "image batch") -> Tuple[FaceSet, List[int]]:
+    """The one on_no_face rule: returns (faces, kept image indices). 'error' raises NoFaceError naming
+    the images; 'skip' drops images without a face (all of them kept when none has a face, with a
+    warning, so a graph never receives an empty batch); 'passthrough' keeps everything."""
+    if policy not in ON_NO_FACE:
+        raise VisageError(f"Unknown on_no_face '{policy}'", expected=" / ".join(ON_NO_FACE), got=repr(policy))
+    empty = faceset.images_without_face()
+    everything = list(range(faceset.batch_size))
+    if not empty:
+        return faceset, everything
+    if policy == "error":
+        raise NoFaceError(empty, where=where)
+    if policy == "skip":
+        keep = [i for i in everything if faceset.faces[i]]
+        if keep:
+            return drop_images(faceset, keep), keep
+        log.warning("Visage: no image of the %s has a face; 'skip' leaves nothing, passing the batch through", where)
+    log.info("Visage: no face in %s item(s) %s (on_no_face=%s)", where, list(empty), policy)
+    return faceset, everything
+
+
+def expand_to(faceset: FaceSet, n_images: int, what: str = "image") -> FaceSet:
+    """Faces for every image of an ``n_images`` batch: after 'skip' the left-out images get no face
+    (so they pass through), and each face's image_index is its frame in that batch."""
+    rows = faceset.rows_for(int(n_images))
+    if rows is None:
+        frames_for(torch.empty(int(n_images), 0), faceset, what)  # raises the clear message
+    if list(rows) == list(range(n_images)):
+        return faceset
+    per = [()] * n_images
+    sizes = [faceset.image_sizes[0] if faceset.image_sizes else (0, 0)] * n_images
+    for k, r in enumerate(rows):
+        per[r] = tuple(f.with_(image_index=r) for f in faceset.faces[k])
+        sizes[r] = faceset.image_sizes[k]
+    return FaceSet(faces=tuple(per), image_sizes=tuple(sizes), analyzer=faceset.analyzer, selection=faceset.selection)
+
+
+def frames_for(images: torch.Tensor, faceset: FaceSet, what: str = "image") -> torch.Tensor:
+    """The frames of ``images`` the faces describe, in the faces' order: the same batch, or the whole
+    analysed batch when Analyze Faces skipped images without a face."""
+    rows = faceset.rows_for(int(images.shape[0]))
+    if rows is None:
+        expected = f"{faceset.batch_size} image(s) (the batch the faces describe)"
+        if faceset.source_indices:
+            expected += f" or the {faceset.source_batch} analysed"
+        raise VisageError(
+            f"'{what}' and 'faces' come from different batches",
+            expected=expected,
+            got=f"{images.shape[0]} image(s)",
+            fix="connect the IMAGE that went into Analyze Faces (or Analyze Faces' 'image' output)",
+        )
+    if list(rows) == list(range(images.shape[0])):
+        return images
+    return images[list(rows)]
 
 
 # ----------------------------------------------------------------------------- fusion
@@ -166,7 +251,17 @@ def embeds_from_faces(faceset: FaceSet, fusion: str = "norm_mean", outlier_thres
             fix="analyse all reference images with one pack",
         )
     raw = torch.stack([f.embedding.float().cpu() for f in faces])
-    return fuse(raw, faces[0].encoder or "unknown", fusion, outlier_threshold)
+    primary = fuse(raw, faces[0].encoder or "unknown", fusion, outlier_threshold)
+    # every other recognizer all the faces carry, fused the same way (one identity, several spaces)
+    extra = {}
+    for rid in faces[0].recognizers:
+        if rid == primary.encoder or any(f.embedding_for(rid) is None for f in faces):
+            continue
+        other = torch.stack([f.embedding_for(rid).float().cpu() for f in faces])
+        extra[rid] = fuse(other, rid, fusion, outlier_threshold).raw
+    if not extra:
+        return primary
+    return FaceEmbeds.from_raw(primary.raw, primary.encoder, primary.sources, primary.fusion, extra=extra)
 
 
 def fuse(raw: torch.Tensor, encoder: str, fusion: str = "norm_mean", outlier_threshold: float = 0.3) -> FaceEmbeds:

@@ -24,7 +24,7 @@ Conventions
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -50,7 +50,9 @@ class Face:
     gender: Optional[str] = None  # "F" or "M"
     embedding: Optional[torch.Tensor] = None  # [D] raw recognizer output
     normed_embedding: Optional[torch.Tensor] = None  # [D] L2-normalised
-    encoder: Optional[str] = None  # recognizer name, e.g. "glintr100"
+    encoder: Optional[str] = None  # recognizer id of ``embedding``, e.g. "glintr100"
+    # every recognizer that ran on this face: recognizer id -> raw embedding [D] (``embedding`` included)
+    embeddings: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def width(self) -> float:
@@ -81,6 +83,38 @@ class Face:
     def embedding_dim(self) -> int:
         return 0 if self.embedding is None else int(self.embedding.shape[-1])
 
+    @property
+    def recognizers(self) -> Tuple[str, ...]:
+        """Ids of the recognizers whose embedding this face carries (primary first)."""
+        ids = list(self.embeddings)
+        if self.encoder and self.embedding is not None and self.encoder not in ids:
+            ids.insert(0, self.encoder)
+        elif self.encoder in ids:
+            ids.remove(self.encoder)
+            ids.insert(0, self.encoder)
+        return tuple(ids)
+
+    def embedding_for(self, recognizer: str) -> Optional[torch.Tensor]:
+        """Raw embedding of ``recognizer`` (an id, e.g. "w600k_r50"), or None when it did not run."""
+        e = self.embeddings.get(recognizer)
+        if e is None and recognizer == self.encoder:
+            e = self.embedding
+        return e
+
+    def with_embedding(self, recognizer: str, raw: torch.Tensor) -> "Face":
+        """This face with one more recognizer's embedding (the first one also becomes the primary)."""
+        emb = dict(self.embeddings)
+        emb[recognizer] = raw
+        if self.embedding is None:
+            return replace(
+                self,
+                embeddings=emb,
+                embedding=raw,
+                normed_embedding=raw / raw.norm().clamp_min(1e-12),
+                encoder=recognizer,
+            )
+        return replace(self, embeddings=emb)
+
     def with_(self, **changes) -> "Face":
         return replace(self, **changes)
 
@@ -97,6 +131,10 @@ class FaceSet:
     image_sizes: Tuple[Tuple[int, int], ...]
     analyzer: str = ""  # analyzer description (pack name), for messages
     selection: str = "all"  # how faces were chosen
+    # after on_no_face='skip': entry i describes image source_indices[i] of the analysed batch of
+    # source_batch images; () = one entry per analysed image (nothing was left out)
+    source_indices: Tuple[int, ...] = ()
+    source_batch: int = 0
 
     def __post_init__(self):
         if len(self.faces) != len(self.image_sizes):
@@ -122,6 +160,20 @@ class FaceSet:
     def for_image(self, i: int) -> Tuple[Face, ...]:
         return self.faces[i]
 
+    @property
+    def analysed_batch(self) -> int:
+        """Images in the batch that was analysed (more than ``batch_size`` after 'skip')."""
+        return self.source_batch or self.batch_size
+
+    def rows_for(self, n_images: int) -> Optional[Tuple[int, ...]]:
+        """Which image of an ``n_images`` batch each entry of ``faces`` describes, or None when the
+        batch is neither the kept images nor the whole analysed batch."""
+        if n_images == self.batch_size:
+            return tuple(range(self.batch_size))
+        if self.source_indices and n_images == self.source_batch:
+            return self.source_indices
+        return None
+
 
 @dataclass(frozen=True)
 class FaceEmbeds:
@@ -133,9 +185,25 @@ class FaceEmbeds:
 
     raw: torch.Tensor
     normed: torch.Tensor
-    encoder: str
+    encoder: str  # recognizer id of raw/normed
     sources: Tuple[int, ...] = ()
     fusion: str = "none"
+    # the same identities in other recognizers' spaces: recognizer id -> raw [K, D']
+    extra: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def recognizers(self) -> Tuple[str, ...]:
+        return (self.encoder,) + tuple(r for r in self.extra if r != self.encoder)
+
+    def for_recognizer(self, recognizer: str, normed: bool = True) -> Optional[torch.Tensor]:
+        """[K, D] rows of ``recognizer`` (L2-normalised when ``normed``), or None when absent."""
+        if recognizer == self.encoder:
+            return self.normed if normed else self.raw
+        raw = self.extra.get(recognizer)
+        if raw is None:
+            return None
+        raw = raw.float()
+        return raw / raw.norm(dim=-1, keepdim=True).clamp_min(1e-12) if normed else raw
 
     def __post_init__(self):
         if self.raw.ndim != 2 or self.raw.shape != self.normed.shape:
@@ -143,6 +211,11 @@ class FaceEmbeds:
                 f"FaceEmbeds: raw and normed must both be [K, D]; got "
                 f"{tuple(self.raw.shape)} and {tuple(self.normed.shape)}"
             )
+        for k, v in self.extra.items():
+            if v.ndim != 2 or v.shape[0] != self.raw.shape[0]:
+                raise ValueError(
+                    f"FaceEmbeds: extra[{k!r}] must be [K, D] with K = {self.raw.shape[0]}; got {tuple(v.shape)}"
+                )
 
     @property
     def dim(self) -> int:
@@ -153,11 +226,25 @@ class FaceEmbeds:
         return int(self.raw.shape[0])
 
     @staticmethod
-    def from_raw(raw: torch.Tensor, encoder: str, sources: Sequence[int] = (), fusion: str = "none") -> "FaceEmbeds":
+    def from_raw(
+        raw: torch.Tensor,
+        encoder: str,
+        sources: Sequence[int] = (),
+        fusion: str = "none",
+        extra: Optional[Mapping[str, torch.Tensor]] = None,
+    ) -> "FaceEmbeds":
         raw = raw.detach().float().reshape(-1, raw.shape[-1]).cpu()
         normed = raw / raw.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        extra = {
+            k: v.detach().float().reshape(raw.shape[0], -1).cpu() for k, v in (extra or {}).items() if k != encoder
+        }
         return FaceEmbeds(
-            raw=raw, normed=normed, encoder=encoder, sources=tuple(sources) or (1,) * raw.shape[0], fusion=fusion
+            raw=raw,
+            normed=normed,
+            encoder=encoder,
+            sources=tuple(sources) or (1,) * raw.shape[0],
+            fusion=fusion,
+            extra=extra,
         )
 
 

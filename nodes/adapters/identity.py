@@ -1,8 +1,10 @@
 """From faces / embeddings to identity tokens, keypoint hints and Arc2Face prompts. Pure torch/numpy.
 
+* :data:`METHODS` -- each method's recognizer (the one its weights were trained on) and whether it
+  takes the raw (InstantID) or the L2-normalised (FaceID, Arc2Face) embedding.
 * :func:`identity_embeddings` -- one embedding per identity from a ``FaceSet`` (each face, in
-  selection order, is one identity) or from ``FaceEmbeds`` (each row is one identity).
-  InstantID uses the raw recognizer output, FaceID / Arc2Face the L2-normalised one.
+  selection order, is one identity) or from ``FaceEmbeds`` (each row is one identity), of the
+  method's recognizer.
 * :func:`instantid_tokens` -- resampler tokens for the identities and the negative's tokens:
   zeros through the resampler as the InstantID pipeline does, or (``noise`` > 0) uniform noise of
   that amplitude, seeded from the embedding, as ComfyUI_InstantID does for its negative.
@@ -14,6 +16,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 
 from ...core.errors import VisageError
 from ...core.images import from_uint8_np
+from ...core.recognizers import method_embeddings
 from ...core.types import FaceEmbeds, FaceSet
 
 ARC2FACE_PROMPT = "photo of a id person"
@@ -29,57 +33,38 @@ ARC2FACE_PLACEHOLDER = "id"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 
 
+@dataclass(frozen=True)
+class MethodSpec:
+    """What an identity method consumes: the recognizer its weights were trained on (an id of
+    core.recognizers) and whether it takes the L2-normalised or the raw embedding."""
+
+    name: str
+    trained_on: str
+    normed: bool
+
+
+# facts from the official pipelines: InstantID uses antelopev2's face_info['embedding'] (raw);
+# IP-Adapter FaceID uses buffalo_l's faces[0].normed_embedding; Arc2Face uses antelopev2 with its
+# own arcface.onnx in place of glintr100, embedding / norm.
+METHODS = {
+    "instantid": MethodSpec("InstantID", "glintr100", normed=False),
+    "faceid": MethodSpec("IP-Adapter FaceID", "w600k_r50", normed=True),
+    "arc2face": MethodSpec("Arc2Face", "arcface", normed=True),
+}
+
+
 def identity_embeddings(
-    faces: Optional[FaceSet], embeds: Optional[FaceEmbeds], normed: bool, dim: int = 512, what: str = "identity"
+    method: str,
+    faces: Optional[FaceSet],
+    embeds: Optional[FaceEmbeds],
+    dim: int = 512,
+    override: str = "",
 ) -> torch.Tensor:
-    """[I, D] embeddings, one per identity. ``embeds`` wins when both are given."""
-    if embeds is not None:
-        e = embeds.normed if normed else embeds.raw
-        if e.shape[0] == 0:
-            raise VisageError(
-                f"The {what} embeddings are empty",
-                expected="at least one identity",
-                got="0 rows",
-                fix="check the node producing the embeddings",
-            )
-    else:
-        if faces is None:
-            raise VisageError(
-                f"No {what} was given",
-                expected="'faces' (VISAGE_FACES) or 'embeds' (VISAGE_EMBEDS)",
-                got="neither",
-                fix="connect the faces from 'Visage Analyze Faces'",
-            )
-        flat = faces.flat()
-        if not flat:
-            raise VisageError(
-                f"The {what} has no face",
-                expected="at least one analysed face",
-                got=f"{faces.batch_size} image(s), no face found",
-                fix="use a reference image with a visible face, or lower the detection threshold",
-            )
-        missing = [i for i, f in enumerate(flat) if f.embedding is None]
-        if missing:
-            raise VisageError(
-                f"The {what} faces carry no embedding",
-                expected="faces analysed with a recognition model (ArcFace)",
-                got=f"face(s) {missing} without embedding ({faces.analyzer or 'analyzer'})",
-                fix="use an analyzer pack with a recognition model (antelopev2 / buffalo_l)",
-            )
-        e = torch.stack(
-            [(f.normed_embedding if normed and f.normed_embedding is not None else f.embedding).float() for f in flat]
-        )
-        if normed:
-            e = e / e.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    e = e.float().reshape(e.shape[0], -1)
-    if e.shape[1] != dim:
-        raise VisageError(
-            f"The {what} embeddings are {e.shape[1]}-d",
-            expected=f"{dim}-d ArcFace embeddings",
-            got=f"{e.shape[1]}-d ({getattr(embeds, 'encoder', '') or 'unknown encoder'})",
-            fix="use an ArcFace recognizer (antelopev2 glintr100 / buffalo_l w600k_r50)",
-        )
-    return e
+    """[I, D] embeddings for ``method`` (a key of METHODS), one per identity: each face of ``faces``
+    in selection order, or each row of ``embeds`` (which wins), from the recognizer the method was
+    trained on (see core.recognizers.method_embeddings)."""
+    spec = METHODS[method]
+    return method_embeddings(spec.name, spec.trained_on, faces, embeds, normed=spec.normed, dim=dim, override=override)
 
 
 def negative_noise(emb: torch.Tensor, noise: float) -> torch.Tensor:

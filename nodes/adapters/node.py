@@ -20,6 +20,8 @@ from ...core import paths
 from ...core.errors import VisageError
 from ...core.images import check_image
 from ...core.model_manager import MANAGER
+from ...core.recognizers import RECOGNIZER_OVERRIDE_TIP
+from ...core.select import frames_for
 from ...core.types import VISAGE_EMBEDS, VISAGE_FACES
 from .. import comfy_glue
 from .attention import (
@@ -34,6 +36,7 @@ from .clip_features import ClipFeatureCache, check_clip_width, faceid_plus_clip_
 from .identity import (
     ARC2FACE_PLACEHOLDER,
     ARC2FACE_PROMPT,
+    METHODS,
     arc2face_tokens,
     clip_crops_uncond,
     faceid_plus_crops,
@@ -395,6 +398,10 @@ class VisageApplyInstantID:
                         "of the faces' own (e.g. several photos fused)."
                     },
                 ),
+                "recognizer_override": (
+                    "STRING",
+                    {"default": "", "tooltip": RECOGNIZER_OVERRIDE_TIP.format(trained=METHODS["instantid"].trained_on)},
+                ),
             },
         }
 
@@ -415,9 +422,10 @@ class VisageApplyInstantID:
         keypoints_image=None,
         masks=None,
         embeds=None,
+        recognizer_override="",
     ):
         _expect_kind(instantid, (INSTANTID,), "an InstantID adapter from 'Visage InstantID Loader'")
-        emb = identity_embeddings(faces, embeds, normed=False, dim=instantid.info.embedding_dim)
+        emb = identity_embeddings("instantid", faces, embeds, instantid.info.embedding_dim, recognizer_override)
         n = emb.shape[0]
         masks = check_masks(masks, n)
         ad = instantid.module()
@@ -597,6 +605,10 @@ class VisageApplyFaceID:
                         "identity (0 = all faces are one identity).",
                     },
                 ),
+                "recognizer_override": (
+                    "STRING",
+                    {"default": "", "tooltip": RECOGNIZER_OVERRIDE_TIP.format(trained=METHODS["faceid"].trained_on)},
+                ),
             },
         }
 
@@ -617,10 +629,11 @@ class VisageApplyFaceID:
         clip_vision=None,
         masks=None,
         faces_per_identity=0,
+        recognizer_override="",
     ):
         _expect_kind(faceid, FACEID_KINDS, "an IP-Adapter FaceID adapter from 'Visage FaceID Loader'")
         info = faceid.info
-        emb = identity_embeddings(faces, embeds, normed=True, dim=info.embedding_dim)
+        emb = identity_embeddings("faceid", faces, embeds, info.embedding_dim, recognizer_override)
         groups = None
         if info.kind == FACEID_PORTRAIT:
             total = emb.shape[0]
@@ -667,7 +680,7 @@ class VisageApplyFaceID:
                 ),
                 fix="connect 'Visage Analyze Faces' faces, its image and 'Load CLIP Vision'",
             )
-        crops = faceid_plus_crops(check_image(image, "image"), faces)
+        crops = faceid_plus_crops(frames_for(check_image(image, "image"), faces), faces)
         hits = CLIP_CACHE.hits
         cc, cu = faceid_plus_clip_features(
             crops,
@@ -740,11 +753,15 @@ class VisageArc2FaceEncode:
                         "'id' is where the identity goes. Keep the default for the published maths.",
                     },
                 ),
+                "recognizer_override": (
+                    "STRING",
+                    {"default": "", "tooltip": RECOGNIZER_OVERRIDE_TIP.format(trained=METHODS["arc2face"].trained_on)},
+                ),
             },
         }
 
-    def encode(self, clip, faces=None, embeds=None, masks=None, prompt=ARC2FACE_PROMPT):
-        emb = identity_embeddings(faces, embeds, normed=True, dim=512, what="Arc2Face identity")
+    def encode(self, clip, faces=None, embeds=None, masks=None, prompt=ARC2FACE_PROMPT, recognizer_override=""):
+        emb = identity_embeddings("arc2face", faces, embeds, 512, recognizer_override)
         masks = check_masks(masks, emb.shape[0])
         tokens = clip.tokenize(prompt)
         if "l" not in tokens:

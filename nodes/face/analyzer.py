@@ -19,10 +19,11 @@ from ...core.errors import VisageError
 from ...core.images import check_image
 from ...core.model_manager import MANAGER, ModelHandle
 from ...core.onnx import OrtCpuModule, load_onnx_module, run_batched
+from ...core.recognizers import recognizer_id
 from ...core.types import Face, FaceSet
 from ...kernels import ops as kops
 from .align import crop_matrix, estimate_norm, invert_affine
-from .pack import RoutedModel, route_pack
+from .pack import RoutedModel, is_recognition, route_pack
 from .scrfd import ScrfdDetector
 
 log = logging.getLogger("visage")
@@ -115,8 +116,14 @@ class FaceAnalyzer:
 
     @property
     def encoder(self) -> Optional[str]:
+        """Id of the primary recognizer (``Face.embedding``)."""
         r = self.routed.get("recognition")
-        return r.name if r else None
+        return recognizer_id(r.path) if r else None
+
+    @property
+    def recognizers(self) -> Tuple[str, ...]:
+        """Ids of every recognizer this analyzer runs (primary first)."""
+        return tuple(recognizer_id(self.routed[t].path) for t in self.routed if is_recognition(t))
 
     def __repr__(self):
         return f"FaceAnalyzer({self.name}, tasks={list(self.routed)}, device={self.device})"
@@ -190,6 +197,8 @@ class FaceAnalyzer:
     def _analyze_chunk(self, images, max_num, det_thresh, tasks) -> FaceSet:
         B, H, W, _ = images.shape
         want = set(tasks) if tasks is not None else set(self.routed)
+        if "recognition" in want:  # every recognizer: each method picks the one it was trained on
+            want |= {t for t in self.routed if is_recognition(t)}
         # one pass to 8-bit values (what the reference pipeline sees); float only where needed
         img_u8 = (images * 255.0).round_().clamp_(0, 255).to(torch.uint8)
         dets = self.detector.detect(img_u8, det_thresh=det_thresh, max_num=max_num)
@@ -208,7 +217,7 @@ class FaceAnalyzer:
                 if task == "detection" or task not in want:
                     continue
                 r = self.routed[task]
-                if task == "recognition":
+                if is_recognition(task):
                     if any(k is None for k in kpss):
                         raise VisageError(
                             "The face detector of this pack gives no keypoints",
@@ -228,13 +237,20 @@ class FaceAnalyzer:
         per_image: List[List[Face]] = [[] for _ in range(B)]
         for i in range(n):
             kw = {}
+            embs = {
+                recognizer_id(self.routed[t].path): torch.from_numpy(extra[t][i].copy())
+                for t in extra
+                if is_recognition(t)
+            }
             if "recognition" in extra:
-                emb = torch.from_numpy(extra["recognition"][i].copy())
+                emb = embs[recognizer_id(self.routed["recognition"].path)]
                 kw.update(
                     embedding=emb,
                     normed_embedding=emb / emb.norm().clamp_min(1e-12),
-                    encoder=self.routed["recognition"].name,
+                    encoder=recognizer_id(self.routed["recognition"].path),
                 )
+            if embs:
+                kw["embeddings"] = embs
             if "landmark_2d_106" in extra:
                 kw["landmarks_2d_106"] = torch.from_numpy(extra["landmark_2d_106"][i])
             if "landmark_3d_68" in extra:
@@ -261,7 +277,7 @@ class FaceAnalyzer:
         return FaceSet(faces=tuple(tuple(f) for f in per_image), image_sizes=((H, W),) * B, analyzer=self.name)
 
     def _decode(self, task: str, r: RoutedModel, out: np.ndarray, mats: np.ndarray):
-        if task == "recognition":
+        if is_recognition(task):
             return out
         if task == "genderage":
             return [(int(np.argmax(o[:2])), int(np.round(o[2] * 100))) for o in out]
@@ -313,7 +329,11 @@ def load_analyzer(
     loader = _ort_loader if engine == "onnxruntime" else _onnx_loader
     routed = route_pack(pack_dir)
     if tasks is not None:
-        routed = {k: v for k, v in routed.items() if k == "detection" or k in tasks}
+        routed = {
+            k: v
+            for k, v in routed.items()
+            if k == "detection" or k in tasks or (is_recognition(k) and "recognition" in tasks)
+        }
     handles = {}
     for task, r in routed.items():
         # detection stays fp32 (box precision); per-face models follow the asked dtype

@@ -12,7 +12,18 @@ from ...core.errors import NoFaceError, VisageError
 from ...core.images import check_image
 from ...core.model_manager import resolve_dtype
 from ...core.names import safe_filename
-from ...core.select import FUSIONS, GENDERS, ORDERS, drop_images, embeds_from_faces, select, similarity
+from ...core.select import (
+    FUSIONS,
+    GENDERS,
+    ON_NO_FACE,
+    ON_NO_FACE_TIP,
+    ORDERS,
+    apply_on_no_face,
+    embeds_from_faces,
+    frames_for,
+    select,
+    similarity,
+)
 from ...core.types import (
     VISAGE_ALIGNED,
     VISAGE_ANALYZER,
@@ -27,15 +38,9 @@ from .analyzer import ENGINES, FaceAnalyzer, load_analyzer
 from .draw import MASK_SHAPES, face_mask, keypoints_image, preview
 from .embeds_io import load_embeds, save_embeds
 from .pack import list_packs
+from .recognizer import load_recognizer, recognizer_choices
 
 log = logging.getLogger("visage")
-
-ON_NO_FACE = ("error", "skip", "passthrough")
-ON_NO_FACE_TIP = (
-    "What to do when an image has no face: 'error' stops the run naming the images; "
-    "'skip' leaves those images out of the outputs; 'passthrough' keeps them (no faces, "
-    "count 0) so headless servers never fail on an empty frame."
-)
 
 
 def _packs():
@@ -161,12 +166,13 @@ class VisageAnalyzeFaces:
     )
     CATEGORY = "Visage/analysis"
     FUNCTION = "analyze"
-    RETURN_TYPES = (VISAGE_FACES, "IMAGE", "INT")
-    RETURN_NAMES = ("faces", "preview", "count")
+    RETURN_TYPES = (VISAGE_FACES, "IMAGE", "INT", "IMAGE")
+    RETURN_NAMES = ("faces", "preview", "count", "image")
     OUTPUT_TOOLTIPS = (
         "Selected faces per image (the one face type every Visage method consumes).",
         "The images with every candidate face boxed and numbered; selected faces in green.",
         "Total number of selected faces in the batch (0 when no image has a face).",
+        "The analysed images that the faces describe: the whole batch, or only the kept images after on_no_face = 'skip'.",
     )
 
     @classmethod
@@ -255,29 +261,78 @@ class VisageAnalyzeFaces:
             min_score=min_score,
             reference=reference,
         )
-        empty = sel.images_without_face()
-        if empty and on_no_face == "error":
-            raise NoFaceError(empty)
         prev = preview(images, ordered, sel)
         ui_faces = _ui_faces(ordered, sel)
-        if empty and on_no_face == "skip":
-            keep = [i for i in range(images.shape[0]) if sel.faces[i]]
-            if keep:
-                sel = drop_images(sel, keep)
-                prev = prev[keep]
-                ui_faces = [ui_faces[i] for i in keep]
-            else:
-                log.warning(
-                    "Visage: no image of the batch has a face; 'skip' leaves nothing, passing the batch through"
-                )
-        if empty:
-            log.info("Visage: no face in image(s) %s (on_no_face=%s)", list(empty), on_no_face)
+        sel, keep = apply_on_no_face(sel, on_no_face)
+        if len(keep) != images.shape[0]:
+            prev, ui_faces, images = prev[keep], [ui_faces[i] for i in keep], images[keep]
         ui = {
             "images": comfy_glue.save_temp_images(prev, "visage_faces"),
             "visage_faces": ui_faces,
             "visage_image_size": [list(s) for s in sel.image_sizes],
         }
-        return {"ui": ui, "result": (sel, prev.to(comfy_glue.intermediate_device()), sel.count)}
+        inter = comfy_glue.intermediate_device()
+        return {"ui": ui, "result": (sel, prev.to(inter), sel.count, images.to(inter))}
+
+
+def _recognizer_files():
+    names = recognizer_choices(
+        [f"{n}" for n in paths.list_files("insightface_packs", {".onnx"})],
+        paths.list_files("facexlib", {".pth", ".pt"}),
+    )
+    return names or ["(no recognizer found in models/insightface/models or models/facexlib)"]
+
+
+def _find_recognizer(name: str) -> str:
+    folder = "facexlib" if name.lower().endswith((".pth", ".pt")) else "insightface_packs"
+    return paths.find_file(folder, name)
+
+
+class VisageAddFaceRecognizer:
+    DESCRIPTION = (
+        "Adds another recognizer's identity embedding to faces already analysed, without detecting again: "
+        "crops are aligned from the faces' keypoints. Use it when a method was trained on a recognizer your "
+        "analysis pack does not hold (Arc2Face: arcface.onnx; IP-Adapter FaceID: w600k_r50.onnx; "
+        "InstantID / PuLID: glintr100.onnx; InfiniteYou: recognition_arcface_ir_se50.pth). Every recognizer "
+        "in the analyzer's own pack folder already runs."
+    )
+    CATEGORY = "Visage/analysis"
+    FUNCTION = "add"
+    RETURN_TYPES = (VISAGE_FACES,)
+    RETURN_NAMES = ("faces",)
+    OUTPUT_TOOLTIPS = ("The same faces, each also carrying this recognizer's embedding.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": (
+                    "IMAGE",
+                    {"tooltip": "The images the faces were found in (Analyze Faces' input or its 'image')."},
+                ),
+                "faces": (VISAGE_FACES, {"tooltip": "Faces from Analyze Faces."}),
+                "recognizer": (
+                    _recognizer_files(),
+                    {
+                        "tooltip": "A recognizer file: an ArcFace-style ONNX in a pack folder under "
+                        "models/insightface/models/ (e.g. antelopev2/arcface.onnx), or facexlib's "
+                        "recognition_arcface_ir_se50.pth in models/facexlib/."
+                    },
+                ),
+            },
+            "optional": {
+                "device": (
+                    ["auto", "cpu", "gpu"],
+                    {"default": "auto", "tooltip": "auto = ComfyUI's device (honours --cpu)."},
+                ),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def add(self, image, faces: FaceSet, recognizer, device="auto", unique_id=None):
+        dev = comfy_glue.torch_device(device)
+        rec = load_recognizer(_find_recognizer(recognizer), dev, resolve_dtype("auto", dev))
+        return (rec.add_to(image, faces, progress=comfy_glue.Progress(max(faces.batch_size, 1), node_id=unique_id)),)
 
 
 class VisageFaceEmbeds:
@@ -408,7 +463,7 @@ class VisageFaceSimilarity:
             per_image.append(cur)
         table = "\n".join(rows) if rows else "no faces"
         if image is not None:
-            base = check_image(image)
+            base = frames_for(check_image(image), faces)
         else:
             base = torch.stack([torch.zeros((h, w, 3)) for h, w in faces.image_sizes])
         out = []
@@ -469,14 +524,7 @@ class VisageAlignFaces:
         }
 
     def align(self, image, faces: FaceSet, template, crop_size, on_no_face):
-        images = check_image(image)
-        if images.shape[0] != faces.batch_size:
-            raise VisageError(
-                "'image' and 'faces' come from different batches",
-                expected=f"{faces.batch_size} image(s) (the batch the faces were found in)",
-                got=f"{images.shape[0]} image(s)",
-                fix="connect the same IMAGE that went into Analyze Faces",
-            )
+        images = frames_for(check_image(image), faces)
         al = align_faces(images, faces, template, crop_size or None)
         if al.count == 0:
             if on_no_face == "error":
@@ -541,6 +589,7 @@ class VisageKeypointsImage:
 NODE_CLASS_MAPPINGS = {
     "VisageFaceAnalyzerLoader": VisageFaceAnalyzerLoader,
     "VisageAnalyzeFaces": VisageAnalyzeFaces,
+    "VisageAddFaceRecognizer": VisageAddFaceRecognizer,
     "VisageFaceEmbeds": VisageFaceEmbeds,
     "VisageSaveEmbeds": VisageSaveEmbeds,
     "VisageLoadEmbeds": VisageLoadEmbeds,
@@ -553,6 +602,7 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "VisageFaceAnalyzerLoader": "Load Face Analyzer",
     "VisageAnalyzeFaces": "Analyze Faces",
+    "VisageAddFaceRecognizer": "Add Face Recognizer",
     "VisageFaceEmbeds": "Face Embeds",
     "VisageSaveEmbeds": "Save Face Embeds",
     "VisageLoadEmbeds": "Load Face Embeds",

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 
 from ...core.errors import ModelFileInvalid, VisageError
 from ...core.onnx import OnnxSignature, onnx_signature
+from ...core.recognizers import pick_primary, recognizer_id
 
 log = logging.getLogger("visage")
 
@@ -47,6 +48,11 @@ class RoutedModel:
     @property
     def name(self) -> str:
         return os.path.splitext(os.path.basename(self.path))[0]
+
+
+def is_recognition(task: str) -> bool:
+    """'recognition' (the primary recognizer) or 'recognition:<id>' (another recognizer in the pack)."""
+    return task == "recognition" or task.startswith("recognition:")
 
 
 def route(path: str) -> Optional[RoutedModel]:
@@ -115,6 +121,7 @@ def pack_files(pack_dir: str) -> List[str]:
 def route_pack(pack_dir: str) -> Dict[str, RoutedModel]:
     """task -> model for a pack folder. Unreadable files are reported, not silently skipped."""
     routed: Dict[str, RoutedModel] = {}
+    recognizers: List[RoutedModel] = []
     problems = []
     for f in pack_files(pack_dir):
         try:
@@ -123,6 +130,9 @@ def route_pack(pack_dir: str) -> Dict[str, RoutedModel]:
             problems.append(str(e))
             continue
         if r is None:
+            continue
+        if r.task == "recognition":
+            recognizers.append(r)
             continue
         if r.task in routed:
             log.info(
@@ -134,6 +144,16 @@ def route_pack(pack_dir: str) -> Dict[str, RoutedModel]:
             )
             continue
         routed[r.task] = r
+    # every recognizer in the folder runs (each method picks the embedding it was trained on); the
+    # pack's own one is the primary ("recognition"), the others are "recognition:<id>"
+    primary = pick_primary([recognizer_id(r.path) for r in recognizers])
+    for r in recognizers:
+        rid = recognizer_id(r.path)
+        key = "recognition" if rid == primary else f"recognition:{rid}"
+        if key in routed:
+            log.info("Visage: %s: two recognizers named %s; ignoring %s", pack_dir, rid, os.path.basename(r.path))
+            continue
+        routed[key] = r
     if "detection" not in routed:
         detail = f" ({'; '.join(problems)})" if problems else ""
         raise VisageError(

@@ -39,5 +39,5 @@ def load_face_model(path: str) -> FaceEmbeds:
         emb = emb.float().reshape(1, -1)
         if emb.shape[-1] != 512:
             raise ModelFileInvalid(path, f"its embedding has {emb.shape[-1]} values", "a 512-d ReActor face model")
-        return FaceEmbeds.from_raw(emb, "reactor(buffalo_l)", (1,), "reactor")
+        return FaceEmbeds.from_raw(emb, "w600k_r50", (1,), "reactor")  # ReActor builds them with buffalo_l
     return load_embeds(path)

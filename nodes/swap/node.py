@@ -12,13 +12,14 @@ from ...core.errors import NoFaceError, VisageError
 from ...core.images import check_image
 from ...core.model_manager import MANAGER, resolve_dtype
 from ...core.names import safe_filename
-from ...core.select import FUSIONS, ORDERS, embeds_from_faces, order_faces
-from ...core.types import VISAGE_ANALYZER, VISAGE_EMBEDS
+from ...core.recognizers import RECOGNIZER_OVERRIDE_TIP, method_embeddings
+from ...core.select import FUSIONS, ORDERS, embeds_from_faces, expand_to, order_faces
+from ...core.types import VISAGE_ANALYZER, VISAGE_EMBEDS, VISAGE_FACES
 from .. import comfy_glue
 from ..face.analyzer import pick_engine
 from .facemodel import load_face_model, save_face_model
 from .models import ENGINES, load_swapper
-from .pipeline import MAPPINGS, MASK_TYPES, restore_pass, swap_batch
+from .pipeline import MAPPINGS, MASK_TYPES, SWAP_TRAINED_ON, restore_pass, swap_batch
 from .restore import Restorer, load_restorer
 
 log = logging.getLogger("visage")
@@ -223,7 +224,6 @@ class VisageSwapFaces:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "analyzer": (VISAGE_ANALYZER, {"tooltip": "Face analyzer (Face Analyzer Loader)."}),
                 "swapper": (VISAGE_SWAPPER, {"tooltip": "Swap model (Swap Model Loader)."}),
                 "image": ("IMAGE", {"tooltip": "Target image(s) / video frames whose faces are replaced."}),
                 "mapping": (
@@ -285,6 +285,25 @@ class VisageSwapFaces:
                 ),
             },
             "optional": {
+                "analyzer": (
+                    VISAGE_ANALYZER,
+                    {"tooltip": "Face analyzer (Load Face Analyzer), when 'faces' / 'source_faces' are not connected."},
+                ),
+                "faces": (
+                    VISAGE_FACES,
+                    {
+                        "tooltip": "The target faces from Analyze Faces on 'image' (its face picker, gender, "
+                        "min_score and on_no_face apply; frames it skipped pass through). Wins over 'analyzer'."
+                    },
+                ),
+                "source_faces": (
+                    VISAGE_FACES,
+                    {"tooltip": "The source identity as faces from Analyze Faces (instead of source_image)."},
+                ),
+                "recognizer_override": (
+                    "STRING",
+                    {"default": "", "tooltip": RECOGNIZER_OVERRIDE_TIP.format(trained=SWAP_TRAINED_ON)},
+                ),
                 "source_image": ("IMAGE", {"tooltip": "Photo(s) of the new face: 1 image, or 1 per target frame."}),
                 "source_embeds": (
                     VISAGE_EMBEDS,
@@ -321,7 +340,6 @@ class VisageSwapFaces:
 
     def swap(
         self,
-        analyzer,
         swapper,
         image,
         mapping="by_order",
@@ -340,10 +358,18 @@ class VisageSwapFaces:
         restorer=None,
         target_references=None,
         min_similarity=0.3,
+        analyzer=None,
+        faces=None,
+        source_faces=None,
+        recognizer_override="",
     ):
         image = check_image(image, "image")
         src = check_image(source_image, "source_image") if source_image is not None else None
-        embs = [source_embeds.normed] if source_embeds is not None else None
+        embs = None
+        if source_embeds is not None:
+            embs = [
+                method_embeddings("Face swap", SWAP_TRAINED_ON, None, source_embeds, True, None, recognizer_override)
+            ]
         progress = comfy_glue.Progress(2 * image.shape[0])
         inter = comfy_glue.intermediate_device()
         out, mask, count = swap_batch(
@@ -368,6 +394,9 @@ class VisageSwapFaces:
             restorer=restorer,
             progress=progress,
             out_device=inter,
+            targets=faces,
+            source_faces=source_faces,
+            recognizer_override=recognizer_override,
         )
         return (out.to(inter), mask.to(inter), int(count))
 
@@ -382,7 +411,6 @@ class VisageRestoreFaces:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "analyzer": (VISAGE_ANALYZER, {"tooltip": "Face analyzer (Face Analyzer Loader)."}),
                 "restorer": (VISAGE_RESTORER, {"tooltip": "Restoration model (Restore Model Loader)."}),
                 "image": ("IMAGE", {"tooltip": "Image(s) whose faces are restored."}),
                 "order": (_ORDER_CHOICES, {"default": "largest", "tooltip": "Which faces come first for max_faces."}),
@@ -422,7 +450,20 @@ class VisageRestoreFaces:
                         "tooltip": "An image without a face: pass it through unchanged, or stop with an error.",
                     },
                 ),
-            }
+            },
+            "optional": {
+                "analyzer": (
+                    VISAGE_ANALYZER,
+                    {"tooltip": "Face analyzer (Load Face Analyzer), when 'faces' is not connected."},
+                ),
+                "faces": (
+                    VISAGE_FACES,
+                    {
+                        "tooltip": "Faces from Analyze Faces on 'image' (its selection applies; frames it "
+                        "skipped pass through). Wins over 'analyzer'."
+                    },
+                ),
+            },
         }
 
     RETURN_TYPES = ("IMAGE", "INT")
@@ -433,7 +474,6 @@ class VisageRestoreFaces:
 
     def restore(
         self,
-        analyzer,
         restorer,
         image,
         order="largest",
@@ -441,13 +481,19 @@ class VisageRestoreFaces:
         mask_erode=0.1,
         mask_blur=0.1,
         on_no_face="passthrough",
+        analyzer=None,
+        faces=None,
     ):
         image = check_image(image, "image")
         B = image.shape[0]
         progress = comfy_glue.Progress(B)
         dev = restorer.handle.device
         frames = image.to(dev)
-        fs = analyzer.analyze(frames, tasks=[])
+        fs = (
+            expand_to(faces, B)
+            if faces is not None
+            else _need_analyzer(analyzer, "Restore Faces").analyze(frames, tasks=[])
+        )
         missing = fs.images_without_face()
         if missing and on_no_face == "error":
             raise NoFaceError(missing, where="the image batch")
@@ -475,8 +521,6 @@ class VisageBuildFaceModel:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "analyzer": (VISAGE_ANALYZER, {"tooltip": "Face analyzer with a recognizer."}),
-                "images": ("IMAGE", {"tooltip": "Photos of one person (any number)."}),
                 "order": (
                     _ORDER_CHOICES,
                     {"default": "largest", "tooltip": "Which face of each photo is used (the first)."},
@@ -492,7 +536,18 @@ class VisageBuildFaceModel:
                         "tooltip": "A photo without a face: leave it out of the blend, or stop with an error.",
                     },
                 ),
-            }
+            },
+            "optional": {
+                "analyzer": (VISAGE_ANALYZER, {"tooltip": "Face analyzer with a recognizer (with 'images')."}),
+                "images": ("IMAGE", {"tooltip": "Photos of one person (any number), analysed with 'analyzer'."}),
+                "faces": (
+                    VISAGE_FACES,
+                    {
+                        "tooltip": "The photos' faces from Analyze Faces instead of analyzer + images (its "
+                        "selection applies; the first face of each photo in 'order' is used)."
+                    },
+                ),
+            },
         }
 
     RETURN_TYPES = (VISAGE_EMBEDS,)
@@ -501,16 +556,38 @@ class VisageBuildFaceModel:
     FUNCTION = "build"
     CATEGORY = CATEGORY
 
-    def build(self, analyzer, images, order="largest", fusion="norm_mean", on_no_face="skip"):
+    def build(self, order="largest", fusion="norm_mean", on_no_face="skip", analyzer=None, images=None, faces=None):
         from ...core.types import FaceSet
 
-        images = check_image(images, "images")
-        fs = analyzer.analyze(images, tasks=["recognition"])
+        if faces is not None:
+            fs = faces
+        else:
+            if images is None:
+                raise VisageError(
+                    "Build Face Model has no photos",
+                    expected="'faces' from Analyze Faces, or 'images' with an 'analyzer'",
+                    got="neither connected",
+                    fix="connect Analyze Faces' faces to 'faces'",
+                )
+            fs = _need_analyzer(analyzer, "Build Face Model").analyze(
+                check_image(images, "images"), tasks=["recognition"]
+            )
         missing = fs.images_without_face()
         if missing and (on_no_face == "error" or len(missing) == fs.batch_size):
             raise NoFaceError(missing, where="the face-model photos")
         picked = tuple(tuple(order_faces(f, order)[:1]) for f in fs.faces)
         return (embeds_from_faces(FaceSet(faces=picked, image_sizes=fs.image_sizes, analyzer=fs.analyzer), fusion),)
+
+
+def _need_analyzer(analyzer, node: str):
+    if analyzer is None:
+        raise VisageError(
+            f"{node} has nothing to find faces with",
+            expected="'faces' from Analyze Faces, or an 'analyzer' (Load Face Analyzer)",
+            got="neither connected",
+            fix="connect Analyze Faces' faces to 'faces' (recommended: the face picker and on_no_face apply)",
+        )
+    return analyzer
 
 
 def _safe_name(name: str) -> str:

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ...core.errors import NoFaceError, VisageError
-from ...core.select import order_faces
+from ...core.recognizers import method_embeddings
+from ...core.select import expand_to, order_faces, similarities
 from ...core.types import Face, FaceEmbeds, FaceSet
 from .. import paste as P
 from ..face.align import estimate_norm
@@ -67,27 +68,28 @@ def parse_indexes(text: str, name: str) -> List[int]:
     return out
 
 
+# The inswapper family (inswapper, reswapper, HyperSwap) takes the L2-normalised embedding of
+# insightface's buffalo_l recognizer (insightface's INSwapper.get, ReActor and facefusion all use it).
+SWAP_TRAINED_ON = "w600k_r50"
+
+
 def source_sets_from_faces(faceset: FaceSet, order: str = "largest") -> List[List[Face]]:
     """Identities per source image, in ``order``; a source image without a face is an error."""
     empty = faceset.images_without_face()
     if empty:
         raise NoFaceError(empty, where="the source image batch")
-    sets = []
-    for faces in faceset.faces:
-        ordered = order_faces(faces, order)
-        if any(f.normed_embedding is None for f in ordered):
-            raise VisageError(
-                "The source faces have no identity embedding",
-                expected="an analyzer pack with a recognizer (antelopev2 / buffalo_l)",
-                got="faces without embeddings",
-                fix="load a full pack in Face Analyzer Loader",
-            )
-        sets.append(ordered)
-    return sets
+    return [order_faces(faces, order) for faces in faceset.faces]
 
 
-def embeddings_of(sets: Sequence[Sequence[Face]]) -> List[torch.Tensor]:
-    return [torch.stack([f.normed_embedding.float().cpu() for f in s]) for s in sets]
+def embeddings_of(sets: Sequence[Sequence[Face]], override: str = "") -> List[torch.Tensor]:
+    """[n, 512] normalised swap embeddings per source set, from the recognizer the swappers were
+    trained on (``override``: another recognizer id, an expert's choice)."""
+    return [
+        method_embeddings(
+            "Face swap", SWAP_TRAINED_ON, FaceSet(faces=(tuple(s),), image_sizes=((0, 0),)), None, True, None, override
+        )
+        for s in sets
+    ]
 
 
 def check_batches(n_source_sets: int, n_targets: int) -> None:
@@ -129,25 +131,10 @@ def plan(
                 fix="connect Face Embeds (fusion 'none') of the people to "
                 "replace, or use mapping 'by_order' / 'by_index'",
             )
-        ref = references.normed.float()
         sims: Dict[tuple, np.ndarray] = {}
         for i, faces in enumerate(targets.faces):
             for j, f in enumerate(faces):
-                if f.normed_embedding is None:
-                    raise VisageError(
-                        "Target faces have no identity embedding",
-                        expected="an analyzer with a recognizer",
-                        got="faces without embeddings",
-                        fix="load a full pack",
-                    )
-                e = f.normed_embedding.float().cpu()
-                if e.shape[-1] != ref.shape[-1]:
-                    raise VisageError(
-                        "target_references come from another recognizer",
-                        expected=f"{e.shape[-1]}-d embeddings",
-                        got=f"{ref.shape[-1]}-d",
-                    )
-                sims[(i, j)] = (ref @ e).numpy()
+                sims[(i, j)] = similarities(f, references).numpy()
         if track_ids is not None:  # one decision per track: the mean similarity over its frames
             per_track: Dict[int, List[np.ndarray]] = {}
             for (i, j), s in sims.items():
@@ -496,8 +483,14 @@ def swap_batch(
     progress: Progress = None,
     frames_per_chunk: int = 16,
     out_device=None,
+    targets: Optional[FaceSet] = None,
+    source_faces: Optional[FaceSet] = None,
+    recognizer_override: str = "",
 ):
     """The Swap Faces node without ComfyUI: image [B,H,W,3] (any device) -> (image, mask, count).
+
+    ``targets`` / ``source_faces``: faces already analysed (Analyze Faces, with its selection and
+    on_no_face) instead of analysing here; ``analyzer`` may then be None.
 
     Frames move to the swapper's device one chunk at a time (analysis pass, then swap pass), so a long
     video never has to fit on the GPU at once; within a chunk every stage stays on the device.
@@ -507,12 +500,22 @@ def swap_batch(
 
     from .tracking import smooth_faceset, track_faces
 
-    if (source_image is None) == (source_embeddings is None):
+    n_sources = sum(x is not None for x in (source_image, source_embeddings, source_faces))
+    if n_sources != 1:
         raise VisageError(
             "Swap Faces needs exactly one source",
-            expected="source_image OR source_embeds connected",
-            got="both connected" if source_image is not None else "neither connected",
-            fix="connect a photo of the new face to source_image, or a face model to source_embeds",
+            expected="source_image, source_faces OR source_embeds connected",
+            got="several connected" if n_sources else "none connected",
+            fix="connect a photo of the new face to source_image (or its analysed faces to source_faces), "
+            "or a face model to source_embeds",
+        )
+    if analyzer is None and (targets is None or source_image is not None):
+        raise VisageError(
+            "Swap Faces has nothing to find faces with",
+            expected="'faces' (and source_faces / source_embeds) from Analyze Faces, or an 'analyzer'",
+            got="no analyzer" + (" and no target faces" if targets is None else " for source_image"),
+            fix="connect Analyze Faces' faces to 'faces' (and the source's to 'source_faces'), or connect Load "
+            "Face Analyzer to 'analyzer'",
         )
     if on_no_face not in ("passthrough", "error"):
         raise VisageError(f"Unknown on_no_face '{on_no_face}'", expected="passthrough / error", got=on_no_face)
@@ -523,15 +526,21 @@ def swap_batch(
     tasks = ["recognition"] if mapping == "by_identity" else []
     if mask_type == "landmarks":
         tasks.append("landmark_2d_106")
-    targets = analyze_in_chunks(analyzer, image, dev, tasks, frames_per_chunk, progress, total)
+    if targets is None:
+        targets = analyze_in_chunks(analyzer, image, dev, tasks, frames_per_chunk, progress, total)
+    else:
+        targets = expand_to(targets, B, "image")
+        if progress is not None:
+            progress(B, total)
     missing = targets.images_without_face()
     if missing and on_no_face == "error":
         raise NoFaceError(missing, where="the target image batch")
     if source_embeddings is not None:
         embs = [e.float() for e in source_embeddings]
     else:
-        sf = analyze_in_chunks(analyzer, source_image, dev, ["recognition"], frames_per_chunk)
-        embs = embeddings_of(source_sets_from_faces(sf, order))
+        if source_faces is None:
+            source_faces = analyze_in_chunks(analyzer, source_image, dev, ["recognition"], frames_per_chunk)
+        embs = embeddings_of(source_sets_from_faces(source_faces, order), recognizer_override)
     ids = None
     if B > 1 and (temporal_smoothing > 0 or mapping == "by_identity"):
         ids = track_faces(targets)

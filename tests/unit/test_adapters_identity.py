@@ -10,9 +10,11 @@ from visage.nodes.adapters import identity as I
 from visage.nodes.adapters.projection import MLPProjModel, Resampler
 
 
-def _face(i=0, emb=True, x=20.0):
+def _face(i=0, emb=True, x=20.0, encoder="glintr100", extra=()):
     kps = torch.tensor([[x, 30], [x + 20, 30], [x + 10, 40], [x + 2, 50], [x + 18, 50]], dtype=torch.float32)
     e = torch.randn(512) * 10 if emb else None
+    embs = {encoder: e} if emb else {}
+    embs.update({r: torch.randn(512) * 10 for r in extra})
     return Face(
         image_index=i,
         bbox=torch.tensor([x - 5, 20, x + 25, 60.0]),
@@ -20,31 +22,80 @@ def _face(i=0, emb=True, x=20.0):
         kps=kps,
         embedding=e,
         normed_embedding=None if e is None else e / e.norm(),
+        encoder=encoder if emb else None,
+        embeddings=embs,
     )
 
 
 def test_identity_embeddings_raw_normed_and_order():
     f1, f2 = _face(x=10), _face(x=60)
     fs = FaceSet(faces=((f1, f2),), image_sizes=((100, 100),))
-    raw = I.identity_embeddings(fs, None, normed=False)
+    raw = I.identity_embeddings("instantid", fs, None)  # InstantID: raw glintr100
     torch.testing.assert_close(raw, torch.stack([f1.embedding, f2.embedding]))
-    nrm = I.identity_embeddings(fs, None, normed=True)
-    torch.testing.assert_close(nrm.norm(dim=-1), torch.ones(2))
+    g1, g2 = _face(x=10, encoder="w600k_r50"), _face(x=60, encoder="w600k_r50")
+    nrm = I.identity_embeddings("faceid", FaceSet(faces=((g1, g2),), image_sizes=((100, 100),)), None)
+    torch.testing.assert_close(nrm.norm(dim=-1), torch.ones(2))  # FaceID: normalised w600k_r50
+    torch.testing.assert_close(nrm[0], g1.embedding / g1.embedding.norm())
     emb = FaceEmbeds.from_raw(torch.randn(3, 512) * 4, "glintr100")
-    torch.testing.assert_close(I.identity_embeddings(fs, emb, normed=False), emb.raw)  # embeds win
+    torch.testing.assert_close(I.identity_embeddings("instantid", fs, emb), emb.raw)  # embeds win
+
+
+def test_each_method_takes_its_own_recognizer_from_one_face():
+    """One analysed face carrying three recognizers: each method gets the embedding it was trained on."""
+    f = _face(encoder="glintr100", extra=("w600k_r50", "arcface"))
+    fs = FaceSet(faces=((f,),), image_sizes=((100, 100),))
+    torch.testing.assert_close(I.identity_embeddings("instantid", fs, None)[0], f.embeddings["glintr100"])
+    for method, rid in (("faceid", "w600k_r50"), ("arc2face", "arcface")):
+        e = f.embeddings[rid]
+        torch.testing.assert_close(I.identity_embeddings(method, fs, None)[0], e / e.norm())
+    # fused embeds keep every recognizer: the same holds through Face Embeds
+    from visage.core.select import embeds_from_faces
+
+    two = FaceSet(faces=((f, _face(encoder="glintr100", extra=("w600k_r50", "arcface"))),), image_sizes=((1, 1),))
+    fused = embeds_from_faces(two, "norm_mean")
+    assert set(fused.recognizers) == {"glintr100", "w600k_r50", "arcface"}
+    a = I.identity_embeddings("arc2face", None, fused)
+    b = I.identity_embeddings("faceid", None, fused)
+    assert a.shape == b.shape == (1, 512) and (a - b).abs().max() > 1e-3
+
+
+def test_wrong_recognizer_stops_naming_file_and_folder():
+    fs = FaceSet(faces=((_face(encoder="glintr100"),),), image_sizes=((100, 100),), analyzer="antelopev2")
+    with pytest.raises(VisageError) as e:
+        I.identity_embeddings("arc2face", fs, None)
+    msg = str(e.value)
+    assert "arcface.onnx" in msg and "insightface/models/antelopev2" in msg and "glintr100" in msg
+    with pytest.raises(VisageError) as e:
+        I.identity_embeddings("faceid", fs, None)
+    assert "w600k_r50.onnx" in str(e.value) and "insightface/models/buffalo_l" in str(e.value)
+    # saved embeds record their recognizer: the same rule applies to them
+    emb = FaceEmbeds.from_raw(torch.randn(1, 512), "w600k_r50")
+    with pytest.raises(VisageError, match="InstantID needs glintr100"):
+        I.identity_embeddings("instantid", None, emb)
+
+
+def test_override_uses_another_recognizer_with_a_warning(caplog):
+    f = _face(encoder="glintr100")
+    fs = FaceSet(faces=((f,),), image_sizes=((100, 100),))
+    with caplog.at_level("WARNING", logger="visage"):
+        e = I.identity_embeddings("arc2face", fs, None, override="glintr100")
+    torch.testing.assert_close(e[0], f.embedding / f.embedding.norm())
+    assert any("recognizer override" in r.message for r in caplog.records)
+    with pytest.raises(VisageError, match="needs w600k_r50"):
+        I.identity_embeddings("arc2face", fs, None, override="w600k_r50")  # not on the faces: still an error
 
 
 def test_identity_errors():
     empty = FaceSet(faces=((),), image_sizes=((64, 64),))
     with pytest.raises(VisageError, match="has no face"):
-        I.identity_embeddings(empty, None, normed=True)
+        I.identity_embeddings("faceid", empty, None)
     noemb = FaceSet(faces=((_face(emb=False),),), image_sizes=((64, 64),))
     with pytest.raises(VisageError, match="no embedding"):
-        I.identity_embeddings(noemb, None, normed=True)
-    with pytest.raises(VisageError, match="No identity"):
-        I.identity_embeddings(None, None, normed=True)
+        I.identity_embeddings("faceid", noemb, None)
+    with pytest.raises(VisageError, match="No IP-Adapter FaceID identity"):
+        I.identity_embeddings("faceid", None, None)
     with pytest.raises(VisageError, match="128-d"):
-        I.identity_embeddings(None, FaceEmbeds.from_raw(torch.randn(1, 128), "x"), normed=True)
+        I.identity_embeddings("faceid", None, FaceEmbeds.from_raw(torch.randn(1, 128), "w600k_r50"))
 
 
 def test_instantid_tokens_negative_zero_or_seeded_noise():

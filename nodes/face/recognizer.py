@@ -1,0 +1,144 @@
+"""Add another recognizer's embeddings to faces that were already analysed (no second detection).
+
+A method trained on a recognizer the analysis pack does not hold (Arc2Face's ``arcface.onnx``,
+InfiniteYou's IR-SE50, FaceID's ``w600k_r50`` when the graph analyses with antelopev2) gets its
+embedding here: the crops are aligned from the faces' own 5 keypoints, exactly as the analyzer
+aligns them for its recognizers, and each face gains ``embeddings[<recognizer id>]``.
+
+Recognizers load from ONNX (any insightface-signature recognizer: ``[N,3,S,S]`` -> ``[N,D]``) or
+from facexlib's PyTorch IR-SE50 file (``recognition_arcface_ir_se50.pth``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from ...core.errors import ModelFileInvalid, VisageError
+from ...core.images import check_image
+from ...core.model_manager import MANAGER, ModelHandle
+from ...core.onnx import OrtCpuModule, load_onnx_module, run_batched
+from ...core.recognizers import recognizer_id
+from ...core.types import FaceSet
+from ...kernels import ops as kops
+from .align import estimate_norm
+from .pack import route
+
+# files in a pack folder that are never recognizers (listing without opening every ONNX file)
+NOT_RECOGNIZERS = ("det_", "scrfd", "2d106det", "1k3d68", "genderage", "inswapper", "reswapper", "hyperswap", "pfld")
+
+
+@dataclass
+class FaceRecognizer:
+    """One loaded recognizer and how its crops are made (the VISAGE_RECOGNIZER payload)."""
+
+    id: str
+    path: str
+    handle: ModelHandle
+    input_size: int
+    mean: float
+    std: float
+    bgr: bool
+
+    def __repr__(self):
+        return f"FaceRecognizer({self.id}, {os.path.basename(self.path)}, device={self.handle.device})"
+
+    def embed_crops(self, img_u8: torch.Tensor, kpss: np.ndarray, owners: torch.Tensor) -> np.ndarray:
+        """uint8 frames [B,H,W,C], keypoints [N,5,2], owner frame per face [N] -> raw embeddings [N,D]."""
+        mats = np.stack([estimate_norm(k, self.input_size) for k in kpss]).astype(np.float32)
+        h = self.handle
+        dt = h.dtype if h.dtype.is_floating_point else torch.float32
+        x = kops.align_crops(
+            img_u8.to(h.device),
+            torch.from_numpy(mats),
+            owners,
+            self.input_size,
+            mean=self.mean,
+            std=self.std,
+            bgr=self.bgr,
+            layout="NCHW",
+            out_dtype=dt,
+            round_to_uint8=True,
+        )
+        with torch.inference_mode():
+            out = run_batched(h.model(), x.to(h.device, h.dtype), chunk=64)[0]
+        return out.float().reshape(out.shape[0], -1).cpu().numpy()
+
+    def add_to(self, images: torch.Tensor, faces: FaceSet, progress=None, chunk: int = 16) -> FaceSet:
+        """``faces`` with this recognizer's embedding on every face. ``images`` is the batch the faces
+        were found in (or, after on_no_face='skip', the kept images)."""
+        images = check_image(images, "image")
+        rows = faces.rows_for(images.shape[0])
+        if rows is None:
+            raise VisageError(
+                "The image batch is not the one the faces were found in",
+                expected=f"{faces.batch_size} image(s) (or the {faces.analysed_batch} analysed)",
+                got=f"{images.shape[0]} image(s)",
+                fix="connect the same IMAGE that went into Analyze Faces (or its 'image' output)",
+            )
+        new = [list(per) for per in faces.faces]
+        for s in range(0, faces.batch_size, chunk):
+            part = range(s, min(s + chunk, faces.batch_size))
+            todo = [(i, j) for i in part for j in range(len(faces.faces[i]))]
+            if todo:
+                frames = sorted({rows[i] for i, _ in todo})
+                slot = {f: k for k, f in enumerate(frames)}
+                img_u8 = (images[frames] * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+                kpss = np.stack([faces.faces[i][j].kps.numpy().astype(np.float32) for i, j in todo])
+                owners = torch.tensor([slot[rows[i]] for i, _ in todo], dtype=torch.long)
+                out = self.embed_crops(img_u8, kpss, owners)
+                for (i, j), e in zip(todo, out):
+                    new[i][j] = new[i][j].with_embedding(self.id, torch.from_numpy(e.copy()))
+            if progress is not None:
+                progress(min(s + chunk, faces.batch_size), faces.batch_size)
+        return replace(faces, faces=tuple(tuple(r) for r in new))
+
+
+def _onnx_loader(path, device, dtype):
+    return load_onnx_module(path, "cpu", dtype)
+
+
+def _ort_loader(path, device, dtype):
+    return OrtCpuModule(path)
+
+
+def load_recognizer(path: str, device="cpu", dtype: torch.dtype = torch.float32, engine: str = "auto"):
+    """A recognizer from an ONNX file of insightface's signature, or facexlib's IR-SE50 ``.pth``."""
+    from .analyzer import pick_engine
+
+    rid = recognizer_id(path)
+    if path.lower().endswith((".pth", ".pt", ".bin")):
+        from .irse50 import IRSE50_PREPROCESS, load_irse50
+
+        h = MANAGER.get(
+            "face:torch:recognizer", path, load_irse50, device=device, dtype=dtype, name=os.path.basename(path)
+        )
+        p = IRSE50_PREPROCESS
+        return FaceRecognizer(rid, path, h, p["input_size"], p["mean"], p["std"], p["bgr"])
+    r = route(path)
+    if r is None or r.task != "recognition":
+        raise ModelFileInvalid(
+            path,
+            f"it is not a face recognizer (it looks like {r.task if r else 'no face-analysis model'})",
+            "an ArcFace-style recognizer: one input [N,3,S,S] (S = 112, ...), one output [N,D]",
+        )
+    engine = pick_engine(engine, device)
+    loader = _ort_loader if engine == "onnxruntime" else _onnx_loader
+    dt = torch.float32 if engine == "onnxruntime" else dtype
+    h = MANAGER.get(f"face:{engine}:recognition", path, loader, device=device, dtype=dt, name=os.path.basename(path))
+    return FaceRecognizer(rid, path, h, r.input_size, r.mean, r.std, r.bgr)
+
+
+def is_listed_recognizer(name: str) -> bool:
+    base = os.path.basename(name).lower()
+    return base.endswith(".onnx") and not base.startswith(NOT_RECOGNIZERS)
+
+
+def recognizer_choices(onnx_names, pth_names) -> list:
+    """Names for the loader's list: recognizer-looking ONNX files of the pack folders, then .pth files."""
+    out = [n for n in onnx_names if is_listed_recognizer(n)]
+    out += [n for n in pth_names if n.lower().endswith((".pth", ".pt"))]
+    return out
