@@ -22,6 +22,7 @@ FOLDERS: Dict[str, str] = {
     "insightface": "insightface",  # insightface packs live in models/insightface/models/<pack>/
     "insightface_packs": "insightface/models",
     "facerestore_models": "facerestore_models",
+    "facexlib": "facexlib",  # facexlib's weights (recognition_arcface_ir_se50.pth), as other face nodes keep them
     "instantid": "instantid",
     "ipadapter": "ipadapter",
     "liveportrait": "liveportrait",

@@ -6,6 +6,8 @@
 * ArcFace recognizer like glintr100 / w600k_r50: ``input.1`` [N,3,112,112] -> [N,512].
 * 2d106det: ``data`` [N,3,192,192] -> ``fc1`` [N,212]; 1k3d68: [N,3,192,192] -> [N,3309];
   genderage: ``data`` [N,3,96,96] -> ``fc1`` [N,3].
+* facexlib's IR-SE50 ``recognition_arcface_ir_se50.pth`` (:func:`make_irse50`): a torch state dict with
+  the released keys and shapes (random weights, non-trivial BatchNorm statistics).
 The weights are random but deterministic; the detector's heads are shaped so a handful of boxes
 pass the 0.5 threshold on natural photos.
 """
@@ -17,6 +19,7 @@ import shutil
 
 import numpy as np
 import onnx
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 13
@@ -148,6 +151,87 @@ def build_face_pack(
     if with_genderage:
         make_per_face(os.path.join(pack_dir, "genderage.onnx"), 96, 3, seed=seed + 4, tanh=True)
     return pack_dir
+
+
+# ----------------------------------------------------------------------------- IR-SE50 (.pth)
+
+
+def irse50_layout(num_batches_tracked=True):
+    """Key -> shape of facexlib's ``Backbone(50, mode='ir_se')`` state dict, in the released order.
+
+    Written out from facexlib/recognition/arcface_arch.py, independently of nodes/face/irse50.py so
+    the tests cross-check the two.
+    """
+    out = {}
+
+    def bn(prefix, c):
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            out[f"{prefix}.{name}"] = (c,)
+        if num_batches_tracked:
+            out[f"{prefix}.num_batches_tracked"] = ()
+
+    out["input_layer.0.weight"] = (64, 3, 3, 3)
+    bn("input_layer.1", 64)
+    out["input_layer.2.weight"] = (64,)
+    bn("output_layer.0", 512)
+    out["output_layer.3.weight"] = (512, 512 * 7 * 7)
+    out["output_layer.3.bias"] = (512,)
+    bn("output_layer.4", 512)
+    n, cin = 0, 64
+    for depth, units in ((64, 3), (128, 4), (256, 14), (512, 3)):
+        for _ in range(units):  # the first unit of a stage has stride 2: no weight shows it
+            p = f"body.{n}"
+            if cin != depth:
+                out[f"{p}.shortcut_layer.0.weight"] = (depth, cin, 1, 1)
+                bn(f"{p}.shortcut_layer.1", depth)
+            bn(f"{p}.res_layer.0", cin)
+            out[f"{p}.res_layer.1.weight"] = (depth, cin, 3, 3)
+            out[f"{p}.res_layer.2.weight"] = (depth,)
+            out[f"{p}.res_layer.3.weight"] = (depth, depth, 3, 3)
+            bn(f"{p}.res_layer.4", depth)
+            out[f"{p}.res_layer.5.fc1.weight"] = (depth // 16, depth, 1, 1)
+            out[f"{p}.res_layer.5.fc2.weight"] = (depth, depth // 16, 1, 1)
+            n, cin = n + 1, depth
+    return out
+
+
+def irse50_state_dict(seed=0, num_batches_tracked=True):
+    """Random weights in the released layout; scaled so 24 residual units keep activations O(1)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(shape, scale=1.0, offset=0.0):
+        return torch.randn(shape, generator=g) * scale + offset
+
+    def uniform(shape, lo, hi):
+        return torch.rand(shape, generator=g) * (hi - lo) + lo
+
+    sd = {}
+    for k, shape in irse50_layout(num_batches_tracked).items():
+        if k.endswith("num_batches_tracked"):
+            sd[k] = torch.tensor(int(torch.randint(1000, 100000, (), generator=g)))
+        elif k.endswith("running_mean"):
+            sd[k] = rand(shape, 0.1)
+        elif k.endswith("running_var"):
+            sd[k] = uniform(shape, 0.5, 2.0)
+        elif len(shape) == 1 and k.endswith(".bias"):
+            sd[k] = rand(shape, 0.1)
+        elif len(shape) == 1:  # BatchNorm gamma or PReLU slope
+            last_bn = k.endswith("res_layer.4.weight")  # closes each residual branch: keep it small
+            is_prelu = k.endswith(("res_layer.2.weight", "input_layer.2.weight"))
+            sd[k] = uniform(shape, 0.1, 0.3) if (last_bn or is_prelu) else uniform(shape, 0.7, 1.3)
+        else:
+            fan_in = 1
+            for d in shape[1:]:
+                fan_in *= d
+            sd[k] = rand(shape, (2.0 / fan_in) ** 0.5)
+    return sd
+
+
+def make_irse50(path, seed=0, num_batches_tracked=True):
+    """Write a random-weight ``recognition_arcface_ir_se50.pth`` (plain state dict, torch.save)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save(irse50_state_dict(seed, num_batches_tracked), path)
+    return path
 
 
 # ----------------------------------------------------------------------------- comfy tier
