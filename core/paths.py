@@ -32,7 +32,6 @@ FOLDERS: Dict[str, str] = {
     "reactor_faces": "reactor/faces",
     "visage_embeds": "visage/embeds",
     "visage_faces": "visage/faces",
-    "facexlib": "facexlib",  # facexlib's PyTorch models (IR-SE50 recognizer, BiSeNet parsing)
 }
 
 MODEL_EXTENSIONS = {".onnx", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".sft"}

@@ -49,6 +49,11 @@ def similarities(face: Face, reference: FaceEmbeds) -> torch.Tensor:
             e = e / e.norm().clamp_min(1e-12)
             if e.shape[-1] == ref.shape[-1]:
                 return ref @ e
+    unknown = (None, "", "unknown")
+    if face.embedding is not None and (face.encoder in unknown or reference.encoder in unknown):
+        e = face.embedding.float().cpu()  # one side does not say its recognizer: compare what both have
+        if e.shape[-1] == reference.dim:
+            return reference.normed.float() @ (e / e.norm().clamp_min(1e-12))
     raise VisageError(
         "The reference embedding comes from another recognizer",
         expected=f"embeddings of a recognizer the faces carry ({', '.join(face.recognizers)})",
@@ -88,6 +93,43 @@ def order_faces(faces: Sequence[Face], order: str, reference: Optional[FaceEmbed
             fix="connect Face Embeds / Load Face Embeds to 'reference', or choose another order",
         )
     return sorted(faces, key=lambda f: -similarity(f, reference))
+
+
+PICKS = ("largest", "index", "center", "identity")
+
+
+def pick_face(
+    faces: Sequence[Face],
+    mode: str = "largest",
+    index: int = 0,
+    reference: Optional[FaceEmbeds] = None,
+    image_size: Optional[Tuple[int, int]] = None,
+) -> Optional[Face]:
+    """One face of one image, in the vocabulary of Analyze Faces: the largest; the one at ``index`` of the
+    faces' order (face_index: the number the preview shows); the one nearest the image centre; the one
+    most like ``reference`` (order 'most_similar'). None when the image has no face (or ``index`` is out
+    of range)."""
+    if mode not in PICKS:
+        raise VisageError("Unknown face selection", expected=", ".join(PICKS), got=repr(mode))
+    if not faces:
+        return None
+    if mode == "index":
+        return faces[index] if -len(faces) <= index < len(faces) else None
+    if mode == "largest":
+        return order_faces(faces, "largest")[0]
+    if mode == "center":
+        if image_size is None:
+            raise VisageError("center selection needs the image size", expected="image_size", got="None")
+        h, w = image_size
+        return min(faces, key=lambda f: (f.center[0] - w / 2) ** 2 + (f.center[1] - h / 2) ** 2)
+    if reference is None:
+        raise VisageError(
+            "Face selection 'identity' needs a reference",
+            expected="a VISAGE_EMBEDS input (reference)",
+            got="nothing connected",
+            fix="connect Face Embeds of the person, or pick another selection",
+        )
+    return order_faces(faces, "most_similar", reference)[0]
 
 
 def filter_faces(faces: Sequence[Face], gender: str = "any", min_score: float = 0.0) -> List[Face]:

@@ -87,8 +87,8 @@ class Face:
     def recognizers(self) -> Tuple[str, ...]:
         """Ids of the recognizers whose embedding this face carries (primary first)."""
         ids = list(self.embeddings)
-        if self.encoder and self.embedding is not None and self.encoder not in ids:
-            ids.insert(0, self.encoder)
+        if self.embedding is not None and (self.encoder or "unknown") not in ids:
+            ids.insert(0, self.encoder or "unknown")
         elif self.encoder in ids:
             ids.remove(self.encoder)
             ids.insert(0, self.encoder)

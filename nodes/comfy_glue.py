@@ -139,3 +139,29 @@ def save_temp_images(images: torch.Tensor, prefix: str = "visage", limit: int = 
         Image.fromarray(np.ascontiguousarray(arr)).save(os.path.join(full_dir, fname), compress_level=1)
         results.append({"filename": fname, "subfolder": subfolder, "type": "temp"})
     return results
+
+
+# ----------------------------------------------------------------------------- identity adapters
+def text_attention(q, k, v, extra_options):
+    """ComfyUI's own attention (what attn2 runs unpatched)."""
+    from comfy.ldm.modules.attention import optimized_attention
+
+    return optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"))
+
+
+def load_lora(model, lora_name: str, strength: float):
+    """A clone of ``model`` with a LoRA from models/loras applied by ComfyUI's LoRA loader (model only)."""
+    import comfy.sd
+    import comfy.utils
+
+    lora = comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise("loras", lora_name), safe_load=True)
+    m, _ = comfy.sd.load_lora_for_models(model, None, lora, strength, 0)
+    return m
+
+
+def load_text_encoder_model(clip_vision) -> torch.device:
+    """Load a CLIP vision model's patcher for use (ComfyUI's memory management) and return its device."""
+    import comfy.model_management as mm
+
+    mm.load_model_gpu(clip_vision.patcher)
+    return getattr(clip_vision, "load_device", None) or mm.text_encoder_device()

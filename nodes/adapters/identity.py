@@ -1,7 +1,5 @@
 """From faces / embeddings to identity tokens, keypoint hints and Arc2Face prompts. Pure torch/numpy.
 
-* :data:`METHODS` -- each method's recognizer (the one its weights were trained on) and whether it
-  takes the raw (InstantID) or the L2-normalised (FaceID, Arc2Face) embedding.
 * :func:`identity_embeddings` -- one embedding per identity from a ``FaceSet`` (each face, in
   selection order, is one identity) or from ``FaceEmbeds`` (each row is one identity), of the
   method's recognizer.
@@ -16,7 +14,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -27,30 +24,11 @@ from ...core.errors import VisageError
 from ...core.images import from_uint8_np
 from ...core.recognizers import method_embeddings
 from ...core.types import FaceEmbeds, FaceSet
+from .registry import METHODS
 
 ARC2FACE_PROMPT = "photo of a id person"
 ARC2FACE_PLACEHOLDER = "id"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """What an identity method consumes: the recognizer its weights were trained on (an id of
-    core.recognizers) and whether it takes the L2-normalised or the raw embedding."""
-
-    name: str
-    trained_on: str
-    normed: bool
-
-
-# facts from the official pipelines: InstantID uses antelopev2's face_info['embedding'] (raw);
-# IP-Adapter FaceID uses buffalo_l's faces[0].normed_embedding; Arc2Face uses antelopev2 with its
-# own arcface.onnx in place of glintr100, embedding / norm.
-METHODS = {
-    "instantid": MethodSpec("InstantID", "glintr100", normed=False),
-    "faceid": MethodSpec("IP-Adapter FaceID", "w600k_r50", normed=True),
-    "arc2face": MethodSpec("Arc2Face", "arcface", normed=True),
-}
 
 
 def identity_embeddings(
@@ -60,9 +38,11 @@ def identity_embeddings(
     dim: int = 512,
     override: str = "",
 ) -> torch.Tensor:
-    """[I, D] embeddings for ``method`` (a key of METHODS), one per identity: each face of ``faces``
-    in selection order, or each row of ``embeds`` (which wins), from the recognizer the method was
-    trained on (see core.recognizers.method_embeddings)."""
+    """[I, D] embeddings for ``method`` (a key of registry.METHODS), one per identity: each face of
+    ``faces`` in selection order, or each row of ``embeds`` (which wins), from the recognizer the method
+    was trained on (see core.recognizers.method_embeddings)."""
+    from . import methods  # noqa: F401 - registers every method
+
     spec = METHODS[method]
     return method_embeddings(spec.name, spec.trained_on, faces, embeds, normed=spec.normed, dim=dim, override=override)
 

@@ -273,9 +273,8 @@ def load_identity_adapter(path: str, expect: str = "any") -> IdentityAdapter:
             "any": "an InstantID or IP-Adapter FaceID file",
         }[expect]
         fix = {
-            "instantid": "load FaceID files with 'Visage Apply IP-Adapter FaceID'; InstantID needs "
-            "InstantID's ip-adapter.bin",
-            "faceid": "load InstantID's ip-adapter.bin with 'Visage Apply InstantID'; this node needs an "
+            "instantid": "load FaceID files with 'Apply IP-Adapter FaceID'; InstantID needs InstantID's ip-adapter.bin",
+            "faceid": "load InstantID's ip-adapter.bin with 'Apply InstantID'; this node needs an "
             "ip-adapter-faceid*.bin",
             "any": "choose a face-ID adapter file",
         }[expect]

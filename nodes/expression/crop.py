@@ -12,17 +12,18 @@ Matrices follow ``AlignedFaces``: ``matrix`` maps frame pixels to crop pixels, `
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Tuple
 
 import numpy as np
 import torch
 
 from ...core.errors import VisageError
-from ...core.types import Face, FaceEmbeds, FaceSet
+from ...core.types import Face, FaceSet
 
 CROP_SIZE = 512
 NET_SIZE = 256
-SELECT_MODES = ("largest", "index", "center", "identity")
+from ...core.select import PICKS as SELECT_MODES  # noqa: E402,F401 - the one selection vocabulary
+from ...core.select import pick_face as select_face  # noqa: E402,F401
 
 
 def anchor_points(face: Face) -> Tuple[np.ndarray, np.ndarray]:
@@ -92,56 +93,6 @@ def invert(m: np.ndarray) -> np.ndarray:
     return np.linalg.inv(h)[:2]
 
 
-def select_face(
-    faces: Sequence[Face],
-    mode: str = "largest",
-    index: int = 0,
-    reference: Optional[FaceEmbeds] = None,
-    image_size: Optional[Tuple[int, int]] = None,
-) -> Optional[Face]:
-    """One face of one image: the largest, the index-th (in the FaceSet's order), the one nearest
-    the image centre, or the one most similar to ``reference`` (cosine of normed embeddings).
-    None when the image has no face (or the index is out of range)."""
-    if mode not in SELECT_MODES:
-        raise VisageError("Unknown face selection", expected=", ".join(SELECT_MODES), got=repr(mode))
-    if not faces:
-        return None
-    if mode == "index":
-        return faces[index] if -len(faces) <= index < len(faces) else None
-    if mode == "largest":
-        return max(faces, key=lambda f: f.area)
-    if mode == "center":
-        if image_size is None:
-            raise VisageError("center selection needs the image size", expected="image_size", got="None")
-        h, w = image_size
-        return min(faces, key=lambda f: (f.center[0] - w / 2) ** 2 + (f.center[1] - h / 2) ** 2)
-    if reference is None:
-        raise VisageError(
-            "Face selection 'identity' needs a reference",
-            expected="a VISAGE_EMBEDS input (reference)",
-            got="nothing connected",
-            fix="connect Visage Face Embeds of the person, or pick another selection",
-        )
-    with_emb = [f for f in faces if f.normed_embedding is not None]
-    if not with_emb:
-        raise VisageError(
-            "Face selection 'identity' needs embeddings on the faces",
-            expected="faces analysed with a recognition model",
-            got="faces without embeddings",
-            fix="use an analyzer pack with a recognizer",
-        )
-    ref = reference.normed.float().mean(0)
-    ref = ref / ref.norm().clamp_min(1e-12)
-    if ref.shape[-1] != with_emb[0].normed_embedding.shape[-1]:
-        raise VisageError(
-            "The reference embedding comes from another recognizer",
-            expected=f"{with_emb[0].normed_embedding.shape[-1]}-d embeddings ({with_emb[0].encoder})",
-            got=f"{ref.shape[-1]}-d ({reference.encoder})",
-            fix="embed the reference with the same analyzer",
-        )
-    return max(with_emb, key=lambda f: float(f.normed_embedding.float() @ ref))
-
-
 def check_faceset(faces: FaceSet, images: torch.Tensor, name: str) -> None:
     """The FaceSet must describe this IMAGE batch (same count, same sizes)."""
     b, h, w = int(images.shape[0]), int(images.shape[1]), int(images.shape[2])
@@ -151,7 +102,7 @@ def check_faceset(faces: FaceSet, images: torch.Tensor, name: str) -> None:
             f"'{name}' faces were analysed on another image batch",
             expected=f"faces of {b} image(s) of {w}x{h}",
             got=f"faces of {faces.batch_size} image(s) of sizes {sorted(sizes)[:3]}",
-            fix=f"connect Visage Analyze Faces run on the same images as '{name}'",
+            fix=f"connect Analyze Faces run on the same images as '{name}'",
         )
 
 

@@ -194,7 +194,7 @@ class Expression:
         except Exception as e:
             raise VisageError(
                 f"'{os.path.basename(path)}' cannot be read as an expression file",
-                expected="a .safetensors written by Visage Save Expression",
+                expected="a .safetensors written by Save Expression",
                 got=f"{type(e).__name__}: {str(e)[:160]}",
                 fix="pick another file",
             )
@@ -203,7 +203,7 @@ class Expression:
                 f"'{os.path.basename(path)}' is not a Visage expression file",
                 expected="metadata format=visage_expression with tensors exp, rotation, scale, t",
                 got=f"metadata {dict(list(meta.items())[:3])}, tensors {sorted(keys)[:5]}",
-                fix="pick a file saved by Visage Save Expression",
+                fix="pick a file saved by Save Expression",
             )
         return Expression(
             tensors["exp"].float(),

@@ -176,9 +176,9 @@ class VisageExpressionEditor:
     @classmethod
     def INPUT_TYPES(cls):
         req = {
-            "liveportrait": (M.VISAGE_LIVEPORTRAIT, {"tooltip": "From Visage LivePortrait Loader."}),
+            "liveportrait": (M.VISAGE_LIVEPORTRAIT, {"tooltip": "From Load LivePortrait."}),
             "image": ("IMAGE", {"tooltip": "Image(s) whose face to edit; every image of the batch is edited."}),
-            "faces": (VISAGE_FACES, {"tooltip": "Visage Analyze Faces run on the same images."}),
+            "faces": (VISAGE_FACES, {"tooltip": "Analyze Faces run on the same images."}),
         }
         req.update(_select_inputs())
         req.update(_slider_inputs())
@@ -228,7 +228,7 @@ class VisageExpressionEditor:
                 "sample_image": ("IMAGE", {"tooltip": "Optional face to copy parts from (first image is used)."}),
                 "sample_faces": (
                     VISAGE_FACES,
-                    {"tooltip": "Visage Analyze Faces of sample_image (needed with sample_image)."},
+                    {"tooltip": "Analyze Faces of sample_image (needed with sample_image)."},
                 ),
                 "add_expression": (
                     M.VISAGE_EXPRESSION,
@@ -270,7 +270,7 @@ class VisageExpressionEditor:
                     "sample_image needs its faces",
                     expected="sample_faces connected",
                     got="only sample_image",
-                    fix="run Visage Analyze Faces on the sample image too",
+                    fix="run Analyze Faces on the sample image too",
                 )
             sample = PL.sample_info(eng, check_image(sample_image, "sample_image"), sample_faces, crop_scale=crop_scale)
         res = PL.edit(
@@ -314,14 +314,14 @@ class VisageExpressionTransfer:
     @classmethod
     def INPUT_TYPES(cls):
         req = {
-            "liveportrait": (M.VISAGE_LIVEPORTRAIT, {"tooltip": "From Visage LivePortrait Loader."}),
+            "liveportrait": (M.VISAGE_LIVEPORTRAIT, {"tooltip": "From Load LivePortrait."}),
             "source_image": (
                 "IMAGE",
                 {"tooltip": "The face to animate: one image, or as many frames as driving_images."},
             ),
-            "source_faces": (VISAGE_FACES, {"tooltip": "Visage Analyze Faces run on source_image."}),
+            "source_faces": (VISAGE_FACES, {"tooltip": "Analyze Faces run on source_image."}),
             "driving_images": ("IMAGE", {"tooltip": "Driving frames (any size; the largest face of each drives)."}),
-            "driving_faces": (VISAGE_FACES, {"tooltip": "Visage Analyze Faces run on driving_images."}),
+            "driving_faces": (VISAGE_FACES, {"tooltip": "Analyze Faces run on driving_images."}),
         }
         req.update(_select_inputs())
         req.update(
@@ -470,7 +470,7 @@ class VisageSaveExpression:
 
 
 class VisageLoadExpression:
-    DESCRIPTION = "Loads an expression offset saved by Visage Save Expression, scaled by ratio."
+    DESCRIPTION = "Loads an expression offset saved by Save Expression, scaled by ratio."
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (M.VISAGE_EXPRESSION,)
@@ -500,7 +500,7 @@ class VisageLoadExpression:
                 f"Expression file '{name}' was not found",
                 expected=f"a file in {_expr_dir()}",
                 got="no such file",
-                fix="save one with Visage Save Expression first",
+                fix="save one with Save Expression first",
             )
         return (M.Expression.load(path).scaled(ratio),)
 
@@ -545,10 +545,10 @@ NODE_CLASS_MAPPINGS = {
     "VisageInterpolateExpression": VisageInterpolateExpression,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "VisageLivePortraitLoader": "Visage LivePortrait Loader",
-    "VisageExpressionEditor": "Visage Expression Editor",
-    "VisageExpressionTransfer": "Visage Expression Transfer",
-    "VisageSaveExpression": "Visage Save Expression",
-    "VisageLoadExpression": "Visage Load Expression",
-    "VisageInterpolateExpression": "Visage Interpolate Expression",
+    "VisageLivePortraitLoader": "Load LivePortrait",
+    "VisageExpressionEditor": "Expression Editor",
+    "VisageExpressionTransfer": "Expression Transfer",
+    "VisageSaveExpression": "Save Expression",
+    "VisageLoadExpression": "Load Expression",
+    "VisageInterpolateExpression": "Interpolate Expression",
 }

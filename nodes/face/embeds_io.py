@@ -12,7 +12,7 @@ from ...core.errors import ModelFileInvalid
 from ...core.types import FaceEmbeds
 
 FORMAT = "visage.embeds"
-VERSION = "1"
+VERSION = "2"  # 2: other recognizers' rows as "raw.<recognizer id>" tensors (version 1 files still load)
 
 
 def save_embeds(embeds: FaceEmbeds, path: str, extra_metadata: dict = None) -> str:
@@ -28,12 +28,11 @@ def save_embeds(embeds: FaceEmbeds, path: str, extra_metadata: dict = None) -> s
         "fusion": embeds.fusion,
         "sources": json.dumps(list(embeds.sources)),
     }
+    meta["recognizers"] = json.dumps(list(embeds.recognizers))
     meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
-    save_file(
-        {"raw": embeds.raw.contiguous().float().cpu(), "normed": embeds.normed.contiguous().float().cpu()},
-        path,
-        metadata=meta,
-    )
+    tensors = {"raw": embeds.raw.contiguous().float().cpu(), "normed": embeds.normed.contiguous().float().cpu()}
+    tensors.update({f"raw.{rid}": t.contiguous().float().cpu() for rid, t in embeds.extra.items()})
+    save_file(tensors, path, metadata=meta)
     return path
 
 
@@ -49,6 +48,7 @@ def load_embeds(path: str) -> FaceEmbeds:
                     "a .safetensors file written by Save Face Embeds",
                 )
             raw, normed = f.get_tensor("raw"), f.get_tensor("normed")
+            extra = {k[4:]: f.get_tensor(k).float() for k in sorted(keys) if k.startswith("raw.")}
     except ModelFileInvalid:
         raise
     except Exception as e:
@@ -62,4 +62,5 @@ def load_embeds(path: str) -> FaceEmbeds:
         encoder=meta.get("encoder", "unknown"),
         sources=sources,
         fusion=meta.get("fusion", "none"),
+        extra=extra,
     )

@@ -224,7 +224,7 @@ class VisageSwapFaces:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "swapper": (VISAGE_SWAPPER, {"tooltip": "Swap model (Swap Model Loader)."}),
+                "swapper": (VISAGE_SWAPPER, {"tooltip": "Swap model (Load Swap Model)."}),
                 "image": ("IMAGE", {"tooltip": "Target image(s) / video frames whose faces are replaced."}),
                 "mapping": (
                     list(MAPPINGS),
@@ -411,7 +411,7 @@ class VisageRestoreFaces:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "restorer": (VISAGE_RESTORER, {"tooltip": "Restoration model (Restore Model Loader)."}),
+                "restorer": (VISAGE_RESTORER, {"tooltip": "Restoration model (Load Restore Model)."}),
                 "image": ("IMAGE", {"tooltip": "Image(s) whose faces are restored."}),
                 "order": (_ORDER_CHOICES, {"default": "largest", "tooltip": "Which faces come first for max_faces."}),
                 "max_faces": (
@@ -669,11 +669,11 @@ NODE_CLASS_MAPPINGS = {
     "VisageLoadFaceModel": VisageLoadFaceModel,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "VisageSwapModelLoader": "Swap Model Loader (Visage)",
-    "VisageRestoreModelLoader": "Restore Model Loader (Visage)",
-    "VisageSwapFaces": "Swap Faces (Visage)",
-    "VisageRestoreFaces": "Restore Faces (Visage)",
-    "VisageBuildFaceModel": "Build Face Model (Visage)",
-    "VisageSaveFaceModel": "Save Face Model (Visage)",
-    "VisageLoadFaceModel": "Load Face Model (Visage)",
+    "VisageSwapModelLoader": "Load Swap Model",
+    "VisageRestoreModelLoader": "Load Restore Model",
+    "VisageSwapFaces": "Swap Faces",
+    "VisageRestoreFaces": "Restore Faces",
+    "VisageBuildFaceModel": "Build Face Model",
+    "VisageSaveFaceModel": "Save Face Model",
+    "VisageLoadFaceModel": "Load Face Model",
 }

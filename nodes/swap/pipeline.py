@@ -437,28 +437,6 @@ def restore_pass(
     return res
 
 
-def analyze_in_chunks(
-    analyzer,
-    image: torch.Tensor,
-    device,
-    tasks,
-    chunk: int = 16,
-    progress: Progress = None,
-    total: Optional[int] = None,
-) -> FaceSet:
-    """Analyse a (long) IMAGE batch chunk by chunk on ``device``; one FaceSet with global image indices."""
-    B, H, W = image.shape[0], image.shape[1], image.shape[2]
-    rows = []
-    name = ""
-    for s in range(0, B, chunk):
-        fs = analyzer.analyze(image[s : s + chunk].to(device), tasks=tasks)
-        name = fs.analyzer
-        rows += [tuple(f.with_(image_index=s + i) for f in faces) for i, faces in enumerate(fs.faces)]
-        if progress is not None:
-            progress(min(s + chunk, B), total or B)
-    return FaceSet(faces=tuple(rows), image_sizes=((H, W),) * B, analyzer=name)
-
-
 def swap_batch(
     analyzer,
     image: torch.Tensor,
@@ -527,7 +505,9 @@ def swap_batch(
     if mask_type == "landmarks":
         tasks.append("landmark_2d_106")
     if targets is None:
-        targets = analyze_in_chunks(analyzer, image, dev, tasks, frames_per_chunk, progress, total)
+        # the analysis chunks frames itself (one detector forward per chunk, frames to the device per chunk)
+        step = (lambda d, t: progress(d, total)) if progress is not None else None
+        targets = analyzer.analyze(image, tasks=tasks, progress=step, chunk=frames_per_chunk)
     else:
         targets = expand_to(targets, B, "image")
         if progress is not None:
@@ -539,7 +519,7 @@ def swap_batch(
         embs = [e.float() for e in source_embeddings]
     else:
         if source_faces is None:
-            source_faces = analyze_in_chunks(analyzer, source_image, dev, ["recognition"], frames_per_chunk)
+            source_faces = analyzer.analyze(source_image, tasks=["recognition"], chunk=frames_per_chunk)
         embs = embeddings_of(source_sets_from_faces(source_faces, order), recognizer_override)
     ids = None
     if B > 1 and (temporal_smoothing > 0 or mapping == "by_identity"):

@@ -318,9 +318,16 @@ def build(models_dir: str, input_dir: str) -> None:
     from visage.nodes.face.embeds_io import save_embeds
 
     os.makedirs(j(models_dir, "visage", "embeds"), exist_ok=True)
+    # (as Face Embeds saves them from a pack holding the three recognizers the adapters were trained on)
     raw = torch.randn(2, 512, generator=_g(9)) * 1.5
-    save_embeds(FaceEmbeds.from_raw(raw, "glintr100"), j(models_dir, "visage", "embeds", TEST_FILES["embeds"]))
-    save_embeds(FaceEmbeds.from_raw(raw[:1], "glintr100"), j(models_dir, "visage", "embeds", TEST_FILES["embeds1"]))
+    other = {r: torch.randn(2, 512, generator=_g(k)) * 1.5 for k, r in ((19, "w600k_r50"), (29, "arcface"))}
+    save_embeds(
+        FaceEmbeds.from_raw(raw, "glintr100", extra=other), j(models_dir, "visage", "embeds", TEST_FILES["embeds"])
+    )
+    save_embeds(
+        FaceEmbeds.from_raw(raw[:1], "glintr100", extra={r: t[:1] for r, t in other.items()}),
+        j(models_dir, "visage", "embeds", TEST_FILES["embeds1"]),
+    )
     # a pack with the real SCRFD-500M detector (shared fixtures) and a test-built 512-d ArcFace
     # recognizer (w600k_r50 signature), plus the fixtures' group photo: real faces, keypoints, embeddings
     det = _shared_fixture("models", "det_500m.onnx")
@@ -333,7 +340,11 @@ def build(models_dir: str, input_dir: str) -> None:
         pack = j(models_dir, "insightface", "models", TEST_FILES["pack"])
         os.makedirs(pack, exist_ok=True)
         shutil.copy(det, j(pack, "det_500m.onnx"))
+        # one recognizer per method family, as a user's antelopev2 folder holds them with Arc2Face's
+        # arcface.onnx and buffalo_l's w600k_r50.onnx beside glintr100
         make_per_face(j(pack, "w600k_r50.onnx"), 112, 512, in_name="input.1", out_name="683", seed=11)
+        make_per_face(j(pack, "glintr100.onnx"), 112, 512, in_name="input.1", out_name="1333", seed=12)
+        make_per_face(j(pack, "arcface.onnx"), 112, 512, in_name="input.1", out_name="1333", seed=13)
         os.makedirs(input_dir, exist_ok=True)
         shutil.copy(photo, j(input_dir, TEST_FILES["photo"]))
     # an InstantID keypoint image of two faces (left and right half) for IdentityNet

@@ -119,9 +119,9 @@ def comfy_inproc(comfy_path):
     import comfy.model_management as mm
 
     mm.unload_all_models()
-    N_cache = sys.modules.get("visage.nodes.adapters.node")
-    if N_cache is not None:
-        N_cache.CLIP_CACHE.clear()
+    F_cache = sys.modules.get("visage.nodes.adapters.methods.faceid")
+    if F_cache is not None:
+        F_cache.CLIP_CACHE.clear()
     gc.collect()
 
 
@@ -131,7 +131,8 @@ def test_features_are_clip_vision_encode_of_the_aligned_face(comfy_base, comfy_i
     from PIL import Image
 
     from visage.core.types import FaceSet
-    from visage.nodes.adapters import node as N
+    from visage.nodes import comfy_glue
+    from visage.nodes.adapters.methods import faceid as N
     from visage.nodes.face.analyzer import load_analyzer
 
     # CLIPVisionEncode is encode_image(image, crop=...) on the loaded model: that is the reference called below
@@ -158,7 +159,7 @@ def test_features_are_clip_vision_encode_of_the_aligned_face(comfy_base, comfy_i
 
     N.CLIP_CACHE.clear()
     with torch.inference_mode():
-        cond, uncond = N.VisageApplyFaceID._clip_features(faces, image, cv, None, 1280)
+        cond, uncond = N.clip_features(comfy_glue, faces, image, cv, 1280)
         ref_crop = norm_crop(photo, first.kps.numpy(), image_size=224)  # insightface, cv2.warpAffine
         ref = cv.encode_image(torch.from_numpy(ref_crop.astype(np.float32) / 255.0)[None], crop=True)
         zero = cv.model(pixel_values=torch.zeros(1, 3, 224, 224), intermediate_output=-2)[1].float()

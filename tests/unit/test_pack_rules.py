@@ -132,3 +132,19 @@ def test_layers_point_down():
                 if level == 0 and mod.split(".")[0] in COMFY_MODULES:
                     offenders.append(f"{os.path.relpath(p, REPO)}:{node.lineno} imports {mod}")
     assert not offenders, "an import points up the layers:\n" + "\n".join(offenders)
+
+
+def test_display_names_in_one_style():
+    """Node names as the library shows them: 'Verb Thing' ('Load Face Analyzer', 'Apply InstantID'), no
+    pack prefix or suffix (the category Visage/... and ComfyUI's badge say where a node comes from)."""
+    names = {}
+    for p in source_files("nodes"):
+        if os.path.basename(p) != "node.py":
+            continue
+        tree = ast.parse(open(p, encoding="utf-8").read(), p)
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "NODE_DISPLAY_NAME_MAPPINGS":
+                names.update(ast.literal_eval(node.value))
+    assert len(names) >= 20, names
+    bad = {k: v for k, v in names.items() if v.startswith("Visage") or "(Visage)" in v or not k.startswith("Visage")}
+    assert not bad, bad

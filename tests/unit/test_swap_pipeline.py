@@ -120,7 +120,7 @@ def test_mapping_by_index_and_identity(env):
     with pytest.raises(VisageError, match="comma-separated"):
         PL.plan(faces, [2], "by_index", source_indexes="a,b")
     # by_identity: replace the people of reference rows 0 and 1 with sources 0 and 1
-    refs = FaceEmbeds.from_raw(torch.stack([ordered[2].embedding, ordered[0].embedding]), "t")
+    refs = FaceEmbeds.from_raw(torch.stack([ordered[2].embedding, ordered[0].embedding]), ordered[0].encoder)
     plan = PL.plan(faces, [2], "by_identity", references=refs, min_similarity=0.99)
     got = {id(a.face): a.source for a in plan}
     assert got == {id(ordered[2]): 0, id(ordered[0]): 1}
