@@ -22,7 +22,7 @@ from . import methods  # noqa: F401 - registers every identity method
 from .identity import ARC2FACE_PROMPT
 from .loaders import load_identity_adapter
 from .patching import AdapterRef
-from .registry import METHODS, run
+from .registry import METHODS, ON_NO_FACE, ON_NO_FACE_TIP, run
 
 log = logging.getLogger("visage")
 
@@ -244,6 +244,7 @@ class VisageApplyInstantID:
                         "of the faces' own (e.g. several photos fused)."
                     },
                 ),
+                "on_no_face": (list(ON_NO_FACE), {"default": "error", "tooltip": ON_NO_FACE_TIP}),
                 "recognizer_override": (
                     "STRING",
                     {"default": "", "tooltip": RECOGNIZER_OVERRIDE_TIP.format(trained=METHODS["instantid"].trained_on)},
@@ -378,6 +379,7 @@ class VisageApplyFaceID:
                         "identity (0 = all faces are one identity).",
                     },
                 ),
+                "on_no_face": (list(ON_NO_FACE), {"default": "error", "tooltip": ON_NO_FACE_TIP}),
                 "recognizer_override": (
                     "STRING",
                     {"default": "", "tooltip": RECOGNIZER_OVERRIDE_TIP.format(trained=METHODS["faceid"].trained_on)},
@@ -430,6 +432,7 @@ class VisageArc2FaceEncode:
                         "'id' is where the identity goes. Keep the default for the published maths.",
                     },
                 ),
+                "on_no_face": (list(ON_NO_FACE), {"default": "error", "tooltip": ON_NO_FACE_TIP}),
                 "recognizer_override": (
                     "STRING",
                     {"default": "", "tooltip": RECOGNIZER_OVERRIDE_TIP.format(trained=METHODS["arc2face"].trained_on)},

@@ -24,20 +24,37 @@ class MethodSpec:
 
 METHODS: Dict[str, MethodSpec] = {}
 _APPLY: Dict[str, Callable] = {}
+_PASSTHROUGH: Dict[str, Callable] = {}
+
+ON_NO_FACE = ("error", "passthrough")
+ON_NO_FACE_TIP = (
+    "The identity faces hold no face (e.g. Analyze Faces with on_no_face = passthrough on an empty frame): "
+    "'error' stops naming the images; 'passthrough' returns the inputs unchanged (no identity), so headless "
+    "batches never fail on an empty frame."
+)
 
 
-def register(spec: MethodSpec, apply: Callable) -> MethodSpec:
-    """Register a method: ``apply(glue, **node_inputs)`` returns the node's outputs."""
+def register(spec: MethodSpec, apply: Callable, passthrough: Callable) -> MethodSpec:
+    """Register a method: ``apply(glue, **node_inputs)`` returns the node's outputs;
+    ``passthrough(glue, **node_inputs)`` the outputs without an identity (on_no_face = passthrough)."""
     if spec.key in METHODS and _APPLY[spec.key] is not apply:
         raise ValueError(f"identity method {spec.key!r} is registered twice")
     METHODS[spec.key] = spec
     _APPLY[spec.key] = apply
+    _PASSTHROUGH[spec.key] = passthrough
     return spec
 
 
 def run(key: str, glue, **inputs):
     """Apply method ``key``. ``glue`` provides what only ComfyUI can (nodes pass ``nodes.comfy_glue``):
     text_attention, load_lora, clip_vision_zero_hidden, intermediate_device."""
+    from ...core.errors import NoFaceError
     from . import methods  # noqa: F401 - registers every method module
 
+    policy = inputs.pop("on_no_face", "error")
+    faces = inputs.get("faces")
+    if inputs.get("embeds") is None and faces is not None and faces.count == 0:
+        if policy == "passthrough":
+            return _PASSTHROUGH[key](glue, **inputs)
+        raise NoFaceError(faces.images_without_face(), where=f"the {METHODS[key].name} identity images")
     return _APPLY[key](glue, **inputs)

@@ -151,6 +151,25 @@ def test_skip_drops_only_empty_frames_and_never_empties_the_batch(ctx):
     assert s["20"]["ui"]["text"] == ["0"]
 
 
+def test_skip_works_through_the_whole_graph(ctx):
+    """on_no_face = skip, then Align Faces fed the batch that went into Analyze Faces (what the shipped
+    face_analysis.json does) or Analyze Faces' 'image' output (the kept frames): the same crops."""
+    if not ctx["has_t1"]:
+        pytest.skip("t1.jpg (insightface) is not in the test input folder")
+    crops = {}
+    for src in ("whole", "kept"):
+        wf = _analysis(ctx, ["visage_no_face_test.png", "t1.jpg"], on_no_face="skip", align_mode="error")
+        wf["9"]["inputs"]["image"] = ["12", 0] if src == "whole" else ["3", 3]  # 12: the two-image batch
+        wf["21"] = {"class_type": "SaveImage", "inputs": {"images": ["3", 3], "filename_prefix": f"nf_kept_{src}"}}
+        r, out, s = _run(ctx, wf, f"skip_graph_{src}")
+        assert r.returncode == 0, r.stderr
+        assert len(s["21"]["files"]) == 1 and _img(out, s, "21").std() > 10  # only t1.jpg (not the grey frame)
+        crops[src] = [np.asarray(Image.open(os.path.join(out, f)).convert("RGB")) for f in s["10"]["files"]]
+    assert len(crops["whole"]) == len(crops["kept"]) >= 1
+    for a, b in zip(crops["whole"], crops["kept"]):
+        assert np.array_equal(a, b)
+
+
 def test_similarity_against_a_frame_without_faces(ctx):
     if not ctx["has_t1"]:
         pytest.skip("t1.jpg (insightface) is not in the test input folder")

@@ -50,4 +50,11 @@ def apply(glue, clip, faces=None, embeds=None, masks=None, prompt=ARC2FACE_PROMP
     return (pos, [[nc, {"pooled_output": npooled}]])
 
 
-SPEC = register(MethodSpec("arc2face", "Arc2Face", trained_on="arcface", normed=True), apply)
+def passthrough(glue, clip, prompt=ARC2FACE_PROMPT, **_):
+    """The prompt as text, without an identity; the negative as always."""
+    c, pooled = clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True)
+    nc, npooled = clip.encode_from_tokens(clip.tokenize(""), return_pooled=True)
+    return ([[c, {"pooled_output": pooled}]], [[nc, {"pooled_output": npooled}]])
+
+
+SPEC = register(MethodSpec("arc2face", "Arc2Face", trained_on="arcface", normed=True), apply, passthrough)

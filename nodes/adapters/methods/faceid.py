@@ -122,4 +122,8 @@ def _zero_hidden(glue, clip_vision):
     return zero_pixel_hidden(model, size, dev).to(glue.intermediate_device())
 
 
-SPEC = register(MethodSpec("faceid", "IP-Adapter FaceID", trained_on="w600k_r50", normed=True), apply)
+def passthrough(glue, model, **_):
+    return (model,)
+
+
+SPEC = register(MethodSpec("faceid", "IP-Adapter FaceID", trained_on="w600k_r50", normed=True), apply, passthrough)

@@ -87,4 +87,8 @@ def apply(
     return (m, pos, neg, hints)
 
 
-SPEC = register(MethodSpec("instantid", "InstantID", trained_on="glintr100", normed=False), apply)
+def passthrough(glue, model, positive, negative, **_):
+    return (model, positive, negative, torch.zeros(1, 64, 64, 3))
+
+
+SPEC = register(MethodSpec("instantid", "InstantID", trained_on="glintr100", normed=False), apply, passthrough)
