@@ -12,7 +12,8 @@ from PIL import Image
 
 FACE_NODES = {
     "VisageFaceAnalyzerLoader": ([], ["VISAGE_ANALYZER"]),
-    "VisageAnalyzeFaces": (["analyzer", "image"], ["VISAGE_FACES", "IMAGE", "INT"]),
+    "VisageAnalyzeFaces": (["analyzer", "image"], ["VISAGE_FACES", "IMAGE", "INT", "IMAGE"]),
+    "VisageAddFaceRecognizer": (["image", "faces"], ["VISAGE_FACES"]),
     "VisageFaceEmbeds": (["faces"], ["VISAGE_EMBEDS"]),
     "VisageSaveEmbeds": (["embeds"], []),
     "VisageLoadEmbeds": ([], ["VISAGE_EMBEDS"]),

@@ -428,10 +428,16 @@ def current_schema(object_info):
     for name, info in sorted(object_info.items()):
         if not name.startswith("Visage"):
             continue
-        inputs = {}
-        for _section, inp in vr.input_order(info):
+        inputs, required = {}, []
+        for section, inp in vr.input_order(info):
             inputs[inp] = tname(spec_of(info, inp)[0])
-        out[name] = {"inputs": inputs, "outputs": [tname(t) for t in info.get("output") or []]}
+            if section == "required":
+                required.append(inp)
+        out[name] = {
+            "inputs": inputs,
+            "required": sorted(required),
+            "outputs": [tname(t) for t in info.get("output") or []],
+        }
     return out
 
 
@@ -447,6 +453,12 @@ def breaking_changes(recorded, current):
                 changes.append({"node": node, "input": inp, "change": "removed", "was": typ})
             elif cur["inputs"][inp] != typ:
                 changes.append({"node": node, "input": inp, "change": "retyped", "was": typ, "now": cur["inputs"][inp]})
+        # a saved API workflow gives only the inputs its node had: an input that is required now but was
+        # not there (or was optional) makes ComfyUI refuse every such workflow
+        was_required = set(rec.get("required", rec.get("inputs", {})))
+        for inp in cur.get("required", []):
+            if inp not in rec.get("inputs", {}) or ("required" in rec and inp not in was_required):
+                changes.append({"node": node, "input": inp, "change": "newly required"})
         for i, typ in enumerate(rec.get("outputs", [])):
             if i >= len(cur["outputs"]):
                 changes.append({"node": node, "output": i, "change": "removed", "was": typ})
@@ -528,6 +540,22 @@ def test_schema_diff_logic():
         "VisageNew": {"inputs": {}, "outputs": []},
     }
     ch = breaking_changes(rec, cur)
+    # a new input is fine while optional, breaking once required; so is an optional input made required
+    req = {"VisageB": {"inputs": {"a": "INT", "b": "INT"}, "required": ["a"], "outputs": []}}
+    assert (
+        breaking_changes(
+            req, {"VisageB": {"inputs": {"a": "INT", "b": "INT", "c": "INT"}, "required": ["a"], "outputs": []}}
+        )
+        == []
+    )
+    assert breaking_changes(req, {"VisageB": {"inputs": {"a": "INT", "b": "INT"}, "required": [], "outputs": []}}) == []
+    got = breaking_changes(
+        req, {"VisageB": {"inputs": {"a": "INT", "b": "INT", "c": "INT"}, "required": ["a", "b", "c"], "outputs": []}}
+    )
+    assert got == [
+        {"node": "VisageB", "input": "b", "change": "newly required"},
+        {"node": "VisageB", "input": "c", "change": "newly required"},
+    ]
     assert {"node": "VisageGone", "change": "removed"} in ch
     assert {"node": "VisageA", "input": "k", "change": "retyped", "was": "INT", "now": "FLOAT"} in ch
     assert {"node": "VisageA", "output": 1, "change": "removed", "was": "INT"} in ch
