@@ -132,3 +132,14 @@ def test_layers_point_down():
                 if level == 0 and mod.split(".")[0] in COMFY_MODULES:
                     offenders.append(f"{os.path.relpath(p, REPO)}:{node.lineno} imports {mod}")
     assert not offenders, "an import points up the layers:\n" + "\n".join(offenders)
+
+
+def test_no_insightface_at_run_time():
+    """insightface is the tests' reference, not a run-time need: no pack file imports it (not even lazily);
+    tests/comfy/test_no_insightface.py runs the pack with it unimportable."""
+    offenders = []
+    for p in list(source_files("core", "nodes", "kernels", "runner")) + [os.path.join(REPO, "__init__.py")]:
+        for node, mod, level in imports(p):
+            if level == 0 and mod.split(".")[0] == "insightface":
+                offenders.append(f"{os.path.relpath(p, REPO)}:{node.lineno} imports {mod}")
+    assert not offenders, "\n".join(offenders)
