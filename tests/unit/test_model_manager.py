@@ -135,7 +135,7 @@ def test_check_models_tool(tmp_path):
     r = subprocess.run(
         [
             sys.executable,
-            os.path.join(os.path.dirname(paths.__file__), "..", "..", "tools", "check_models.py"),
+            os.path.join(os.path.dirname(paths.__file__), "..", "tools", "check_models.py"),
             str(tmp_path),
         ],
         capture_output=True,
