@@ -13,7 +13,6 @@ import os
 import statistics
 import sys
 import time
-import types
 from typing import Callable, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,12 +44,18 @@ PEAK_GBPS = [
 
 
 def ensure_package():
-    """Import the repository as package ``visage`` without running its ComfyUI ``__init__``."""
-    if "visage" not in sys.modules:
-        pkg = types.ModuleType("visage")
-        pkg.__path__ = [REPO]
-        pkg.__file__ = os.path.join(REPO, "__init__.py")
-        sys.modules["visage"] = pkg
+    """``visage`` is this checkout, installed editable by scripts/setup.sh (importing it registers no nodes);
+    stop with the fix when it is missing or another checkout, rather than benchmark someone else's code."""
+    try:
+        import visage
+    except ImportError:
+        visage = None
+    where = os.path.dirname(os.path.realpath(visage.__file__)) if visage else None
+    if where != os.path.realpath(REPO):
+        raise SystemExit(
+            f"bench: the package `visage` is {where or 'not importable'}, not {REPO}: run `bash scripts/setup.sh` "
+            f"(or `{sys.executable} -m pip install --no-deps -e {REPO}`)"
+        )
 
 
 def peak_gbps(device) -> Optional[tuple]:

@@ -37,7 +37,7 @@ fi
 PHOTO=$("$VPY" -c "import insightface, os; print(os.path.join(os.path.dirname(insightface.__file__), 'data', 'images', 't1.jpg'))")
 OUT="$REPO/visage_outputs/quickstart"
 echo "[visage] analysing $PHOTO with pack '$PACK' through ComfyUI at $COMFY"
-"$VPY" scripts/visage_run.py workflows/api/face_analysis.json --comfyui "$COMFY" --models "$MODELS" \
+"$VPY" -m visage.runner workflows/api/face_analysis.json --comfyui "$COMFY" --models "$MODELS" \
   --image "Load Image=$PHOTO" --set "Load Face Analyzer.pack=$PACK" --output "$OUT"
 echo "[visage] outputs written to: $OUT"
 ls -1 "$OUT" | sed 's/^/  /'

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup: a venv in .venv with torch, ComfyUI's requirements (when a ComfyUI is found),
-# Visage's requirements and the test tools. Prints the ComfyUI it found (or why none).
+# Visage's requirements, the test tools and this checkout installed editable as the package `visage`.
+# Prints the ComfyUI it found (or why none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -41,4 +42,7 @@ else
   echo "[visage] no ComfyUI found (set COMFYUI_PATH, clone this pack into ComfyUI/custom_nodes, or lay ComfyUI out at /opt/ComfyUI)"
 fi
 "$VPY" -m pip install -q -r requirements.txt -r requirements-test.txt
+# this checkout as the package `visage` (editable; pyproject.toml maps it to the repo root) and the
+# `visage-run` command: tests, bench/ and tools/ `import visage...`; importing it registers no nodes
+"$VPY" -m pip install -q --no-deps -e .
 echo "$COMFY" > .venv/comfyui-path

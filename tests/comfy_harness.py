@@ -25,13 +25,10 @@ PACK_NAME = "visage"
 
 def find_comfyui() -> Optional[str]:
     """COMFYUI_PATH, else the ComfyUI this pack sits in (custom_nodes/..), else /opt/ComfyUI —
-    the same search as the headless runner (scripts/visage_run.py), which owns the rule."""
-    import importlib.util
+    the same search as the headless runner (visage.runner.cli), which owns the rule."""
+    from visage.runner import cli
 
-    spec = importlib.util.spec_from_file_location("visage_run", os.path.join(REPO, "scripts", "visage_run.py"))
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
-    found = runner.find_comfyui(None)
+    found = cli.find_comfyui(None)
     if found and os.path.isfile(os.path.join(found, "folder_paths.py")):
         return found
     return None

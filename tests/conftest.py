@@ -1,13 +1,13 @@
 """Shared test setup.
 
-The repository root is a ComfyUI custom-node folder, not an installed package. Tests import it as
-the package ``visage`` without running its root ``__init__.py`` (which registers ComfyUI nodes):
-``import visage.nodes.face.scrfd`` works anywhere, with or without ComfyUI.
+The repository root is the package ``visage`` (``pip install --no-deps -e .``, done by scripts/setup.sh):
+``import visage.nodes.face.scrfd`` works anywhere, with or without ComfyUI; importing ``visage`` registers
+no nodes (the root ``__init__`` loads the families only when ComfyUI asks for ``NODE_CLASS_MAPPINGS``).
 """
 
+import importlib.util
 import os
 import sys
-import types
 
 import pytest
 
@@ -16,11 +16,21 @@ SHARED_FIXTURES = os.path.normpath(os.path.join(REPO, "..", "shared", "fixtures"
 if not os.path.isdir(SHARED_FIXTURES):
     SHARED_FIXTURES = os.environ.get("VISAGE_SHARED_FIXTURES", SHARED_FIXTURES)
 
-if "visage" not in sys.modules:
-    pkg = types.ModuleType("visage")
-    pkg.__path__ = [REPO]
-    pkg.__file__ = os.path.join(REPO, "__init__.py")
-    sys.modules["visage"] = pkg
+
+def _check_installed():
+    """Fail early, with the fix, when `visage` is not importable or is another checkout (several clones
+    sharing one environment): the tests would otherwise test someone else's code."""
+    spec = importlib.util.find_spec("visage")
+    where = os.path.dirname(os.path.realpath(spec.origin)) if spec and spec.origin else None
+    if where != os.path.realpath(REPO):
+        raise pytest.UsageError(
+            f"the package `visage` is {'not importable' if where is None else 'imported from ' + where}, not "
+            f"this checkout ({REPO}): run `bash scripts/setup.sh` (or `{sys.executable} -m pip install --no-deps "
+            f"-e {REPO}`)"
+        )
+
+
+_check_installed()
 if os.path.join(REPO, "tests") not in sys.path:
     sys.path.insert(0, os.path.join(REPO, "tests"))
 

@@ -7,17 +7,10 @@ Exit code 1 when a file is present but does not match its published size or sha2
 """
 
 import argparse
-import os
 import sys
-import types
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if "visage" not in sys.modules:
-    pkg = types.ModuleType("visage")
-    pkg.__path__ = [REPO]
-    sys.modules["visage"] = pkg
-
-from visage.core.paths import check_against_manifest  # noqa: E402
+# `visage` is the repository, installed editable by scripts/setup.sh
+from visage.core.paths import check_against_manifest
 
 
 def main(argv=None):

@@ -31,13 +31,8 @@ import os
 import re
 import sys
 import time
-import types
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if "visage" not in sys.modules:
-    pkg = types.ModuleType("visage")
-    pkg.__path__ = [REPO]
-    sys.modules["visage"] = pkg
+# `visage` (imported below, where needed) is the repository, installed editable by scripts/setup.sh
 
 # Per-target limits (CUDA C Programming Guide, "Technical Specifications per Compute Capability"):
 # max shared memory per block (opt-in), registers per SM, max resident warps per SM, shared per SM.

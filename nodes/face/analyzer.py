@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -59,15 +58,18 @@ def pick_engine(engine: str, device) -> str:
 
 
 def _mean_shape_68() -> Optional[np.ndarray]:
-    """insightface's 68-point mean shape (ships inside the insightface package) for pose."""
-    try:
-        import insightface
+    """The 68-point 3D mean shape that head pose is fitted to (float64 [68,3]).
 
-        p = os.path.join(os.path.dirname(insightface.__file__), "data", "objects", "meanshape_68.pkl")
-        with open(p, "rb") as f:
-            return np.asarray(pickle.load(f), dtype=np.float64)
-    except Exception as e:  # pragma: no cover - depends on the environment
-        log.info("Visage: no 68-point mean shape (%s); pose will not be estimated", e)
+    ``meanshape_68.npy`` next to this file holds the numbers of insightface's
+    ``insightface/data/objects/meanshape_68.pkl`` (insightface 2.1; sha256 of that pkl
+    39ffecf84ba73f0d0d7e49380833ba88713c9fcdec51df4f7ac45a48b8f4cc51; float32 [68,3], stored as they are),
+    read without pickle, so insightface is not needed at run time. The test compares the pose with the pkl's.
+    """
+    p = os.path.join(os.path.dirname(os.path.abspath(__file__)), "meanshape_68.npy")
+    try:
+        return np.load(p, allow_pickle=False).astype(np.float64)
+    except Exception as e:  # pragma: no cover - a damaged install
+        log.warning("Visage: cannot read the 68-point mean shape %s (%s); pose will not be estimated", p, e)
         return None
 
 

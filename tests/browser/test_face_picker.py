@@ -11,7 +11,6 @@ queues it. Screenshots go to artifacts/ (face_picker.png, face_similarity.png, n
 VISAGE_BROWSER_WORKFLOW=FILE drives another UI-format file; VISAGE_BROWSER_PACK=visage_test forces the
 test-built analyzer pack (default: the real fixtures pack when ../shared/fixtures is present)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -26,9 +25,7 @@ ARTIFACTS = os.path.join(REPO, "artifacts")
 # VISAGE_BROWSER_WORKFLOW: another UI-format file to drive (e.g. one written by make_ui_twin.py)
 UI_WORKFLOW = os.environ.get("VISAGE_BROWSER_WORKFLOW") or os.path.join(REPO, "workflows", "face_analysis.json")
 
-_spec = importlib.util.spec_from_file_location("visage_run_for_browser", os.path.join(REPO, "scripts", "visage_run.py"))
-vr = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(vr)
+from visage.runner import cli as vr  # noqa: E402
 
 READY = (
     "() => !!(window.comfyAPI?.app?.app?.graph && window.LiteGraph?.registered_node_types"

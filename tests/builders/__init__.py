@@ -8,16 +8,8 @@ import importlib
 import logging
 import os
 import pkgutil
-import sys
-import types
 
-# builders may import the pack's own code as `visage.…` (also when run outside pytest)
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if "visage" not in sys.modules:
-    _pkg = types.ModuleType("visage")
-    _pkg.__path__ = [_REPO]
-    sys.modules["visage"] = _pkg
-
+# builders import the pack's own code as `visage.…` (the editable install, scripts/setup.sh)
 log = logging.getLogger("visage.tests")
 
 

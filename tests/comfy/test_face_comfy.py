@@ -130,9 +130,8 @@ def test_free_unloads_our_models_and_they_reload(comfy_server):
 def test_comfy_backend_registers_with_model_management(comfy_path, tmp_path):
     """In-process: our handles live in ComfyUI's loaded-model list; unload_all_models evicts them."""
     script = textwrap.dedent(f"""
-        import sys, types, os
+        import sys, os
         sys.path.insert(0, {comfy_path!r})
-        pkg = types.ModuleType("visage"); pkg.__path__ = [{ch.REPO!r}]; sys.modules["visage"] = pkg
         import torch
         import comfy.cli_args
         comfy.cli_args.args.cpu = True  # as `main.py --cpu`

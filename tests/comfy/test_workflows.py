@@ -16,7 +16,6 @@
 
 import collections
 import glob
-import importlib.util
 import json
 import os
 import warnings
@@ -33,11 +32,7 @@ BREAKING = os.path.join(SCHEMA_DIR, "breaking_changes.json")
 UI_FILES = sorted(glob.glob(os.path.join(WF_DIR, "*.json")))
 API_FILES = sorted(glob.glob(os.path.join(API_DIR, "*.json")))
 
-_spec = importlib.util.spec_from_file_location(
-    "visage_run_for_workflows", os.path.join(REPO, "scripts", "visage_run.py")
-)
-vr = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(vr)
+from visage.runner import cli as vr  # noqa: E402
 
 VIRTUAL = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 # combo inputs whose choices are the files on the user's disk (model files, packs, input images): a value

@@ -1,7 +1,7 @@
-"""scripts/visage_run.py without a ComfyUI: UI -> API conversion against a saved /object_info (a trimmed
-copy of ComfyUI a125cd84's core nodes below), --set / --image handling, and the bad-input exit codes."""
+"""The headless runner (``visage-run`` = visage.runner.cli) without a ComfyUI: UI -> API conversion against a
+saved /object_info (a trimmed copy of ComfyUI a125cd84's core nodes below), --set / --image handling, the
+bad-input exit codes, and the ways to start it (console script, ``-m``, the scripts/ shim)."""
 
-import importlib.util
 import json
 import os
 import socket
@@ -10,12 +10,10 @@ import sys
 
 import pytest
 
+from visage.runner import cli as vr
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, "scripts", "visage_run.py")
-
-_spec = importlib.util.spec_from_file_location("visage_run_under_test", SCRIPT)
-vr = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(vr)
 
 OBJECT_INFO = json.loads(r"""
 {"EmptyImage": {"input": {"required": {"width": ["INT", {"default": 512, "min": 1, "max": 16384, "step": 1}], "height": ["INT", {"default": 512, "min": 1, "max": 16384, "step": 1}], "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}], "color": ["INT", {"default": 0, "min": 0, "max": 16777215, "step": 1, "display": "color"}]}}, "input_order": {"required": ["width", "height", "batch_size", "color"]}, "output": ["IMAGE"], "output_is_list": [false], "output_name": ["IMAGE"], "name": "EmptyImage", "display_name": "EmptyImage", "output_node": false},
@@ -239,7 +237,9 @@ def test_set_errors(item, message):
 
 
 def _run(*args, timeout=60):
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "visage.runner", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture
@@ -300,6 +300,39 @@ def test_exit_code_no_comfyui_at_url(files):
     r = _run(wf, "--url", f"http://127.0.0.1:{port}")
     assert r.returncode == 3
     assert f"no ComfyUI is answering at http://127.0.0.1:{port}" in r.stderr
+
+
+def test_main_returns_the_exit_code(files, capsys):
+    _tmp, wf, oi = files
+    assert vr.main([wf, "--object-info", oi, "--dry-run", "--set", "Width.value=64"]) == vr.EXIT_OK
+    assert json.loads(capsys.readouterr().out)["3"]["inputs"]["width"] == 64
+    assert vr.main([wf + ".absent", "--dry-run"]) == vr.EXIT_BAD_INPUT
+    assert "visage-run: error: workflow file not found" in capsys.readouterr().err
+
+
+def test_every_way_to_start_it(files):
+    """The console script, and the scripts/ shim from a clone without the install: ``python -S`` has no
+    site-packages at all (the runner needs only the standard library), so the shim loads ../runner itself."""
+    _tmp, wf, oi = files
+    want = json.loads(_run(wf, "--object-info", oi, "--dry-run").stdout)
+    exe = os.path.join(os.path.dirname(sys.executable), "visage-run")
+    assert os.path.isfile(exe), "no visage-run next to this Python: run scripts/setup.sh (pip install -e .)"
+    for cmd in ([exe], [sys.executable, "-S", SCRIPT]):
+        r = subprocess.run([*cmd, wf, "--object-info", oi, "--dry-run"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and json.loads(r.stdout) == want, (cmd, r.stderr)
+    r = subprocess.run([sys.executable, "-S", SCRIPT, wf + ".absent"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "workflow file not found" in r.stderr
+
+
+def test_runner_imports_no_torch_and_no_comfyui():
+    code = (
+        "import sys, visage.runner.cli\n"
+        "heavy = [m for m in ('torch', 'numpy', 'comfy', 'folder_paths', 'visage.nodes', 'visage.core') "
+        "if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
 
 
 def test_exit_code_not_a_workflow(tmp_path):
@@ -409,14 +442,14 @@ def test_subgraph_muted_instance_and_missing_definition():
 
 
 def test_the_documented_commands_parse():
-    """Every `python scripts/visage_run.py ...` command in docs/HEADLESS.md uses options the script has."""
+    """Every `visage-run ...` command in docs/HEADLESS.md uses options the runner has."""
     import shlex
 
     text = open(os.path.join(REPO, "docs", "HEADLESS.md"), encoding="utf-8").read().replace("\\\n", " ")
-    commands = [line.strip() for line in text.splitlines() if line.strip().startswith("python scripts/visage_run.py")]
+    commands = [line.strip() for line in text.splitlines() if line.strip().startswith("visage-run ")]
     assert len(commands) >= 2
     for cmd in commands:
-        args = vr.build_parser().parse_args(shlex.split(cmd)[2:])
+        args = vr.build_parser().parse_args(shlex.split(cmd)[1:])
         assert args.workflow.endswith(".json")
         for item in args.sets:
             assert "=" in item and "." in item.split("=", 1)[0], item

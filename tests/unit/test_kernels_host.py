@@ -12,8 +12,6 @@ import torch
 from visage.core.errors import VisageError
 from visage.kernels import reference
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def _mats(n, seed=0):
     rng = np.random.default_rng(seed)
@@ -96,7 +94,7 @@ def _run_interpreted(code: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, TRITON_INTERPRET="1")
     env.pop("VISAGE_DISABLE_TRITON", None)
     r = subprocess.run(
-        [sys.executable, "-c", code, REPO, os.path.dirname(os.path.abspath(__file__))],
+        [sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__))],
         capture_output=True,
         text=True,
         timeout=300,
@@ -107,9 +105,8 @@ def _run_interpreted(code: str) -> subprocess.CompletedProcess:
 
 
 _INTERP = r"""
-import sys, types, torch
-pkg = types.ModuleType("visage"); pkg.__path__ = [sys.argv[1]]; sys.modules["visage"] = pkg
-sys.path.insert(0, sys.argv[2])
+import sys, torch
+sys.path.insert(0, sys.argv[1])
 from test_kernels_host import _scene
 from visage.kernels import reference, triton_paste as tp
 for dt in (torch.float32, torch.uint8):
@@ -137,9 +134,8 @@ def test_triton_paste_inplace_under_interpreter():
 
 
 _DISPATCH = r"""
-import sys, types, torch
-pkg = types.ModuleType("visage"); pkg.__path__ = [sys.argv[1]]; sys.modules["visage"] = pkg
-sys.path.insert(0, sys.argv[2])
+import sys, torch
+sys.path.insert(0, sys.argv[1])
 from test_kernels_host import _scene
 from visage.kernels import ops, reference
 calls = []

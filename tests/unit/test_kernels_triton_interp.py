@@ -15,7 +15,6 @@ import math
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 
@@ -206,9 +205,6 @@ def _main():
     except Exception as e:  # the interpreter itself cannot run here
         print(json.dumps({"unavailable": f"{type(e).__name__}: {e}"}))
         return
-    pkg = types.ModuleType("visage")
-    pkg.__path__ = [REPO]
-    sys.modules["visage"] = pkg
     from visage.kernels import reference, triton_align, triton_attention, triton_paste
 
     for fn, mod in ((_paste_cases, triton_paste), (_align_cases, triton_align), (_attention_cases, triton_attention)):

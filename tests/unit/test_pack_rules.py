@@ -31,7 +31,7 @@ def imports(path):
 
 def test_math_files_import_no_comfyui():
     offenders = []
-    for p in source_files("core", "nodes", "kernels"):
+    for p in source_files("core", "nodes", "kernels", "runner"):
         if os.path.basename(p) in GLUE_FILES:
             continue
         for node, mod, level in imports(p):
@@ -148,3 +148,14 @@ def test_display_names_in_one_style():
     assert len(names) >= 20, names
     bad = {k: v for k, v in names.items() if v.startswith("Visage") or "(Visage)" in v or not k.startswith("Visage")}
     assert not bad, bad
+
+
+def test_no_insightface_at_run_time():
+    """insightface is the tests' reference, not a run-time need: no pack file imports it (not even lazily);
+    tests/comfy/test_no_insightface.py runs the pack with it unimportable."""
+    offenders = []
+    for p in list(source_files("core", "nodes", "kernels", "runner")) + [os.path.join(REPO, "__init__.py")]:
+        for node, mod, level in imports(p):
+            if level == 0 and mod.split(".")[0] == "insightface":
+                offenders.append(f"{os.path.relpath(p, REPO)}:{node.lineno} imports {mod}")
+    assert not offenders, "\n".join(offenders)
