@@ -159,3 +159,16 @@ def test_no_insightface_at_run_time():
             if level == 0 and mod.split(".")[0] == "insightface":
                 offenders.append(f"{os.path.relpath(p, REPO)}:{node.lineno} imports {mod}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_every_package_is_installed():
+    """pyproject lists its packages by hand: a new package folder missing there would not be installed."""
+    import tomllib
+
+    listed = set(tomllib.load(open(os.path.join(REPO, "pyproject.toml"), "rb"))["tool"]["setuptools"]["packages"])
+    found = set()
+    for root in ("core", "kernels", "nodes", "runner"):
+        for dirpath, _dirs, files in os.walk(os.path.join(REPO, root)):
+            if "__init__.py" in files and "__pycache__" not in dirpath:
+                found.add("visage." + os.path.relpath(dirpath, REPO).replace(os.sep, "."))
+    assert found - listed == set(), f"add to [tool.setuptools] packages: {sorted(found - listed)}"
