@@ -192,6 +192,33 @@ def load_api_workflow(name: str) -> dict:
     return {k: v for k, v in wf.items() if not k.startswith("_")}
 
 
+TEST_LATENT = 64  # px: the tiny test models sample an 8x8 latent
+
+
+def at_test_size(wf: dict, size: int = TEST_LATENT) -> dict:
+    """A shipped generation workflow at test cost, in place: the latent (and the masks, mask offsets and
+    composites drawn in the latent's pixel size) scaled to ``size`` px, every KSampler at 2 euler steps,
+    cfg 4. The model files need no mapping: tests/builders/released.py lays out the released names.
+    Returns ``wf``."""
+    widths = [n["inputs"]["width"] for n in wf.values() if n.get("class_type") == "EmptyLatentImage"]
+    f = size / widths[0] if widths else 1.0
+    for n in wf.values():
+        ct, inp = n.get("class_type"), n.get("inputs", {})
+        if ct in ("EmptyLatentImage", "SolidMask"):
+            inp["width"], inp["height"] = round(inp["width"] * f), round(inp["height"] * f)
+        elif ct == "MaskComposite":
+            inp["x"], inp["y"] = round(inp["x"] * f), round(inp["y"] * f)
+        elif ct == "KSampler":
+            inp.update(steps=2, cfg=4.0, sampler_name="euler", scheduler="normal")
+    return wf
+
+
+def with_latent_output(wf: dict, prefix: str, sampler: str = "sampler") -> dict:
+    """Add a SaveLatent of the sampler's output (node 'save_latent'), to read the sampled latent back."""
+    wf["save_latent"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0], "filename_prefix": prefix}}
+    return wf
+
+
 def copy_input(base_dirs: dict, src: str, name: Optional[str] = None) -> str:
     name = name or os.path.basename(src)
     shutil.copy(src, os.path.join(base_dirs["input"], name))

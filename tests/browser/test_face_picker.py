@@ -381,3 +381,32 @@ def test_subgraphs_convert_like_the_editor(loaded, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     faces = json.loads((tmp_path / "out" / "outputs.json").read_text())["outputs"][analyze[0]]["ui"]["visage_faces"][0]
     assert [f["index"] for f in faces if f["selected"]] == [1]
+
+
+SAVED_V1 = os.path.join(REPO, "tests", "fixtures", "workflows_v1")
+
+
+def test_saved_v1_workflows_open_with_every_node_type(loaded):
+    """The workflows users saved with the first release (tests/fixtures/workflows_v1, UI format) open in the
+    real frontend with every node type known: no placeholder for a missing node, no missing-nodes dialog."""
+    page = loaded["page"]
+    files = sorted(f for f in os.listdir(SAVED_V1) if f.endswith(".json"))
+    assert files
+    for name in files:
+        with open(os.path.join(SAVED_V1, name), "r", encoding="utf-8") as f:
+            wf = json.load(f)
+        result = page.evaluate(
+            """async ([wf, name]) => {
+            const app = window.comfyAPI.app.app;
+            await app.loadGraphData(wf, true, true, name);
+            const types = app.graph.nodes.map(n => n.type);
+            return {n: types.length, missing: types.filter(t => !LiteGraph.registered_node_types[t]),
+                    errors: app.graph.nodes.filter(n => n.has_errors).map(n => n.type)}; }""",
+            [wf, name],
+        )
+        time.sleep(0.3)
+        dialogs = page.evaluate("() => [...document.querySelectorAll('.p-dialog')].map(e => e.innerText)")
+        page.keyboard.press("Escape")
+        assert result["n"] == len(wf["nodes"]), (name, result)
+        assert not result["missing"] and not result["errors"], f"{name}: missing node types {result}"
+        assert not [d for d in dialogs if "missing" in d.lower()], f"{name}: the frontend reported {dialogs}"

@@ -14,8 +14,10 @@ log = logging.getLogger("visage.tests")
 
 
 def build_all(models_dir: str, input_dir: str) -> None:
+    """Every family's builder, then ``released`` (the released file names, over the files built before)."""
     here = os.path.dirname(__file__)
-    for info in sorted(pkgutil.iter_modules([here]), key=lambda m: m.name):
-        mod = importlib.import_module(f"builders.{info.name}")
+    names = sorted(m.name for m in pkgutil.iter_modules([here]))
+    for name in [n for n in names if n != "released"] + ["released"]:
+        mod = importlib.import_module(f"builders.{name}")
         if hasattr(mod, "build"):
             mod.build(models_dir, input_dir)

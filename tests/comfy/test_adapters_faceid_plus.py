@@ -43,16 +43,21 @@ def _latent(server, entry):
 @pytest.fixture(scope="module")
 def runs(comfy_server):
     _need_fixtures()
-    wf = ch.load_api_workflow(WF)
+    wf = ch.at_test_size(ch.load_api_workflow(WF))
+    # the shipped graph on the real detector and the fixtures' group photo (its first face, left to right)
+    wf["analyzer"]["inputs"]["pack"] = B.TEST_FILES["pack"]
+    wf["photo"]["inputs"]["image"] = B.TEST_FILES["photo"]
+    wf["faces"]["inputs"]["order"] = "left_to_right"
     out = {}
 
     def go(tag, prompt):
         p = copy.deepcopy(prompt)
         p["save"]["inputs"]["filename_prefix"] = ch.unique_prefix(f"fidplus_{tag}")
+        ch.with_latent_output(p, ch.unique_prefix(f"fidplus_{tag}"))
         out[tag] = _latent(comfy_server, comfy_server.run(p, timeout=600))
 
     plain = copy.deepcopy(wf)
-    plain["sampler"]["inputs"]["model"] = ["unet", 0]
+    plain["sampler"]["inputs"]["model"] = ["ckpt", 0]
     for k in ("apply", "faceid", "clip_vision", "analyzer", "faces", "photo"):
         plain.pop(k)
     adapter = copy.deepcopy(wf)
