@@ -41,6 +41,24 @@ def _ort_loader(path, device, dtype):
     return OrtCpuModule(path)
 
 
+def model_crops(img_u8, mats: np.ndarray, owners, size: int, mean: float, std: float, bgr: bool, dtype):
+    """Model-ready inputs [N,3,S,S]: one batched kops.align_crops call (the fused kernel on CUDA) doing
+    what insightface does per face - cv2.warpAffine on the uint8 image (8-bit rounding), then the model's
+    channel order and (x - mean) / std."""
+    return kops.align_crops(
+        img_u8,
+        torch.from_numpy(mats),
+        owners,
+        size,
+        mean=mean,
+        std=std,
+        bgr=bgr,
+        layout="NCHW",
+        out_dtype=dtype if dtype.is_floating_point else torch.float32,
+        round_to_uint8=True,
+    )
+
+
 def pick_engine(engine: str, device) -> str:
     """'auto': torch modules on a GPU (ComfyUI manages them), onnxruntime on the CPU (faster there)."""
     if engine not in ENGINES:
@@ -132,24 +150,9 @@ class FaceAnalyzer:
 
     # ----------------------------------------------------------------------------- helpers
     def _crops(self, task: str, img_u8: torch.Tensor, mats: np.ndarray, owners: torch.Tensor) -> torch.Tensor:
-        """Model-ready inputs [N,3,S,S] for ``task``: one batched kops.align_crops call (the fused
-        kernel on CUDA) doing what insightface does per face - cv2.warpAffine on the uint8 image
-        (8-bit rounding), then the model's channel order and (x - mean) / std."""
+        """Model-ready inputs [N,3,S,S] for ``task`` (see :func:`model_crops`)."""
         r = self.routed[task]
-        h = self.handles[task]
-        dt = h.dtype if h.dtype.is_floating_point else torch.float32
-        return kops.align_crops(
-            img_u8,
-            torch.from_numpy(mats),
-            owners,
-            r.input_size,
-            mean=r.mean,
-            std=r.std,
-            bgr=r.bgr,
-            layout="NCHW",
-            out_dtype=dt,
-            round_to_uint8=True,
-        )
+        return model_crops(img_u8, mats, owners, r.input_size, r.mean, r.std, r.bgr, self.handles[task].dtype)
 
     def _run(self, task: str, x: torch.Tensor) -> np.ndarray:
         """x [N,3,S,S] model-ready (from :meth:`_crops`) -> model output [N, D] (float32 numpy)."""

@@ -20,11 +20,11 @@ import torch
 from ...core.errors import ModelFileInvalid, VisageError
 from ...core.images import check_image
 from ...core.model_manager import MANAGER, ModelHandle
-from ...core.onnx import OrtCpuModule, load_onnx_module, run_batched
+from ...core.onnx import run_batched
 from ...core.recognizers import recognizer_id
 from ...core.types import FaceSet
-from ...kernels import ops as kops
 from .align import estimate_norm
+from .analyzer import _onnx_loader, _ort_loader, model_crops, pick_engine
 from .pack import route
 
 # files in a pack folder that are never recognizers (listing without opening every ONNX file)
@@ -50,19 +50,7 @@ class FaceRecognizer:
         """uint8 frames [B,H,W,C], keypoints [N,5,2], owner frame per face [N] -> raw embeddings [N,D]."""
         mats = np.stack([estimate_norm(k, self.input_size) for k in kpss]).astype(np.float32)
         h = self.handle
-        dt = h.dtype if h.dtype.is_floating_point else torch.float32
-        x = kops.align_crops(
-            img_u8.to(h.device),
-            torch.from_numpy(mats),
-            owners,
-            self.input_size,
-            mean=self.mean,
-            std=self.std,
-            bgr=self.bgr,
-            layout="NCHW",
-            out_dtype=dt,
-            round_to_uint8=True,
-        )
+        x = model_crops(img_u8.to(h.device), mats, owners, self.input_size, self.mean, self.std, self.bgr, h.dtype)
         with torch.inference_mode():
             out = run_batched(h.model(), x.to(h.device, h.dtype), chunk=64)[0]
         return out.float().reshape(out.shape[0], -1).cpu().numpy()
@@ -97,18 +85,8 @@ class FaceRecognizer:
         return replace(faces, faces=tuple(tuple(r) for r in new))
 
 
-def _onnx_loader(path, device, dtype):
-    return load_onnx_module(path, "cpu", dtype)
-
-
-def _ort_loader(path, device, dtype):
-    return OrtCpuModule(path)
-
-
 def load_recognizer(path: str, device="cpu", dtype: torch.dtype = torch.float32, engine: str = "auto"):
     """A recognizer from an ONNX file of insightface's signature, or facexlib's IR-SE50 ``.pth``."""
-    from .analyzer import pick_engine
-
     rid = recognizer_id(path)
     if path.lower().endswith((".pth", ".pt", ".bin")):
         from .irse50 import IRSE50_PREPROCESS, load_irse50

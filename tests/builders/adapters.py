@@ -447,16 +447,21 @@ def link_clip_vision(models_dir: str) -> str:
     """models/clip_vision/<released name> -> the cached test ViT-H/14 (symlink; a copy where links fail)."""
     src = cached_vit_h14()
     dst = os.path.join(models_dir, "clip_vision", TEST_FILES["clip_vision"])
+    link_or_copy(src, dst)
+    return dst
+
+
+def link_or_copy(src: str, dst: str) -> None:
+    """``dst`` -> ``src`` as a symlink (a copy where links fail), replacing what was there."""
+    import shutil
+
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     if os.path.lexists(dst):
         os.remove(dst)
     try:
         os.symlink(src, dst)
     except OSError:
-        import shutil
-
         shutil.copy(src, dst)
-    return dst
 
 
 def _complete_safetensors(path: str) -> bool:

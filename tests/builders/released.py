@@ -122,14 +122,7 @@ def sd15_checkpoint(vae: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return sd
 
 
-def _link(src: str, dst: str) -> None:
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    if os.path.lexists(dst):
-        os.remove(dst)
-    try:
-        os.symlink(src, dst)
-    except OSError:
-        shutil.copy(src, dst)
+_link = A.link_or_copy
 
 
 def build(models_dir: str, input_dir: str) -> None:
