@@ -48,13 +48,12 @@ def register(spec: MethodSpec, apply: Callable, passthrough: Callable) -> Method
 def run(key: str, glue, **inputs):
     """Apply method ``key``. ``glue`` provides what only ComfyUI can (nodes pass ``nodes.comfy_glue``):
     text_attention, load_lora, clip_vision_zero_hidden, intermediate_device."""
-    from ...core.errors import NoFaceError
+    from ...core.select import apply_on_no_face
     from . import methods  # noqa: F401 - registers every method module
 
     policy = inputs.pop("on_no_face", "error")
     faces = inputs.get("faces")
     if inputs.get("embeds") is None and faces is not None and faces.count == 0:
-        if policy == "passthrough":
-            return _PASSTHROUGH[key](glue, **inputs)
-        raise NoFaceError(faces.images_without_face(), where=f"the {METHODS[key].name} identity images")
+        apply_on_no_face(faces, policy, f"{METHODS[key].name} identity images")  # raises for 'error'
+        return _PASSTHROUGH[key](glue, **inputs)
     return _APPLY[key](glue, **inputs)

@@ -13,7 +13,7 @@ from ...core.images import check_image
 from ...core.model_manager import MANAGER, resolve_dtype
 from ...core.names import safe_filename
 from ...core.recognizers import RECOGNIZER_OVERRIDE_TIP, method_embeddings
-from ...core.select import FUSIONS, ORDERS, embeds_from_faces, expand_to, order_faces
+from ...core.select import FUSIONS, ORDERS, apply_on_no_face, embeds_from_faces, expand_to, order_faces
 from ...core.types import VISAGE_ANALYZER, VISAGE_EMBEDS, VISAGE_FACES
 from .. import comfy_glue
 from ..face.analyzer import pick_engine
@@ -494,9 +494,7 @@ class VisageRestoreFaces:
             if faces is not None
             else _need_analyzer(analyzer, "Restore Faces").analyze(frames, tasks=[])
         )
-        missing = fs.images_without_face()
-        if missing and on_no_face == "error":
-            raise NoFaceError(missing, where="the image batch")
+        fs, _ = apply_on_no_face(fs, on_no_face, "image batch")  # passthrough: such frames stay unchanged
         out = frames.clone()
         count = 0
         for i in range(B):
@@ -572,9 +570,9 @@ class VisageBuildFaceModel:
             fs = _need_analyzer(analyzer, "Build Face Model").analyze(
                 check_image(images, "images"), tasks=["recognition"]
             )
-        missing = fs.images_without_face()
-        if missing and (on_no_face == "error" or len(missing) == fs.batch_size):
-            raise NoFaceError(missing, where="the face-model photos")
+        if fs.count == 0:  # a face model needs a face, whatever the policy
+            raise NoFaceError(fs.images_without_face(), where="the face-model photos")
+        fs, _ = apply_on_no_face(fs, on_no_face, "face-model photos")
         picked = tuple(tuple(order_faces(f, order)[:1]) for f in fs.faces)
         return (embeds_from_faces(FaceSet(faces=picked, image_sizes=fs.image_sizes, analyzer=fs.analyzer), fusion),)
 

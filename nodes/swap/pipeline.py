@@ -15,7 +15,7 @@ import torch
 
 from ...core.errors import NoFaceError, VisageError
 from ...core.recognizers import method_embeddings
-from ...core.select import expand_to, order_faces, similarities
+from ...core.select import apply_on_no_face, expand_to, order_faces, similarities
 from ...core.types import Face, FaceEmbeds, FaceSet
 from .. import paste as P
 from ..face.align import estimate_norm
@@ -512,9 +512,7 @@ def swap_batch(
         targets = expand_to(targets, B, "image")
         if progress is not None:
             progress(B, total)
-    missing = targets.images_without_face()
-    if missing and on_no_face == "error":
-        raise NoFaceError(missing, where="the target image batch")
+    targets, _ = apply_on_no_face(targets, on_no_face, "target image batch")  # passthrough keeps every frame
     if source_embeddings is not None:
         embs = [e.float() for e in source_embeddings]
     else:
