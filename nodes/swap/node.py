@@ -300,10 +300,6 @@ class VisageSwapFaces:
                     VISAGE_FACES,
                     {"tooltip": "The source identity as faces from Analyze Faces (instead of source_image)."},
                 ),
-                "recognizer_override": (
-                    "STRING",
-                    {"default": "", "tooltip": RECOGNIZER_OVERRIDE_TIP.format(trained=SWAP_TRAINED_ON)},
-                ),
                 "source_image": ("IMAGE", {"tooltip": "Photo(s) of the new face: 1 image, or 1 per target frame."}),
                 "source_embeds": (
                     VISAGE_EMBEDS,
@@ -324,6 +320,10 @@ class VisageSwapFaces:
                         "tooltip": "by_identity: a target face less similar than this to every "
                         "reference stays unchanged.",
                     },
+                ),
+                "recognizer_override": (
+                    "STRING",
+                    {"default": "", "tooltip": RECOGNIZER_OVERRIDE_TIP.format(trained=SWAP_TRAINED_ON)},
                 ),
             },
         }

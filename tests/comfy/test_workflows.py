@@ -264,8 +264,11 @@ def ui_problems(wf, object_info, subgraph_types=None):
         values = n.get("widgets_values")
         slots = vr.widget_slots(info)
         if isinstance(values, list):
-            short_by_extras = len(values) < len(slots) and all(x is None for x in slots[len(values) :])
-            if len(values) != len(slots) and not short_by_extras:  # a missing trailing upload/control value is fine
+            optional = {name for section, name in vr.input_order(info) if section == "optional"}
+            # a missing trailing upload/control value is fine, and so is a trailing optional widget added
+            # after the workflow was saved (the frontend gives it its default)
+            short_by_extras = len(values) < len(slots) and all(x is None or x in optional for x in slots[len(values) :])
+            if len(values) != len(slots) and not short_by_extras:
                 problems.append(
                     f"{label(n)}: has {len(values)} widget values but {t} has {len(slots)} widgets "
                     f"({', '.join(x or '(control/upload value)' for x in slots)}); update the workflow "
@@ -369,6 +372,22 @@ def canonical(api):
     return collections.Counter(repr(sig(n)) for n in api)
 
 
+def with_defaults(api, object_info):
+    """``api`` with every optional widget input it lacks set to its declared default: what the frontend
+    writes for a workflow saved before that input existed (and what the node's own default must equal)."""
+    out = {}
+    for nid, n in api.items():
+        info = object_info.get(n.get("class_type"))
+        inputs = dict(n.get("inputs") or {})
+        if info:
+            for section, name in vr.input_order(info):
+                typ, opts, _ = spec_of(info, name)
+                if section == "optional" and name not in inputs and vr.is_widget(typ, opts) and "default" in opts:
+                    inputs[name] = opts["default"]
+        out[nid] = dict(n, inputs=inputs)
+    return out
+
+
 def shallow(api):
     """Readable per-node signatures for a diff: type, literal values, and the type feeding each link."""
     out = collections.Counter()
@@ -395,7 +414,8 @@ def test_ui_and_api_twins_describe_the_same_graph(name, object_info):
     assert os.path.isfile(api_path), f"workflows/{name} has no API-format twin workflows/api/{name}"
     _k, wf = vr.detect_format(load(ui_path), ui_path)
     _k, api = vr.detect_format(load(api_path), api_path)
-    converted = vr.ui_to_api(wf, object_info)
+    converted = with_defaults(vr.ui_to_api(wf, object_info), object_info)
+    api = with_defaults(api, object_info)
     if canonical(converted) == canonical(api):
         return
     a, b = shallow(converted), shallow(api)
@@ -431,9 +451,13 @@ def current_schema(object_info):
         out[name] = {
             "inputs": inputs,
             "required": sorted(required),
+            "widgets": [n for n, t in inputs.items() if t in WIDGET_TYPES],  # in order: UI workflows store by position
             "outputs": [tname(t) for t in info.get("output") or []],
         }
     return out
+
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 
 def breaking_changes(recorded, current):
@@ -454,6 +478,12 @@ def breaking_changes(recorded, current):
         for inp in cur.get("required", []):
             if inp not in rec.get("inputs", {}) or ("required" in rec and inp not in was_required):
                 changes.append({"node": node, "input": inp, "change": "newly required"})
+        # UI workflows store widget values by position: recorded widgets must keep their order and a new
+        # widget may only come after them
+        rec_w = [n for n in rec.get("widgets", []) if n in cur["inputs"]]
+        cur_w = cur.get("widgets", [n for n, t in cur["inputs"].items() if t in WIDGET_TYPES])
+        if cur_w[: len(rec_w)] != rec_w:
+            changes.append({"node": node, "change": "widget order", "was": rec_w, "now": cur_w})
         for i, typ in enumerate(rec.get("outputs", [])):
             if i >= len(cur["outputs"]):
                 changes.append({"node": node, "output": i, "change": "removed", "was": typ})
@@ -551,6 +581,16 @@ def test_schema_diff_logic():
         {"node": "VisageB", "input": "b", "change": "newly required"},
         {"node": "VisageB", "input": "c", "change": "newly required"},
     ]
+    # a new widget before a recorded one shifts every saved UI workflow's widget values
+    req["VisageB"]["widgets"] = ["a", "b"]
+    moved = {"VisageB": {"inputs": {"a": "INT", "new": "STRING", "b": "INT"}, "required": ["a"], "outputs": []}}
+    assert breaking_changes(req, moved) == [
+        {"node": "VisageB", "change": "widget order", "was": ["a", "b"], "now": ["a", "new", "b"]}
+    ]
+    appended = {
+        "VisageB": {"inputs": {"a": "INT", "b": "INT", "m": "MASK", "new": "STRING"}, "required": ["a"], "outputs": []}
+    }
+    assert breaking_changes(req, appended) == []
     assert {"node": "VisageGone", "change": "removed"} in ch
     assert {"node": "VisageA", "input": "k", "change": "retyped", "was": "INT", "now": "FLOAT"} in ch
     assert {"node": "VisageA", "output": 1, "change": "removed", "was": "INT"} in ch

@@ -72,7 +72,8 @@ def test_saved_ui_workflow_loads_and_matches_its_twin(path, object_info):
     assert not problems, f"saved {os.path.relpath(path, REPO)} no longer fits the nodes:\n  " + "\n  ".join(problems)
     twin = os.path.join(SAVED, "api", os.path.basename(path))
     _k, api = vr.detect_format(_load(twin), twin)
-    converted = vr.ui_to_api(wf, object_info)
+    converted = tw.with_defaults(vr.ui_to_api(wf, object_info), object_info)
+    api = tw.with_defaults(api, object_info)
     assert tw.canonical(converted) == tw.canonical(api), (
         f"saved {os.path.basename(path)} no longer converts to the graph of its API twin: "
         f"only in the UI file {sorted((tw.shallow(converted) - tw.shallow(api)).elements())[:6]}, "
