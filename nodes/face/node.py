@@ -397,10 +397,13 @@ class VisageSaveEmbeds:
                 "overwrite": (
                     "BOOLEAN",
                     {
-                        "default": False,
-                        "tooltip": "Replace a file of the same name. Off: an existing file stops the run with a "
-                        "message. Workflows saved before this switch existed (no 'overwrite' value) keep "
-                        "replacing, as they did.",
+                        # True, like the function default: the editor and visage-run give a workflow saved
+                        # before this switch existed the widget default, so any other default would change
+                        # what saved workflows do
+                        "default": True,
+                        "tooltip": "On: replace a file of the same name (what this node always did; the run "
+                        "reports 'replaced'). Off: an existing file stops the run with a message, nothing is "
+                        "written.",
                     },
                 ),
             },
@@ -418,9 +421,11 @@ class VisageSaveEmbeds:
                 got=f"'{fname}' in {_embeds_dir()}",
                 fix="change the name or switch 'overwrite' on",
             )
+        replaced = os.path.lexists(path)
         path = save_embeds(embeds, path)
-        log.info("Visage: saved embeddings to %s", path)
-        return {"ui": {"text": [f"saved {embeds.count}x{embeds.dim} ({embeds.encoder}) to {path}"]}}
+        verb = "replaced" if replaced else "saved"
+        log.info("Visage: %s embeddings %s", verb, path)
+        return {"ui": {"text": [f"{verb} {embeds.count}x{embeds.dim} ({embeds.encoder}): {path}"]}}
 
 
 class VisageLoadEmbeds:
