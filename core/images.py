@@ -51,6 +51,13 @@ def check_image(image, name: str = "image") -> torch.Tensor:
             fix="check the node that produces the batch",
         )
     h, w = int(image.shape[1]), int(image.shape[2])
+    if h == 0 or w == 0:
+        raise VisageError(
+            f"'{name}' has no pixels ({w}x{h})",
+            expected="an image at least 1 pixel wide and high (faces need far more)",
+            got=f"width {w}, height {h}",
+            fix="check the node that makes the image (a crop, resize or batch split of size 0)",
+        )
     if h * w > MAX_PIXELS:
         raise VisageError(
             f"'{name}' is too large to analyse ({w}x{h})",

@@ -5,6 +5,12 @@ onnx2torch (a well-kept converter; it matched onnxruntime within ~1e-5 on the fi
 What this module adds: a signature reader that tells truncated / non-ONNX files apart with a clear
 message, insightface's input-normalisation rule, and a batching check (some exports fold or drop
 the batch axis of their outputs).
+
+External data (tensors stored in a separate file, ``onnx.save_model(..., save_as_external_data=True)``):
+the file must sit beside the model, inside its folder (a relative location, no '..', no absolute path:
+:func:`visage.core.paths.check_name`). It is read from there, never from the server's working
+directory, for both engines: :func:`load_proto` loads it into the proto, and onnxruntime gets the
+serialized proto with the data inside.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
-from .errors import ModelFileInvalid
+from .errors import ModelFileInvalid, VisageError
+from .paths import NameRefused, join_inside
 
 log = logging.getLogger("visage")
 
@@ -77,8 +84,82 @@ def value_dims(value_info) -> Tuple[Dim, ...]:
     return tuple(out)
 
 
-def load_proto(path: str):
-    """The ONNX ModelProto of ``path``; truncated / non-ONNX / empty files raise ModelFileInvalid."""
+def _graph_tensors(graph):
+    """Every TensorProto of a graph and its subgraphs (initializers, sparse initializers, attributes)."""
+    for t in graph.initializer:
+        yield t
+    for sp in graph.sparse_initializer:
+        yield sp.values
+        yield sp.indices
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("g"):
+                yield from _graph_tensors(a.g)
+            for g in a.graphs:
+                yield from _graph_tensors(g)
+
+
+def external_data_files(model, path: str) -> List[str]:
+    """Full paths of the external-data files ``model`` (read from ``path``) names, each checked: it must
+    sit beside the model inside its folder and exist. Anything else raises ModelFileInvalid, before any
+    read, without saying what is (or is not) at a refused location."""
+    import onnx
+
+    base = os.path.dirname(os.path.abspath(path))
+    expected = "an ONNX model whose external data files sit beside it, in its folder"
+    files: List[str] = []
+    for t in _graph_tensors(model.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        loc = next((e.value for e in t.external_data if e.key == "location"), "")
+        try:
+            full = join_inside(base, loc, "external-data location")
+        except NameRefused as e:
+            raise ModelFileInvalid(
+                path,
+                f"tensor '{t.name[:80]}' keeps its data outside the model's folder ({e.reason})",
+                expected,
+                fix="use a model that stores its weights inside the .onnx file, or one whose data file is "
+                "named by a plain relative name and placed beside it",
+            ) from None
+        if full not in files:
+            if not os.path.isfile(full):
+                raise ModelFileInvalid(
+                    path,
+                    f"its external data file '{loc}' is not beside it",
+                    expected,
+                    fix=f"copy '{loc}' (it comes with the model) into the model's folder",
+                )
+            files.append(full)
+    return files
+
+
+def load_external_data(model, path: str) -> bool:
+    """Read the (checked) external data of ``model`` into it, from the model's folder. True if it had any."""
+    if not external_data_files(model, path):
+        return False
+    from onnx.external_data_helper import load_external_data_for_model
+
+    try:
+        load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
+    except Exception as e:
+        raise ModelFileInvalid(
+            path,
+            f"its external data cannot be read ({type(e).__name__})",
+            "an ONNX model with intact external data files beside it",
+            fix="re-copy the model together with its data file(s)",
+        ) from None
+    return True
+
+
+def load_proto(path: str, with_data: bool = True):
+    """The ONNX ModelProto of ``path``; truncated / non-ONNX / empty files raise ModelFileInvalid.
+
+    External data is checked (beside the model, inside its folder) and, with ``with_data``, read into
+    the proto from the model's folder (never from the working directory)."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -98,12 +179,32 @@ def load_proto(path: str):
         )
     if len(model.graph.node) == 0 or len(model.graph.output) == 0:
         raise ModelFileInvalid(path, "an ONNX file with an empty graph (truncated?)", "an intact .onnx model file")
+    if with_data:
+        load_external_data(model, path)
+    else:
+        external_data_files(model, path)
     return model
 
 
+def onnx2torch_convert():
+    """onnx2torch's ``convert``, or a VisageError that says how to get it (or to use onnxruntime)."""
+    try:
+        from onnx2torch import convert
+    except ImportError as e:
+        raise VisageError(
+            "engine 'torch' needs the Python package onnx2torch, which is not installed",
+            expected="onnx2torch importable in ComfyUI's Python (it is in Visage's requirements.txt)",
+            got=f"{type(e).__name__}: {str(e)[:120]}",
+            fix="install it into ComfyUI's Python (python -m pip install onnx2torch, or reinstall Visage's "
+            "requirements with ComfyUI-Manager), or set engine to 'onnxruntime' (CPU)",
+        ) from None
+    return convert
+
+
 def onnx_signature(path: str) -> OnnxSignature:
-    """Inputs/outputs (name, shape) of an ONNX file, without building anything."""
-    model = load_proto(path)
+    """Inputs/outputs (name, shape) of an ONNX file, without building anything (external data is
+    checked, not read)."""
+    model = load_proto(path, with_data=False)
     inits = [i.name for i in model.graph.initializer]
     init_set = set(inits)
     inputs = tuple((i.name, value_dims(i)) for i in model.graph.input if i.name not in init_set)
@@ -121,8 +222,7 @@ def onnx_signature(path: str) -> OnnxSignature:
 
 def load_onnx_module(path: str, device="cpu", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """Convert an ONNX file to a torch module (weights from the file) on ``device`` / ``dtype``."""
-    from onnx2torch import convert
-
+    convert = onnx2torch_convert()
     model = load_proto(path)
     try:
         with warnings.catch_warnings():
@@ -237,8 +337,11 @@ class OrtCpuModule(HostModule):
     """
 
     def __init__(self, path: str, threads: int = 0):
-        load_proto(path)  # same clear errors for truncated / non-ONNX files
-        self.session = ort_cpu_session(path, path, "an ONNX model onnxruntime can run", threads)
+        model = load_proto(path, with_data=False)  # same clear errors for truncated / non-ONNX files
+        # external data: read (checked) from the model's folder and handed over inside the proto
+        source = model.SerializeToString() if load_external_data(model, path) else path
+        del model
+        self.session = ort_cpu_session(source, path, "an ONNX model onnxruntime can run", threads)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None

@@ -6,6 +6,14 @@ Pure Python: the folder lists come from a *resolver* that the ComfyUI glue sets 
 
 Visage never downloads: :func:`find_file` raises :class:`ModelFileMissing` naming the file, the
 folders searched and where users get the file (from the manifest).
+
+Every file or folder name a node receives (a list choice, but also whatever an API client posts to
+``/prompt``) goes through :func:`check_name` before the file system is touched: a name must stay
+lexically inside its folder (relative, no ``..``, no NUL or control character, at most
+:data:`MAX_NAME_CHARS` characters). :func:`find_file` / :func:`find_dir` / :func:`find_in` read with it;
+:func:`write_path` also checks, by real path, that a write lands inside its folder (a link in the folder
+that points out of it is refused). Symlinked model files and folders that users set up inside their
+folders keep working for reading: only the name is checked, not where a link points.
 """
 
 from __future__ import annotations
@@ -13,9 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Callable, Dict, Iterable, List, Optional
+import re
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
-from .errors import ModelFileMissing
+from .errors import ModelFileMissing, VisageError
 
 # Visage's model folders: ComfyUI folder name -> default sub-folder of models/
 FOLDERS: Dict[str, str] = {
@@ -89,17 +98,100 @@ def list_files(folder_name: str, extensions: Iterable[str] = MODEL_EXTENSIONS) -
     return sorted(names)
 
 
-def find_file(folder_name: str, name: str) -> str:
-    """Full path of ``name`` in ``folder_name``'s folders, or a ModelFileMissing error."""
-    if os.path.isabs(name) and os.path.isfile(name):
-        return name
-    rel = os.path.normpath(name).lstrip(os.sep)
-    searched = folders(folder_name)
-    for base in searched:
-        p = os.path.join(base, rel)
-        if os.path.isfile(p):
+MAX_NAME_CHARS = 255  # a whole relative name; file systems limit one component to 255 bytes
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+class NameRefused(VisageError):
+    """A file or folder name that would leave its folder (or is no name at all). Says why, never what is
+    (or is not) at the place the name points to."""
+
+    def __init__(self, what: str, reason: str):
+        self.reason = reason
+        super().__init__(
+            f"The {what} was refused: {reason}",
+            expected=f"the name of a file inside its folder, as the node's list shows it (relative, no '..', "
+            f"no absolute path, no NUL or control character, 1 to {MAX_NAME_CHARS} characters)",
+            got=reason,
+            fix="choose an entry of the node's list (put the file into the folder first; links that you place "
+            "inside the folder work)",
+        )
+
+
+def check_name(name, what: str = "file name") -> str:
+    """``name`` as a clean relative name ('/' separators, no '.' or empty parts), or :class:`NameRefused`.
+
+    Purely lexical: the file system is not touched, so a refusal tells nothing about other paths.
+    Backslashes count as separators (a Windows client's ``..\\x`` is refused everywhere)."""
+    if not isinstance(name, str):
+        raise NameRefused(what, f"it is a {type(name).__name__}, not text")
+    if not name.strip():
+        raise NameRefused(what, "it is empty")
+    if len(name) > MAX_NAME_CHARS:
+        raise NameRefused(what, f"it has {len(name)} characters (at most {MAX_NAME_CHARS})")
+    if "\x00" in name:
+        raise NameRefused(what, "it holds a NUL character")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise NameRefused(what, "it holds a control character")
+    s = name.replace("\\", "/")
+    if s.startswith("/") or os.path.isabs(name) or _DRIVE.match(s):
+        raise NameRefused(what, "it is an absolute path")
+    parts = [p for p in s.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise NameRefused(what, "it climbs out of its folder ('..')")
+    if not parts:
+        raise NameRefused(what, "it names the folder itself, not a file in it")
+    return "/".join(parts)
+
+
+def join_inside(base: str, name: str, what: str = "file name") -> str:
+    """``base`` joined with a checked ``name`` (lexically inside ``base``)."""
+    return os.path.join(base, *check_name(name, what).split("/"))
+
+
+def find_in(bases: Sequence[str], name: str, kind: str = "file", what: str = "file name") -> Optional[str]:
+    """The first ``base/name`` that is a file (``kind='file'``) or folder (``'dir'``), else None."""
+    rel = check_name(name, what).split("/")
+    test = os.path.isdir if kind == "dir" else os.path.isfile
+    for base in bases:
+        p = os.path.join(base, *rel)
+        if test(p):
             return p
+    return None
+
+
+def find_file(folder_name: str, name: str) -> str:
+    """Full path of ``name`` in ``folder_name``'s folders, or a ModelFileMissing error.
+
+    ``name`` is relative to the folder (absolute paths and '..' are refused: :func:`check_name`)."""
+    searched = folders(folder_name)
+    p = find_in(searched, name, "file", f"file name for '{folder_name}'")
+    if p is not None:
+        return p
     raise ModelFileMissing(name, searched, source=source_for(name), folder_name=folder_name)
+
+
+def find_dir(folder_name: str, name: str, source: Optional[str] = None, label: Optional[str] = None) -> str:
+    """Full path of the folder ``name`` in ``folder_name``'s folders (a model pack), or ModelFileMissing
+    (``label``: the ComfyUI folder name users know, when it differs)."""
+    searched = folders(folder_name)
+    p = find_in(searched, name, "dir", f"folder name for '{label or folder_name}'")
+    if p is not None:
+        return p
+    raise ModelFileMissing(name, searched, source=source or source_for(name), folder_name=label or folder_name)
+
+
+def write_path(base: str, filename: str, what: str = "file name") -> str:
+    """Where to write ``filename`` in ``base``: lexically inside it and, by real path, still inside it.
+
+    A link in ``base`` (or a dangling one) pointing out of the folder is refused, as is a write through
+    it; ``base`` itself may be a link the user set up (its real path is the reference)."""
+    p = join_inside(base, filename, what)
+    real_base = os.path.realpath(base)
+    real = os.path.realpath(p)
+    if real == real_base or os.path.commonpath([real_base, real]) != real_base:
+        raise NameRefused(what, "the file in the folder is a link that points out of the folder")
+    return p
 
 
 # ----------------------------------------------------------------------------------- manifest

@@ -258,13 +258,33 @@ def build_image_proj(info: AdapterInfo, proj: Dict[str, torch.Tensor]) -> nn.Mod
     raise AssertionError(info.kind)
 
 
+def _incomplete(path: str, kind: str, e: Exception) -> ModelFileInvalid:
+    """A released layout with a tensor missing (a KeyError from the key-driven builders) or of the wrong
+    rank (IndexError): name the tensor, what the file should be, and the fix."""
+    what = KIND_NAMES.get(kind, "an identity adapter")
+    if isinstance(e, KeyError):
+        problem = f"it lacks the tensor 'image_proj.{e.args[0] if e.args else '?'}'"
+    else:
+        problem = "one of its 'image_proj' tensors has the wrong number of dimensions"
+    return ModelFileInvalid(
+        path,
+        f"{problem} (incomplete or edited file)",
+        f"the complete released {what} file (every 'image_proj' and 'ip_adapter' tensor)",
+        fix="replace it with an intact copy of the released file"
+        + (" (InstantID: ip-adapter.bin from huggingface.co/InstantX/InstantID)" if kind == INSTANTID else ""),
+    )
+
+
 def load_identity_adapter(path: str, expect: str = "any") -> IdentityAdapter:
     """Load a released file; ``expect`` = 'instantid', 'faceid' (any FaceID variant) or 'any'.
 
     A file of the other family is rejected with a message naming what the file is.
     """
     groups = read_adapter_state(path)
-    info = detect(path, groups)
+    try:
+        info = detect(path, groups)
+    except (KeyError, IndexError) as e:
+        raise _incomplete(path, "any", e) from None
     wanted = {"instantid": (INSTANTID,), "faceid": FACEID_KINDS, "any": (INSTANTID,) + FACEID_KINDS}[expect]
     if info.kind not in wanted:
         what = {
@@ -281,7 +301,11 @@ def load_identity_adapter(path: str, expect: str = "any") -> IdentityAdapter:
         raise VisageError(
             f"'{os.path.basename(path)}' is {info.describe()}", expected=what, got=info.describe(), fix=fix
         )
-    module = IdentityAdapter(info, build_image_proj(info, groups["image_proj"]))
+    try:
+        image_proj = build_image_proj(info, groups["image_proj"])
+    except (KeyError, IndexError) as e:
+        raise _incomplete(path, info.kind, e) from None
+    module = IdentityAdapter(info, image_proj)
     try:
         module.load_released(groups)
     except RuntimeError as e:

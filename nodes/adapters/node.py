@@ -15,6 +15,7 @@ import torch
 
 from ...core import paths
 from ...core.model_manager import MANAGER
+from ...core.numbers import finite_floats
 from ...core.recognizers import RECOGNIZER_OVERRIDE_TIP
 from ...core.types import VISAGE_EMBEDS, VISAGE_FACES
 from .. import comfy_glue
@@ -85,6 +86,7 @@ class VisageInstantIDLoader:
             }
         }
 
+    @finite_floats
     def load(self, instantid_file):
         return (_load_adapter("instantid", instantid_file, "instantid"),)
 
@@ -112,6 +114,7 @@ class VisageFaceIDLoader:
             }
         }
 
+    @finite_floats
     def load(self, faceid_file):
         ref = _load_adapter("ipadapter", faceid_file, "faceid")
         return (ref, ref.info.describe())
@@ -252,6 +255,7 @@ class VisageApplyInstantID:
             },
         }
 
+    @finite_floats
     def apply(self, **inputs):
         return run("instantid", comfy_glue, **inputs)
 
@@ -387,6 +391,7 @@ class VisageApplyFaceID:
             },
         }
 
+    @finite_floats
     def apply(self, **inputs):
         return run("faceid", comfy_glue, **inputs)
 
@@ -440,6 +445,7 @@ class VisageArc2FaceEncode:
             },
         }
 
+    @finite_floats
     def encode(self, **inputs):
         return run("arc2face", comfy_glue, **inputs)
 

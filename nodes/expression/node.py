@@ -7,10 +7,12 @@ import os
 
 import folder_paths
 
+from ...core import paths
 from ...core.errors import VisageError
 from ...core.images import check_image
 from ...core.model_manager import resolve_dtype
 from ...core.names import safe_stem
+from ...core.numbers import finite_floats
 from ...core.types import VISAGE_EMBEDS, VISAGE_FACES
 from .. import comfy_glue
 from . import crop as C
@@ -120,6 +122,7 @@ class VisageLivePortraitLoader:
             }
         }
 
+    @finite_floats
     def load(self, device, precision):
         dev = comfy_glue.torch_device(device)
         dtype = resolve_dtype(precision, dev)
@@ -237,6 +240,7 @@ class VisageExpressionEditor:
             },
         }
 
+    @finite_floats
     def edit(
         self,
         liveportrait,
@@ -386,6 +390,7 @@ class VisageExpressionTransfer:
             "optional": {"reference": (VISAGE_EMBEDS, {"tooltip": "Identity to animate when face_select = identity."})},
         }
 
+    @finite_floats
     def transfer(
         self,
         liveportrait,
@@ -457,13 +462,14 @@ class VisageSaveExpression:
             }
         }
 
+    @finite_floats
     def save(self, expression, name, overwrite):
         stem = safe_stem(name, default="expression")
         d = _expr_dir()
-        path = os.path.join(d, stem + ".safetensors")
+        path = paths.write_path(d, stem + ".safetensors", "expression file name")
         k = 1
-        while not overwrite and os.path.exists(path):
-            path = os.path.join(d, f"{stem}_{k:03d}.safetensors")
+        while not overwrite and os.path.lexists(path):
+            path = paths.write_path(d, f"{stem}_{k:03d}.safetensors", "expression file name")
             k += 1
         expression.save(path)
         return {"ui": {"text": [os.path.basename(path)]}, "result": (path,)}
@@ -489,20 +495,29 @@ class VisageLoadExpression:
             }
         }
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, name, ratio):
-        return True
-
+    @finite_floats
     def load(self, name, ratio):
-        path = os.path.join(_expr_dir(), name)
-        if not os.path.isfile(path):
+        # ComfyUI's own list check applies (no VALIDATE_INPUTS); a posted name is still only read from
+        # inside the folder, and what a file holds is never echoed
+        path = paths.find_in([_expr_dir()], name, what="expression file name")
+        if path is None:
             raise VisageError(
                 f"Expression file '{name}' was not found",
                 expected=f"a file in {_expr_dir()}",
                 got="no such file",
-                fix="save one with Save Expression first",
+                fix="save one with Save Expression first (then refresh the node list)",
             )
-        return (M.Expression.load(path).scaled(ratio),)
+        try:
+            expr = M.Expression.load(path)
+        except Exception:
+            raise VisageError(
+                f"Expression file '{name}' cannot be used",
+                expected="a .safetensors file written by Save Expression (format visage_expression with tensors "
+                "exp, rotation, scale, t)",
+                got="a file that is not one (unreadable, or another kind of safetensors file)",
+                fix="save the expression again with Save Expression",
+            ) from None
+        return (expr.scaled(ratio),)
 
 
 class VisageInterpolateExpression:
@@ -532,6 +547,7 @@ class VisageInterpolateExpression:
             }
         }
 
+    @finite_floats
     def blend(self, a, b, weight):
         return (a.lerp(b, weight),)
 

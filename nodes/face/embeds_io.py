@@ -44,7 +44,8 @@ def load_embeds(path: str) -> FaceEmbeds:
             if meta.get("format") != FORMAT or not {"raw", "normed"} <= keys:
                 raise ModelFileInvalid(
                     path,
-                    f"not a Visage embeddings file (format={meta.get('format')!r}, tensors={sorted(keys)})",
+                    # what the file holds is not echoed (its metadata is not ours to print)
+                    "not a Visage embeddings file (no 'visage.embeds' format mark, or no 'raw' and 'normed' tensors)",
                     "a .safetensors file written by Save Face Embeds",
                 )
             raw, normed = f.get_tensor("raw"), f.get_tensor("normed")
@@ -53,8 +54,8 @@ def load_embeds(path: str) -> FaceEmbeds:
         raise
     except Exception as e:
         raise ModelFileInvalid(
-            path, f"unreadable ({type(e).__name__}: {e})", "a .safetensors file written by Save Face Embeds"
-        )
+            path, f"unreadable as safetensors ({type(e).__name__})", "a .safetensors file written by Save Face Embeds"
+        ) from None
     sources = tuple(json.loads(meta.get("sources", "[]"))) or (1,) * raw.shape[0]
     return FaceEmbeds(
         raw=raw.float(),

@@ -12,6 +12,7 @@ from ...core.errors import NoFaceError, VisageError
 from ...core.images import check_image
 from ...core.model_manager import resolve_dtype
 from ...core.names import safe_filename
+from ...core.numbers import finite_floats
 from ...core.select import (
     FUSIONS,
     GENDERS,
@@ -49,18 +50,8 @@ def _packs():
 
 
 def _find_pack(name: str) -> str:
-    for base in paths.folders("insightface_packs"):
-        p = os.path.join(base, name)
-        if os.path.isdir(p):
-            return p
-    from ...core.errors import ModelFileMissing
-
-    raise ModelFileMissing(
-        name,
-        paths.folders("insightface_packs"),
-        source=paths.source_for(name) or "the insightface model packs (antelopev2, buffalo_l)",
-        folder_name="insightface",
-    )
+    src = paths.source_for(name) or "the insightface model packs (antelopev2, buffalo_l)"
+    return paths.find_dir("insightface_packs", name, source=src, label="insightface")
 
 
 def _ui_faces(ordered, selected: FaceSet):
@@ -148,6 +139,7 @@ class VisageFaceAnalyzerLoader:
             }
         }
 
+    @finite_floats
     def load(self, pack, det_size, device, precision, det_threshold, engine="auto"):
         dev = comfy_glue.torch_device(device)
         dtype = resolve_dtype(precision, dev)
@@ -230,6 +222,7 @@ class VisageAnalyzeFaces:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @finite_floats
     def analyze(
         self,
         analyzer: FaceAnalyzer,
@@ -329,6 +322,7 @@ class VisageAddFaceRecognizer:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @finite_floats
     def add(self, image, faces: FaceSet, recognizer, device="auto", unique_id=None):
         dev = comfy_glue.torch_device(device)
         rec = load_recognizer(_find_recognizer(recognizer), dev, resolve_dtype("auto", dev))
@@ -370,6 +364,7 @@ class VisageFaceEmbeds:
             }
         }
 
+    @finite_floats
     def embed(self, faces: FaceSet, fusion, outlier_threshold):
         return (embeds_from_faces(faces, fusion, outlier_threshold),)
 
@@ -394,17 +389,43 @@ class VisageSaveEmbeds:
                     "STRING",
                     {
                         "default": "identity",
-                        "tooltip": "File name (without extension) in models/visage/embeds/. "
-                        "An existing file of that name is replaced.",
+                        "tooltip": "File name (without extension) in models/visage/embeds/. An empty name is refused.",
                     },
                 ),
-            }
+            },
+            "optional": {
+                "overwrite": (
+                    "BOOLEAN",
+                    {
+                        # True, like the function default: the editor and visage-run give a workflow saved
+                        # before this switch existed the widget default, so any other default would change
+                        # what saved workflows do
+                        "default": True,
+                        "tooltip": "On: replace a file of the same name (what this node always did; the run "
+                        "reports 'replaced'). Off: an existing file stops the run with a message, nothing is "
+                        "written.",
+                    },
+                ),
+            },
         }
 
-    def save(self, embeds: FaceEmbeds, name):
-        path = save_embeds(embeds, os.path.join(_embeds_dir(), safe_filename(name, default="identity")))
-        log.info("Visage: saved embeddings to %s", path)
-        return {"ui": {"text": [f"saved {embeds.count}x{embeds.dim} ({embeds.encoder}) to {path}"]}}
+    @finite_floats
+    def save(self, embeds: FaceEmbeds, name, overwrite=True):
+        # overwrite=True when absent: API workflows saved before the switch keep their behaviour
+        fname = safe_filename(name)  # empty / blank -> VisageError "A file name is needed"
+        path = paths.write_path(_embeds_dir(), fname)
+        if not overwrite and os.path.lexists(path):
+            raise VisageError(
+                f"Face embeddings named '{fname}' exist already",
+                expected="a new name, or overwrite switched on",
+                got=f"'{fname}' in {_embeds_dir()}",
+                fix="change the name or switch 'overwrite' on",
+            )
+        replaced = os.path.lexists(path)
+        path = save_embeds(embeds, path)
+        verb = "replaced" if replaced else "saved"
+        log.info("Visage: %s embeddings %s", verb, path)
+        return {"ui": {"text": [f"{verb} {embeds.count}x{embeds.dim} ({embeds.encoder}): {path}"]}}
 
 
 class VisageLoadEmbeds:
@@ -420,6 +441,7 @@ class VisageLoadEmbeds:
         files = paths.list_files("visage_embeds", {".safetensors"}) or ["(no saved embeddings)"]
         return {"required": {"name": (files, {"tooltip": "A file in models/visage/embeds/."})}}
 
+    @finite_floats
     def load(self, name):
         return (load_embeds(paths.find_file("visage_embeds", name)),)
 
@@ -446,6 +468,7 @@ class VisageFaceSimilarity:
             "optional": {"image": ("IMAGE", {"tooltip": "Draw the scores on these images (the analysed batch)."})},
         }
 
+    @finite_floats
     def compare(self, reference: FaceEmbeds, faces: FaceSet, image=None):
         import cv2
         import numpy as np
@@ -523,6 +546,7 @@ class VisageAlignFaces:
             }
         }
 
+    @finite_floats
     def align(self, image, faces: FaceSet, template, crop_size, on_no_face):
         images = frames_for(check_image(image), faces)
         al = align_faces(images, faces, template, crop_size or None)
@@ -566,6 +590,7 @@ class VisageFaceMask:
             }
         }
 
+    @finite_floats
     def mask(self, faces: FaceSet, shape, grow, feather):
         return (face_mask(faces, shape, grow, feather).to(comfy_glue.intermediate_device()),)
 
@@ -582,6 +607,7 @@ class VisageKeypointsImage:
     def INPUT_TYPES(cls):
         return {"required": {"faces": (VISAGE_FACES, {"tooltip": "Faces from Analyze Faces."})}}
 
+    @finite_floats
     def draw(self, faces: FaceSet):
         return (keypoints_image(faces).to(comfy_glue.intermediate_device()),)
 

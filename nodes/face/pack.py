@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 
 from ...core.errors import ModelFileInvalid, VisageError
 from ...core.onnx import OnnxSignature, onnx_signature
-from ...core.recognizers import pick_primary, recognizer_id
+from ...core.recognizers import KNOWN, pick_primary, recognizer_id, where
 
 log = logging.getLogger("visage")
 
@@ -33,6 +33,16 @@ KNOWN_FILES = {
 }
 
 YUNET_OUTPUTS = {"cls_8", "obj_8", "bbox_8", "kps_8"}
+
+# File-name marks of recognizers (the released ones and the usual export names): an unreadable file so
+# named is taken for a recognizer (its signature cannot be read to tell).
+_RECOGNIZER_MARKS = ("w600k", "glint", "arcface", "recognition", "r50", "r100", "mbf", "ms1m", "webface")
+
+
+def looks_like_recognizer(path: str) -> bool:
+    """Whether an (unreadable) ONNX file of a pack is probably a recognizer, judged by its name."""
+    name = os.path.basename(path).lower()
+    return recognizer_id(path) in KNOWN or any(m in name for m in _RECOGNIZER_MARKS)
 
 
 @dataclass(frozen=True)
@@ -123,11 +133,13 @@ def route_pack(pack_dir: str) -> Dict[str, RoutedModel]:
     routed: Dict[str, RoutedModel] = {}
     recognizers: List[RoutedModel] = []
     problems = []
+    unreadable: List[ModelFileInvalid] = []
     for f in pack_files(pack_dir):
         try:
             r = route(f)
         except ModelFileInvalid as e:
             problems.append(str(e))
+            unreadable.append(e)
             continue
         if r is None:
             continue
@@ -164,6 +176,20 @@ def route_pack(pack_dir: str) -> Dict[str, RoutedModel]:
             fix="copy the pack's detector file into the folder (insightface packs are "
             "distributed by the insightface project; see README's model table)",
         )
+    # a recognizer that cannot be read is not dropped quietly (the methods would later say "use a pack
+    # with a recognizer", which the user thinks they have): name the file and what is wrong with it
+    for e in unreadable:
+        if looks_like_recognizer(e.path):
+            base = os.path.basename(e.path)
+            rid = recognizer_id(base)
+            raise VisageError(
+                f"Face model pack '{os.path.basename(os.path.normpath(pack_dir))}': the recognizer file "
+                f"'{base}' cannot be read",
+                expected=f"an intact recognizer ONNX file ({where(rid)})",
+                got=e.got or "an unreadable file",
+                fix=f"re-copy '{base}' (a partial download or copy looks like this), or move it out of the pack "
+                "folder to analyse without it",
+            )
     for p in problems:
         log.warning("Visage: %s", p)
     return routed

@@ -33,8 +33,8 @@ def load_face_model(path: str) -> FaceEmbeds:
             emb = f.get_tensor("embedding") if reactor else None
     except Exception as e:
         raise ModelFileInvalid(
-            path, f"unreadable ({type(e).__name__}: {str(e)[:120]})", "a .safetensors face model (Visage or ReActor)"
-        )
+            path, f"unreadable as safetensors ({type(e).__name__})", "a .safetensors face model (Visage or ReActor)"
+        ) from None
     if reactor:
         emb = emb.float().reshape(1, -1)
         if emb.shape[-1] != 512:

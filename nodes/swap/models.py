@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ...core.errors import ModelFileInvalid, VisageError, describe_tensor
-from ...core.onnx import HostModule, load_proto, ort_cpu_session, value_dims
+from ...core.onnx import HostModule, load_proto, onnx2torch_convert, ort_cpu_session, value_dims
 
 log = logging.getLogger("visage")
 
@@ -223,8 +223,7 @@ class SwapperModule(torch.nn.Module):
 
 
 def _convert(model, path: str) -> torch.nn.Module:
-    from onnx2torch import convert
-
+    convert = onnx2torch_convert()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -267,7 +266,8 @@ def load_swapper(
     engine: str = "torch",
 ):
     """Read + check the file, make the graph batchable, convert (torch) or open (onnxruntime, CPU only),
-    verify batching. The torch build happens on the CPU; the model manager places it."""
+    verify batching. The torch build happens on the CPU; the model manager places it. External data is
+    read into the proto from the model's folder (core.onnx.load_proto), so both engines see it there."""
     model = load_proto(path)
     spec, emap = spec_from_proto(model, path)
     check_size(spec, path, expected_size)

@@ -12,6 +12,7 @@ from ...core.errors import NoFaceError, VisageError
 from ...core.images import check_image
 from ...core.model_manager import MANAGER, resolve_dtype
 from ...core.names import safe_filename
+from ...core.numbers import finite_floats
 from ...core.recognizers import RECOGNIZER_OVERRIDE_TIP, method_embeddings
 from ...core.select import FUSIONS, ORDERS, apply_on_no_face, embeds_from_faces, expand_to, order_faces
 from ...core.types import VISAGE_ANALYZER, VISAGE_EMBEDS, VISAGE_FACES
@@ -116,6 +117,7 @@ class VisageSwapModelLoader:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
+    @finite_floats
     def load(self, swap_model, device="auto", precision="auto", engine="auto"):
         path = _resolve_swap_file(swap_model)
         dev = comfy_glue.torch_device(device)
@@ -171,6 +173,7 @@ class VisageRestoreModelLoader:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
+    @finite_floats
     def load(self, restore_model, strength=1.0, fidelity=0.5, device="auto", precision="auto"):
         path = paths.find_file("facerestore_models", restore_model)
         dev = comfy_glue.torch_device(device)
@@ -338,6 +341,7 @@ class VisageSwapFaces:
     FUNCTION = "swap"
     CATEGORY = CATEGORY
 
+    @finite_floats
     def swap(
         self,
         swapper,
@@ -472,6 +476,7 @@ class VisageRestoreFaces:
     FUNCTION = "restore"
     CATEGORY = CATEGORY
 
+    @finite_floats
     def restore(
         self,
         restorer,
@@ -554,6 +559,7 @@ class VisageBuildFaceModel:
     FUNCTION = "build"
     CATEGORY = CATEGORY
 
+    @finite_floats
     def build(self, order="largest", fusion="norm_mean", on_no_face="skip", analyzer=None, images=None, faces=None):
         from ...core.types import FaceSet
 
@@ -612,6 +618,7 @@ class VisageSaveFaceModel:
     FUNCTION = "save"
     CATEGORY = CATEGORY
 
+    @finite_floats
     def save(self, face_model, name="my_face", overwrite=False):
         fname = _safe_name(name)
         folders = paths.folders("visage_faces")
@@ -622,8 +629,8 @@ class VisageSaveFaceModel:
                 got="none",
                 fix="check extra_model_paths.yaml",
             )
-        path = os.path.join(folders[0], fname)
-        if os.path.exists(path) and not overwrite:
+        path = paths.write_path(folders[0], fname)
+        if os.path.lexists(path) and not overwrite:
             raise VisageError(
                 f"A face model named '{fname}' exists already",
                 expected="a new name or overwrite on",
@@ -649,6 +656,7 @@ class VisageLoadFaceModel:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
+    @finite_floats
     def load(self, face_model):
         if face_model.startswith("reactor/"):
             path = paths.find_file("reactor_faces", face_model[len("reactor/") :])

@@ -79,7 +79,16 @@ def test_truncated_and_non_onnx_files(tmp_path, pack):
     assert "w600k_r50.onnx" in str(e.value) and "ONNX" in str(e.value)
     with pytest.raises(ModelFileInvalid):
         route(str(d / "notes.onnx"))
-    routed = route_pack(str(d))  # the pack still loads its good models; the broken ones are reported
+    # a recognizer that cannot be read stops the load, naming the file and why (it used to be dropped with
+    # a log line, and the methods then asked for "a pack with a recognizer")
+    with pytest.raises(VisageError) as e:
+        route_pack(str(d))
+    msg = str(e.value)
+    assert "'w600k_r50.onnx' cannot be read" in msg and "not a readable ONNX file" in msg
+    assert "re-copy 'w600k_r50.onnx'" in msg and "buffalo_l" in msg
+    # other unreadable files are reported in the log; the pack still loads its good models
+    rec.unlink()
+    routed = route_pack(str(d))
     assert "detection" in routed and "recognition" not in routed
 
 
