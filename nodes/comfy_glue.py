@@ -159,6 +159,27 @@ def load_lora(model, lora_name: str, strength: float):
     return m
 
 
+def load_lora_state_dict(model, lora: dict, strength: float):
+    """A clone of ``model`` with a LoRA given as a state dict (any key format ComfyUI's LoRA loader reads)
+    applied by ComfyUI's LoRA machinery (model only): the same path as :func:`load_lora` without the file."""
+    import comfy.sd
+
+    m, _ = comfy.sd.load_lora_for_models(model, None, lora, strength, 0)
+    return m
+
+
+def unet_attention_names(model) -> list:
+    """diffusers module names of the UNet's attention layers (``down_blocks.0.attentions.0.transformer_blocks.0
+    .attn1`` ...), from ComfyUI's own UNet-to-diffusers key map of the model's config (unordered)."""
+    import re
+
+    import comfy.utils
+
+    cfg = model.model.model_config.unet_config
+    pat = re.compile(r"^(.*\.attn[12])\.to_q\.weight$")
+    return [m.group(1) for k in comfy.utils.unet_to_diffusers(cfg) for m in [pat.match(k)] if m]
+
+
 def load_text_encoder_model(clip_vision) -> torch.device:
     """Load a CLIP vision model's patcher for use (ComfyUI's memory management) and return its device."""
     import comfy.model_management as mm

@@ -15,8 +15,10 @@ and, from a clone without the install, ``python scripts/visage_run.py``).
   on stdout, one per line.
 
 Exit codes: 0 done; 1 the workflow failed while running (or was interrupted); 2 bad input (workflow,
---set, --image, or ComfyUI rejected the prompt); 3 no ComfyUI (not reachable at --url, or it failed to
-start, or the connection was lost); 4 timed out.
+--set, --image, or ComfyUI rejected the prompt); 3 no ComfyUI (not reachable at --url, --python not an
+interpreter, or it failed to start, or the connection was lost); 4 timed out. On a timeout, Ctrl-C or
+SIGTERM against a ``--url`` server the runner takes its own prompt off that server's queue (deleted when
+pending, interrupted by prompt id when running) before it exits; other users' prompts are not touched.
 
 Standard library only (+ optional ``websocket-client`` and Pillow, imported when used): no torch, no
 ComfyUI; it talks HTTP to a ComfyUI server. Messages go to stderr and output paths to stdout, written
@@ -685,6 +687,13 @@ class Comfy:
                 f"COMFYUI_PATH, or use --url",
                 EXIT_NO_COMFY,
             )
+        exe = python if os.sep in python or (os.altsep and os.altsep in python) else shutil.which(python)
+        if not exe or not os.path.isfile(exe) or not os.access(exe, os.X_OK):
+            raise RunError(
+                f"--python {python!r} is not an executable Python interpreter (no such file, a folder, or not "
+                f"executable); give the interpreter of ComfyUI's environment, or leave --python out to use this one",
+                EXIT_NO_COMFY,
+            )
         port = free_port()
         tmp = tempfile.mkdtemp(prefix="visage_run_")
         args = [python, main_py, "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch"]
@@ -717,9 +726,18 @@ class Comfy:
             env.setdefault("VISAGE_MODELS_DIR", os.path.abspath(models))
         if not quiet:
             say(f"starting ComfyUI from {comfy_path} on 127.0.0.1:{port}{' (--cpu)' if cpu else ''}; log: {log_path}")
-        proc = subprocess.Popen(
-            args, cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+        try:
+            proc = subprocess.Popen(
+                args, cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        except OSError as e:  # --python names nothing runnable (missing, a folder, not executable)
+            log.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RunError(
+                f"could not start ComfyUI with the Python {python!r} ({e.strerror or e}); give --python the "
+                f"path of the interpreter of ComfyUI's environment, or leave it out to use this one",
+                EXIT_NO_COMFY,
+            )
         c = cls(f"http://127.0.0.1:{port}")
         c.proc, c.input_dir, c.log_path, c.tmp = proc, input_dir, log_path, tmp
         t0 = time.time()
@@ -819,6 +837,35 @@ class Comfy:
                 raise RunError(f"ComfyUI rejected the workflow: HTTP {e.code}: {body[:2000]}")
             raise RunError(format_validation_error(parsed, prompt))
         return res["prompt_id"]
+
+    def queue_state(self, prompt_id: str) -> Optional[str]:
+        """ "running", "pending" or None (not in the queue any more) for one of our prompts (GET /queue)."""
+        q = http_json(self.url + "/queue", timeout=10) or {}
+        for state, key in (("running", "queue_running"), ("pending", "queue_pending")):
+            for item in q.get(key) or []:
+                # item: [number, prompt_id, prompt, extra_data, outputs_to_execute]
+                if isinstance(item, (list, tuple)) and len(item) > 1 and item[1] == prompt_id:
+                    return state
+        return None
+
+    def cancel(self, prompt_id: str, wait: float = 10.0) -> bool:
+        """Stop our own prompt on a shared server without touching anyone else's: a pending one is deleted
+        from the queue (POST /queue {"delete": [id]}); a running one is interrupted with POST /interrupt
+        {"prompt_id": id}, which ComfyUI (0.3.60+) honours only while that prompt is the running one (an
+        older server would interrupt whatever runs, so it is only sent when /queue says ours runs).
+        Returns True when the prompt has left the queue within ``wait`` seconds."""
+        t_end = time.time() + wait
+        while True:
+            state = self.queue_state(prompt_id)
+            if state is None:
+                return True
+            if state == "pending":
+                http_json(self.url + "/queue", {"delete": [prompt_id]}, timeout=10)
+            else:
+                http_json(self.url + "/interrupt", {"prompt_id": prompt_id}, timeout=10)
+            if time.time() > t_end:
+                return False
+            time.sleep(0.25)
 
     def history(self, prompt_id: str) -> Optional[dict]:
         h = http_json(self.url + f"/history/{prompt_id}", timeout=60)
@@ -1193,6 +1240,12 @@ def run(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     comfy: Optional[Comfy] = None
     queued: Optional[str] = None
+    old_term = None
+    try:
+        # a service manager's SIGTERM cancels our prompt like Ctrl-C does (main thread only)
+        old_term = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    except ValueError:
+        old_term = None
     try:
         fmt, wf = load_workflow(args.workflow)
         images = [parse_image_arg(i) for i in args.images]
@@ -1273,23 +1326,45 @@ def run(argv: Optional[List[str]] = None) -> int:
         return EXIT_OK
     except RunError as e:
         say(f"error: {e}")
+        if e.code == EXIT_TIMEOUT:
+            _cancel_ours(comfy, queued, args.quiet)
         return e.code
     except (urllib.error.URLError, ConnectionError, socket.timeout) as e:
         where = comfy.url if comfy is not None else "ComfyUI"
         say(f"error: lost the connection to {where} ({getattr(e, 'reason', e)})")
         return EXIT_NO_COMFY
     except KeyboardInterrupt:
-        if comfy is not None and queued and comfy.proc is None:  # a shared server: do not leave our run going
-            for path, body in (("/queue", {"delete": [queued]}), ("/interrupt", {"prompt_id": queued})):
-                try:
-                    http_json(comfy.url + path, body, timeout=5)
-                except Exception:
-                    pass
         say("interrupted")
+        _cancel_ours(comfy, queued, args.quiet)
         return EXIT_FAILED
     finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
         if comfy is not None:
             comfy.stop()
+
+
+def _cancel_ours(comfy: Optional["Comfy"], prompt_id: Optional[str], quiet: bool) -> None:
+    """On a timeout or Ctrl-C, take our prompt off a server we do not own (one we started is stopped)."""
+    if comfy is None or not prompt_id or comfy.proc is not None:
+        return
+    try:
+        gone = comfy.cancel(prompt_id)
+    except KeyboardInterrupt:
+        gone = False
+    except Exception as e:  # the server went away: nothing left to cancel there
+        say(f"could not cancel prompt {prompt_id} on {comfy.url} ({getattr(e, 'reason', e)})")
+        return
+    if not quiet or not gone:
+        say(
+            f"cancelled prompt {prompt_id} on {comfy.url}"
+            if gone
+            else f"asked {comfy.url} to cancel prompt {prompt_id}; it is still in its queue"
+        )
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _open_ws(url: str, client_id: str):

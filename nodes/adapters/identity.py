@@ -37,14 +37,17 @@ def identity_embeddings(
     embeds: Optional[FaceEmbeds],
     dim: int = 512,
     override: str = "",
+    normed: Optional[bool] = None,
 ) -> torch.Tensor:
     """[I, D] embeddings for ``method`` (a key of registry.METHODS), one per identity: each face of
     ``faces`` in selection order, or each row of ``embeds`` (which wins), from the recognizer the method
-    was trained on (see core.recognizers.method_embeddings)."""
+    was trained on (see core.recognizers.method_embeddings). ``normed`` overrides the method's own flag
+    for one file variant (FaceID Portrait unnorm: the raw rows)."""
     from . import methods  # noqa: F401 - registers every method
 
     spec = METHODS[method]
-    return method_embeddings(spec.name, spec.trained_on, faces, embeds, normed=spec.normed, dim=dim, override=override)
+    normed = spec.normed if normed is None else normed
+    return method_embeddings(spec.name, spec.trained_on, faces, embeds, normed=normed, dim=dim, override=override)
 
 
 def negative_noise(emb: torch.Tensor, noise: float) -> torch.Tensor:
@@ -95,6 +98,18 @@ def faceid_tokens(
         cond = image_proj(e, cc, shortcut=shortcut, scale=scale)
         uncond = image_proj(torch.zeros_like(e), cu, shortcut=shortcut, scale=scale)
         return cond.float().cpu(), uncond.float().cpu()
+    if kind == "faceid_portrait_unnorm":
+        # the resampler on each face's embedding alone ([1, 1, 512] -> 16 tokens), as Portrait's MLP does per
+        # face; the faces of one identity concatenated (16 per face); negative: zeros through the resampler
+        groups = list(portrait_groups) if portrait_groups else [1] * e.shape[0]
+        c = image_proj(e.unsqueeze(1))
+        u = image_proj(torch.zeros_like(e).unsqueeze(1))
+        cond, uncond, i = [], [], 0
+        for n in groups:
+            cond.append(c[i : i + n].reshape(1, -1, c.shape[-1]))
+            uncond.append(u[i : i + n].reshape(1, -1, u.shape[-1]))
+            i += n
+        return torch.cat(cond).float().cpu(), torch.cat(uncond).float().cpu()
     if kind == "faceid_portrait" and portrait_groups:
         cond, uncond, i = [], [], 0
         for n in portrait_groups:

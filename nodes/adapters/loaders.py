@@ -6,9 +6,12 @@ Pure torch. A released file holds two groups:
 * ``ip_adapter``: ``"<n>.to_k_ip.weight"`` / ``"<n>.to_v_ip.weight"`` for every cross-attention of
   the UNet, ``n`` odd (1, 3, 5, ...) because the numbering runs over *all* attention processors
   (self-attention ``attn1`` takes the even numbers) in diffusers' order: down blocks, up blocks,
-  mid block. FaceID files also carry LoRA tensors (``<n>.to_q_lora.down.weight`` ...) there; the
-  separate ``*_lora.safetensors`` is what is applied (through ComfyUI's LoRA loader), so those
-  are ignored here.
+  mid block. FaceID files also carry the LoRA trained with the adapter there
+  (``<n>.to_{q,k,v,out}_lora.{down,up}.weight`` for every attention processor n, attn1 and attn2):
+  :func:`embedded_lora` keeps them and :func:`lora_to_unet_keys` names them as diffusers'
+  attention-processor LoRA (``<module>.processor.to_q_lora.down.weight``), which ComfyUI's LoRA
+  loader reads; the official pipelines apply it at scale 1.0 (Apply FaceID's ``lora_name`` =
+  ``embedded``). Portrait files carry none.
 
 ``.bin`` files are ``{"image_proj": {...}, "ip_adapter": {...}}`` (read with
 ``torch.load(weights_only=True)``); ``.safetensors`` files use ``image_proj.`` / ``ip_adapter.``
@@ -21,7 +24,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -35,13 +38,28 @@ INSTANTID = "instantid"
 FACEID = "faceid"
 FACEID_PORTRAIT = "faceid_portrait"
 FACEID_PLUS = "faceid_plus"
-FACEID_KINDS = (FACEID, FACEID_PORTRAIT, FACEID_PLUS)
+# ip-adapter-faceid-portrait_sdxl_unnorm.bin: InstantID's exact layout (resampler 512 -> 16 tokens, SDXL),
+# fed the raw (unnormalised) w600k_r50 embedding; told apart from InstantID only by the loader's variant
+FACEID_PORTRAIT_UNNORM = "faceid_portrait_unnorm"
+FACEID_KINDS = (FACEID, FACEID_PORTRAIT, FACEID_PLUS, FACEID_PORTRAIT_UNNORM)
+
+# the FaceID loader's explicit variant -> the layout it needs
+FACEID_VARIANTS = ("auto", "faceid", "plus", "plusv2", "portrait", "portrait_unnorm")
+_VARIANT_KIND = {
+    "faceid": FACEID,
+    "plus": FACEID_PLUS,
+    "plusv2": FACEID_PLUS,
+    "portrait": FACEID_PORTRAIT,
+    "portrait_unnorm": INSTANTID,  # the layout; the kind becomes FACEID_PORTRAIT_UNNORM
+}
+_LORA_KEY = re.compile(r"^(\d+)\.(to_q_lora|to_k_lora|to_v_lora|to_out_lora)\.(down|up)\.weight$")
 
 KIND_NAMES = {
     INSTANTID: "InstantID (resampler, 16 tokens)",
     FACEID: "IP-Adapter FaceID (MLP, 4 tokens)",
     FACEID_PORTRAIT: "IP-Adapter FaceID Portrait (MLP, 16 tokens per face)",
     FACEID_PLUS: "IP-Adapter FaceID Plus (MLP + perceiver over CLIP-vision features)",
+    FACEID_PORTRAIT_UNNORM: "IP-Adapter FaceID Portrait unnorm (resampler, 16 tokens per face, raw embedding)",
     "ipadapter_clip": "IP-Adapter (CLIP image, not a face-ID adapter)",
     "ipadapter_plus_clip": "IP-Adapter Plus (CLIP image resampler, not a face-ID adapter)",
 }
@@ -63,6 +81,9 @@ class AdapterInfo:
     layer_widths: List[int] = field(default_factory=list)  # to_k_ip out features per layer
     clip_embeddings_dim: int = 0  # FaceID Plus only
     file: str = ""
+    raw_embedding: bool = False  # Portrait unnorm: the raw recognizer output, not the L2-normalised one
+    plus_v2: Optional[bool] = None  # FaceID Plus: the loader's explicit variant (None = decide at apply)
+    lora_layers: int = 0  # attention processors with an embedded LoRA (FaceID / Plus files)
 
     def describe(self) -> str:
         return (
@@ -209,6 +230,7 @@ class IdentityAdapter(nn.Module):
         self.info = info
         self.image_proj = image_proj
         self.ip_layers = nn.ModuleList(IPLayer(info.cross_attention_dim, w) for w in info.layer_widths)
+        self.lora: Dict[int, Dict[str, Tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def load_released(self, groups: Dict[str, Dict[str, torch.Tensor]]) -> None:
         self.image_proj.load_state_dict(groups["image_proj"], strict=True)
@@ -223,7 +245,7 @@ class IdentityAdapter(nn.Module):
 
 
 def build_image_proj(info: AdapterInfo, proj: Dict[str, torch.Tensor]) -> nn.Module:
-    if info.kind == INSTANTID:
+    if info.kind in (INSTANTID, FACEID_PORTRAIT_UNNORM):
         dim = int(proj["latents"].shape[2])
         depth = len({k.split(".")[1] for k in proj if k.startswith("layers.")})
         heads = int(proj["layers.0.0.to_q.weight"].shape[0]) // 64
@@ -275,16 +297,111 @@ def _incomplete(path: str, kind: str, e: Exception) -> ModelFileInvalid:
     )
 
 
-def load_identity_adapter(path: str, expect: str = "any") -> IdentityAdapter:
+def embedded_lora(ip: Dict[str, torch.Tensor]) -> Dict[int, Dict[str, Tuple[torch.Tensor, torch.Tensor]]]:
+    """The LoRA a FaceID file carries: {processor n: {"to_q_lora": (down, up), ...}} (pairs only)."""
+    found: Dict[Tuple[int, str], Dict[str, torch.Tensor]] = {}
+    for k, v in ip.items():
+        m = _LORA_KEY.match(k)
+        if m:
+            found.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = v
+    out: Dict[int, Dict[str, Tuple[torch.Tensor, torch.Tensor]]] = {}
+    for (n, proj), du in found.items():
+        if "down" in du and "up" in du:
+            out.setdefault(n, {})[proj] = (du["down"], du["up"])
+    return out
+
+
+def _attention_order(name: str):
+    """diffusers' attention-processor order: down blocks, up blocks, mid block (UNet2DConditionModel registers
+    up_blocks before mid_block), then the numbers in the module path, attn1 before attn2."""
+    head = name.split(".", 1)[0]
+    rank = {"down_blocks": 0, "up_blocks": 1, "mid_block": 2}.get(head, 3)
+    return (rank, [int(x) for x in re.findall(r"\d+", name)])
+
+
+def diffusers_attention_order(names) -> List[str]:
+    """Attention module names (``down_blocks.0.attentions.0.transformer_blocks.0.attn1`` ...) in the order of
+    ``unet.attn_processors`` -- the numbering of the released ``ip_adapter`` group."""
+    return sorted(set(names), key=_attention_order)
+
+
+def lora_to_unet_keys(
+    lora: Dict[int, Dict[str, Tuple[torch.Tensor, torch.Tensor]]], attention_names: List[str], file: str = "adapter"
+) -> Dict[str, torch.Tensor]:
+    """The embedded LoRA under diffusers' attention-processor names (what ComfyUI's LoRA loader reads as a
+    diffusers LoRA): processor n -> ``<attention_names[n]>.processor.<proj>_lora.{down,up}.weight``. No alpha
+    (ComfyUI then scales by 1, as LoRALinearLayer without network_alpha)."""
+    if not lora:
+        return {}
+    top = max(lora)
+    if top >= len(attention_names):
+        raise VisageError(
+            f"the LoRA embedded in '{file}' has {top + 1} attention layers, the model has {len(attention_names)}",
+            expected="the base model the FaceID file was trained for (SD1.5 / SDXL)",
+            got=f"a model with {len(attention_names)} attention layers",
+            fix="connect the matching checkpoint, or set lora_name to 'none'",
+        )
+    sd = {}
+    for n, projs in sorted(lora.items()):
+        for proj, (down, up) in projs.items():
+            base = f"{attention_names[n]}.processor.{proj}"
+            sd[f"{base}.down.weight"] = down
+            sd[f"{base}.up.weight"] = up
+    return sd
+
+
+def _check_variant(path: str, info: AdapterInfo, variant: str) -> AdapterInfo:
+    """Apply the FaceID loader's explicit variant to the detected layout (the file name never decides)."""
+    name = os.path.basename(path)
+    if variant in ("", "auto"):
+        if info.kind == INSTANTID and info.embedding_dim == 512:
+            hint = (
+                "; the name says Portrait unnorm: set variant = portrait_unnorm"
+                if "unnorm" in name.lower()
+                else "; if it is ip-adapter-faceid-portrait_sdxl_unnorm.bin (the same layout), set variant = "
+                "portrait_unnorm"
+            )
+            raise VisageError(
+                f"'{name}' has InstantID's layout (resampler, 16 tokens)",
+                expected="an IP-Adapter FaceID / FaceID Plus / Portrait file (models/ipadapter)",
+                got=info.describe(),
+                fix="load InstantID's ip-adapter.bin with 'Load InstantID'" + hint,
+            )
+        return info
+    if variant not in _VARIANT_KIND:
+        raise VisageError(
+            f"unknown FaceID variant {variant!r}", expected=" | ".join(FACEID_VARIANTS), got=variant, fix="pick one"
+        )
+    need = _VARIANT_KIND[variant]
+    if info.kind != need or (variant == "portrait_unnorm" and info.embedding_dim != 512):
+        raise VisageError(
+            f"'{name}' is not a FaceID {variant} file: its layout is {info.describe()}",
+            expected=f"the layout of {variant}: {KIND_NAMES[need]}",
+            got=info.describe(),
+            fix="set variant to auto (detected from the keys) or choose the matching file",
+        )
+    if variant == "portrait_unnorm":
+        info.kind = FACEID_PORTRAIT_UNNORM
+        info.raw_embedding = True
+    elif variant in ("plus", "plusv2"):
+        info.plus_v2 = variant == "plusv2"
+    return info
+
+
+def load_identity_adapter(path: str, expect: str = "any", variant: str = "auto") -> IdentityAdapter:
     """Load a released file; ``expect`` = 'instantid', 'faceid' (any FaceID variant) or 'any'.
 
-    A file of the other family is rejected with a message naming what the file is.
+    A file of the other family is rejected with a message naming what the file is. ``variant`` (FaceID only,
+    see FACEID_VARIANTS) makes the kind explicit; 'portrait_unnorm' is the only way to load
+    ip-adapter-faceid-portrait_sdxl_unnorm.bin, whose keys are InstantID's.
     """
     groups = read_adapter_state(path)
     try:
         info = detect(path, groups)
     except (KeyError, IndexError) as e:
         raise _incomplete(path, "any", e) from None
+    if expect == "faceid":
+        info = _check_variant(path, info, variant)
     wanted = {"instantid": (INSTANTID,), "faceid": FACEID_KINDS, "any": (INSTANTID,) + FACEID_KINDS}[expect]
     if info.kind not in wanted:
         what = {
@@ -315,5 +432,8 @@ def load_identity_adapter(path: str, expect: str = "any") -> IdentityAdapter:
             "the released key names and shapes",
         ) from None
     module.info.file = os.path.basename(path)
+    if info.kind in (FACEID, FACEID_PLUS):
+        module.lora = embedded_lora(groups["ip_adapter"])  # plain CPU tensors, not module state
+        info.lora_layers = len(module.lora)
     log.info("Visage: %s -> %s", os.path.basename(path), info.describe())
     return module

@@ -21,7 +21,8 @@ from ...core.types import VISAGE_EMBEDS, VISAGE_FACES
 from .. import comfy_glue
 from . import methods  # noqa: F401 - registers every identity method
 from .identity import ARC2FACE_PROMPT
-from .loaders import load_identity_adapter
+from .loaders import FACEID_VARIANTS, load_identity_adapter
+from .methods.faceid import EMBEDDED
 from .patching import AdapterRef
 from .registry import METHODS, ON_NO_FACE, ON_NO_FACE_TIP, run
 
@@ -39,22 +40,23 @@ def _files(folder):
     return files or [f"(no files in models/{paths.FOLDERS[folder]})"]
 
 
-def _load_adapter(folder: str, name: str, expect: str) -> AdapterRef:
+def _load_adapter(folder: str, name: str, expect: str, variant: str = "auto") -> AdapterRef:
     path = paths.find_file(folder, name)
     dev = comfy_glue.torch_device("auto")
+    kind = expect if variant in ("", "auto") else f"{expect}:{variant}"
     h = MANAGER.get(
-        f"id_adapter:{expect}",
+        f"id_adapter:{kind}",
         path,
-        lambda p, d, dt: load_identity_adapter(p, expect=expect),
+        lambda p, d, dt: load_identity_adapter(p, expect=expect, variant=variant),
         device=dev,
         dtype=torch.float32,
-        name=f"{expect}:{os.path.basename(path)}",
+        name=f"{kind}:{os.path.basename(path)}",
     )
     return AdapterRef(h, h.module.info, os.path.basename(path))
 
 
 def _loras():
-    return ["none"] + folder_paths.get_filename_list("loras")
+    return ["none", EMBEDDED] + folder_paths.get_filename_list("loras")
 
 
 # ============================================================================ loaders
@@ -95,7 +97,9 @@ class VisageFaceIDLoader:
     DESCRIPTION = (
         "Loads an IP-Adapter FaceID file from models/ipadapter. The variant (FaceID, FaceID Plus / "
         "Plus V2, Portrait) and the base model (SD1.5 / SDXL) are detected from the keys and shapes; "
-        "an InstantID or CLIP-image IP-Adapter file is refused naming what it is."
+        "an InstantID or CLIP-image IP-Adapter file is refused naming what it is. "
+        "ip-adapter-faceid-portrait_sdxl_unnorm.bin has InstantID's exact keys: load it with variant = "
+        "portrait_unnorm."
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
@@ -111,12 +115,25 @@ class VisageFaceIDLoader:
                     _files("ipadapter"),
                     {"tooltip": "ip-adapter-faceid*.bin / .safetensors in models/ipadapter."},
                 )
-            }
+            },
+            "optional": {
+                "variant": (
+                    list(FACEID_VARIANTS),
+                    {
+                        "default": "auto",
+                        "tooltip": "auto: detected from the file's keys and shapes (the file name never decides). "
+                        "faceid / plus / plusv2 / portrait: say it explicitly (checked against the keys; plus / "
+                        "plusv2 also set Apply's shortcut when its plus_version is auto). portrait_unnorm: "
+                        "ip-adapter-faceid-portrait_sdxl_unnorm.bin, whose keys are InstantID's (resampler, 16 "
+                        "tokens per face), fed the raw, unnormalised w600k_r50 embedding as published; no LoRA.",
+                    },
+                ),
+            },
         }
 
     @finite_floats
-    def load(self, faceid_file):
-        ref = _load_adapter("ipadapter", faceid_file, "faceid")
+    def load(self, faceid_file, variant="auto"):
+        ref = _load_adapter("ipadapter", faceid_file, "faceid", variant)
         return (ref, ref.info.describe())
 
 
@@ -194,13 +211,14 @@ class VisageApplyInstantID:
                 "noise": (
                     "FLOAT",
                     {
-                        "default": 0.35,
+                        "default": 0.0,
                         "min": 0.0,
                         "max": 1.0,
                         "step": 0.05,
-                        "tooltip": "Negative identity: 0 = zeros through the resampler (InstantID "
-                        "pipeline); > 0 = seeded uniform noise of this amplitude "
-                        "(ComfyUI_InstantID's default 0.35).",
+                        "tooltip": "Negative identity tokens. 0 (default for new nodes) = zeros through the "
+                        "resampler, as InstantX's official pipeline does; > 0 = seeded uniform noise of this "
+                        "amplitude, ComfyUI_InstantID's community default (0.35), which its users may expect "
+                        "(workflows saved with 0.35 keep it).",
                     },
                 ),
             },
@@ -267,9 +285,10 @@ class VisageApplyFaceID:
     DESCRIPTION = (
         "IP-Adapter FaceID, to the published maths: the normalised ArcFace embedding is projected to "
         "identity tokens (FaceID: 4, Portrait: 16 per reference face, Plus/V2: perceiver over "
-        "CLIP-vision features of the aligned face, V2 with the shortcut) and every cross-attention "
-        "adds weight x attention over them inside the start/end window. The paired LoRA is applied "
-        "with ComfyUI's LoRA loader. Several identities: one mask each."
+        "CLIP-vision features of the aligned face, V2 with the shortcut; Portrait unnorm: the raw "
+        "embedding through a resampler, 16 per face) and every cross-attention adds weight x attention "
+        "over them inside the start/end window. The LoRA trained with the adapter (embedded in the "
+        ".bin, or a file) is applied with ComfyUI's LoRA loader. Several identities: one mask each."
     )
     CATEGORY = CATEGORY
     FUNCTION = "apply"
@@ -334,18 +353,24 @@ class VisageApplyFaceID:
                 "lora_name": (
                     _loras(),
                     {
-                        "tooltip": "The FaceID LoRA paired with the file (models/loras), "
-                        "applied with ComfyUI's LoRA loader; 'none' to skip."
+                        "default": EMBEDDED,
+                        "tooltip": "The LoRA trained with the adapter. 'embedded' (default for new nodes): the "
+                        "one stored in the FaceID .bin itself, which the official pipelines always apply at "
+                        "scale 1.0; a file from models/loras (e.g. the released *_lora.safetensors) works "
+                        "too; 'none' skips it (workflows saved with 'none' keep it). Applied with ComfyUI's "
+                        "LoRA loader on a clone of the model. Portrait files carry no LoRA: 'embedded' is "
+                        "then a logged no-op.",
                     },
                 ),
                 "lora_strength": (
                     "FLOAT",
                     {
-                        "default": 0.6,
+                        "default": 1.0,
                         "min": -5.0,
                         "max": 5.0,
                         "step": 0.01,
-                        "tooltip": "Strength of the paired LoRA on the UNet.",
+                        "tooltip": "Strength of the LoRA on the UNet (the official pipelines: 1.0; "
+                        "ComfyUI_IPAdapter_plus suggests 0.6 for its separate LoRA files).",
                     },
                 ),
             },

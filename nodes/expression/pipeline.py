@@ -131,9 +131,15 @@ class Engine:
 
     @staticmethod
     def net_input(crops: torch.Tensor) -> torch.Tensor:
+        """[N,3,256,256] network input. The official pipeline resizes its 512 crop with OpenCV's INTER_AREA,
+        which for a whole-number reduction (512 -> 256: 2x) is the mean of each k x k block: torch's 'area'
+        (adaptive average pooling) is exactly that. Not a whole multiple (a custom crop size): 'area' still
+        averages the covered pixels (cv2 weights partial pixels; close, not bit-equal); enlarging: bilinear."""
         x = crops.permute(0, 3, 1, 2).float()
-        if x.shape[-1] != C.NET_SIZE:
-            x = F.interpolate(x, size=(C.NET_SIZE, C.NET_SIZE), mode="bilinear", align_corners=False, antialias=True)
+        if x.shape[-1] > C.NET_SIZE:
+            x = F.interpolate(x, size=(C.NET_SIZE, C.NET_SIZE), mode="area")
+        elif x.shape[-1] < C.NET_SIZE:
+            x = F.interpolate(x, size=(C.NET_SIZE, C.NET_SIZE), mode="bilinear", align_corners=False)
         return x.clamp(0, 1)
 
     def paste(self, frames, new_crops, orig_crops, jobs, out_index, feather, color_transfer):

@@ -97,17 +97,24 @@ def faceid_plus_image_proj(
 def ip_adapter_layers(
     widths: Sequence[int], context_dim: int, seed=0, with_lora: bool = False, std: float = 0.05
 ) -> Dict[str, torch.Tensor]:
-    """'<n>.to_k_ip.weight' / '<n>.to_v_ip.weight' at n = 1, 3, 5 ... (attn2 of every block)."""
+    """'<n>.to_k_ip.weight' / '<n>.to_v_ip.weight' at n = 1, 3, 5 ... (attn2 of every block); ``with_lora``:
+    the LoRA of ip-adapter-faceid*.bin too -- rank 128 ``to_{q,k,v,out}_lora.{down,up}`` for every attention
+    processor (attn1 at even n, attn2 at odd n; attn2's k/v read the context)."""
     g = _g(seed)
+    g2 = _g(seed + 1000)  # the LoRA's other tensors: the ip layers stay what they were
     sd = {}
     for i, w in enumerate(widths):
         n = 2 * i + 1
         sd[f"{n}.to_k_ip.weight"] = _rn(g, w, context_dim, std=std)
         sd[f"{n}.to_v_ip.weight"] = _rn(g, w, context_dim, std=std)
-        if with_lora:  # as in ip-adapter-faceid*.bin: LoRA tensors for attn1 (even n) and attn2 (odd n)
+        if with_lora:
             for m in (n - 1, n):
                 sd[f"{m}.to_q_lora.down.weight"] = _rn(g, 128, w)
-                sd[f"{m}.to_q_lora.up.weight"] = torch.zeros(w, 128)
+                for proj in ("to_q", "to_k", "to_v", "to_out"):
+                    cin = context_dim if (m == n and proj in ("to_k", "to_v")) else w
+                    if proj != "to_q":
+                        sd[f"{m}.{proj}_lora.down.weight"] = _rn(g2, 128, cin, std=cin**-0.5)
+                    sd[f"{m}.{proj}_lora.up.weight"] = _rn(g2, w, 128, std=0.02)
     return sd
 
 
@@ -247,6 +254,24 @@ def tiny_lora(seed=0, rank=4) -> Dict[str, torch.Tensor]:
     return sd
 
 
+# the tiny UNet's attention modules in diffusers' processor order (down, up, mid): ComfyUI (LDM) names
+TINY_ATTENTION_ORDER = ["input_blocks_1_1", "output_blocks_0_1", "output_blocks_1_1", "middle_block_1"]
+
+
+def embedded_lora_as_file(ip_adapter: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The LoRA stored in a tiny FaceID .bin, written as a separate kohya-style file ('lora_unet_<LDM name>',
+    no alpha = scale 1) from the released numbering: processor n = attention n // 2 of TINY_ATTENTION_ORDER,
+    attn1 for even n, attn2 for odd n. Independent of the pack's own diffusers naming."""
+    sd = {}
+    for n in range(2 * len(TINY_ATTENTION_ORDER)):
+        blk, attn = TINY_ATTENTION_ORDER[n // 2], "attn1" if n % 2 == 0 else "attn2"
+        for proj, name in (("to_q", "to_q"), ("to_k", "to_k"), ("to_v", "to_v"), ("to_out", "to_out_0")):
+            k = f"lora_unet_{blk}_transformer_blocks_0_{attn}_{name}"
+            sd[k + ".lora_down.weight"] = ip_adapter[f"{n}.{proj}_lora.down.weight"]
+            sd[k + ".lora_up.weight"] = ip_adapter[f"{n}.{proj}_lora.up.weight"]
+    return sd
+
+
 TEST_FILES = {
     "unet": "visage_tiny_sd15_unet.safetensors",  # diffusion_models/ (also the Arc2Face UNet stand-in)
     "clip": "visage_tiny_clip_l.safetensors",  # text_encoders/ (also Arc2Face's encoder stand-in)
@@ -255,6 +280,7 @@ TEST_FILES = {
     "faceid_plusv2": "visage-test-faceid-plusv2_tiny.bin",  # ipadapter/ (released SD1.5 Plus V2 shapes, fp16)
     "clip_vision": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",  # clip_vision/ (link to the cached ViT-H)
     "faceid_lora": "visage-test-faceid_tiny_lora.safetensors",  # loras/
+    "faceid_embedded_lora": "visage-test-faceid_tiny_embedded_as_file.safetensors",  # loras/
     "instantid": "visage-test-instantid_tiny.safetensors",  # instantid/
     "controlnet": "visage-test-identitynet_tiny.safetensors",  # controlnet/
     "embeds": "visage-test-two-identities.safetensors",  # visage/embeds/
@@ -283,11 +309,9 @@ def build(models_dir: str, input_dir: str) -> None:
     put("text_encoders", TEST_FILES["clip"], tiny_clip_l(0))
     put("loras", TEST_FILES["faceid_lora"], tiny_lora(5))
     put("controlnet", TEST_FILES["controlnet"], tiny_controlnet(6))
-    save_adapter(
-        j(models_dir, "ipadapter", TEST_FILES["faceid"]),
-        faceid_image_proj(1, 768, 4),
-        ip_adapter_layers(TINY_WIDTHS, 768, seed=2, with_lora=True, std=0.5),
-    )
+    faceid_ip = ip_adapter_layers(TINY_WIDTHS, 768, seed=2, with_lora=True, std=0.5)
+    save_adapter(j(models_dir, "ipadapter", TEST_FILES["faceid"]), faceid_image_proj(1, 768, 4), faceid_ip)
+    put("loras", TEST_FILES["faceid_embedded_lora"], embedded_lora_as_file(faceid_ip))
     # FaceID Plus V2 with the released SD1.5 image_proj shapes (CLIP-ViT-H 1280 -> 768, 4 tokens, 12 heads),
     # fp16 as released, and ip layers for the tiny UNet's four cross-attentions
     save_adapter(

@@ -104,6 +104,32 @@ def test_faceid_regional_differs_from_one_identity_everywhere(comfy_server):
     assert (a - c).abs().max() > 1e-3
 
 
+def test_faceid_embedded_lora_is_the_bins_own_lora(comfy_server):
+    """lora_name = embedded applies the LoRA stored in the FaceID .bin (scale 1.0, as the official pipelines):
+    it changes the result against 'none' and equals the same tensors saved as a separate LoRA file
+    (builders.adapters.embedded_lora_as_file, named from the released numbering independently)."""
+    from builders import adapters as B
+
+    wf = _load("visage_faceid_regional.json")
+    runs = {}
+    for lora in ("embedded", "none", B.TEST_FILES["faceid_embedded_lora"]):
+        w = copy.deepcopy(wf)
+        w["apply"]["inputs"].update(lora_name=lora, lora_strength=1.0)
+        runs[lora] = _run(comfy_server, w, f"lora_{lora[:8]}")
+    assert (runs["embedded"] - runs["none"]).abs().max() > 1e-3
+    torch.testing.assert_close(runs["embedded"], runs[B.TEST_FILES["faceid_embedded_lora"]], atol=1e-5, rtol=1e-5)
+
+
+def test_new_node_defaults(object_info):
+    """Nodes placed from now on: FaceID's embedded LoRA at 1.0; InstantID's official zero negative."""
+    req = object_info["VisageApplyFaceID"]["input"]["required"]
+    assert "embedded" in req["lora_name"][0] and req["lora_name"][1]["default"] == "embedded"
+    assert req["lora_strength"][1]["default"] == 1.0
+    assert object_info["VisageApplyInstantID"]["input"]["required"]["noise"][1]["default"] == 0.0
+    variant = object_info["VisageFaceIDLoader"]["input"]["optional"]["variant"]
+    assert variant[0] == ["auto", "faceid", "plus", "plusv2", "portrait", "portrait_unnorm"]
+
+
 def test_instantid_identitynet_changes_result(comfy_server):
     """IdentityNet (ComfyUI's ControlNet, the identity tokens as its context, per region) takes part."""
     wf = _load("visage_instantid_regional.json")

@@ -5,8 +5,11 @@ own ComfyUI."""
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -192,6 +195,97 @@ def test_script_starts_its_own_comfyui(comfy_path, case):
     assert "starting ComfyUI from" in r.stderr
     files = [l for l in r.stdout.splitlines() if l.strip()]
     assert len(files) == 1 and Image.open(files[0]).size == (32, 24)
+
+
+# ------------------------------------------------------------------------------ timeout / Ctrl-C cancel our prompt
+
+
+def _long_prompt():
+    """The tiny test SD1.5 checkpoint sampling 10000 steps: minutes on CPU, interruptible at every step."""
+    ckpt = "v1-5-pruned-emaonly.safetensors"
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a face", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["1", 0],
+                "seed": int(time.time()),  # never cached
+                "steps": 10000,
+                "cfg": 2.0,
+                "sampler_name": "euler",
+                "scheduler": "simple",
+                "positive": ["2", 0],
+                "negative": ["3", 0],
+                "latent_image": ["4", 0],
+                "denoise": 1.0,
+            },
+        },
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
+    }
+
+
+def _queued_id(stderr: str) -> str:
+    m = re.search(r"queued prompt (\S+) ", stderr)
+    assert m, stderr
+    return m.group(1)
+
+
+def _gone_from_queue(server, prompt_id, within=15.0) -> bool:
+    t_end = time.time() + within
+    while time.time() < t_end:
+        q = server.get("/queue")
+        ids = [it[1] for it in (q.get("queue_running") or []) + (q.get("queue_pending") or [])]
+        if prompt_id not in ids:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_timeout_against_url_cancels_our_prompt(comfy_server, tmp_path):
+    p = tmp_path / "long.json"
+    p.write_text(json.dumps(_long_prompt()))
+    t0 = time.time()
+    r = _run(str(p), "--url", comfy_server.url, "--timeout", "4", "-o", str(tmp_path / "o"), timeout=120)
+    assert r.returncode == 4, r.stderr
+    assert "Traceback" not in r.stderr
+    pid = _queued_id(r.stderr)
+    # the runner waited for the server to drop it; the queue no longer runs it, its history says interrupted
+    assert _gone_from_queue(comfy_server, pid, within=5.0), comfy_server.get("/queue")
+    assert time.time() - t0 < 60
+    hist = comfy_server.get(f"/history/{pid}") or {}
+    msgs = [m[0] for m in ((hist.get(pid) or {}).get("status") or {}).get("messages", [])]
+    assert "execution_interrupted" in msgs, hist
+
+
+def test_ctrl_c_against_url_cancels_our_prompt(comfy_server, tmp_path):
+    p = tmp_path / "long.json"
+    p.write_text(json.dumps(_long_prompt()))
+    proc = subprocess.Popen(
+        [sys.executable, SCRIPT, str(p), "--url", comfy_server.url, "-o", str(tmp_path / "o")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    err = ""
+    try:
+        t_end = time.time() + 60
+        while "queued prompt" not in err and time.time() < t_end:  # the first stderr line says it
+            err += proc.stderr.readline()
+        pid = _queued_id(err)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _out, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err += rest
+    assert proc.returncode == 1, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert _gone_from_queue(comfy_server, pid, within=5.0), comfy_server.get("/queue")
 
 
 # ------------------------------------------------------------------------------ the shipped face workflow

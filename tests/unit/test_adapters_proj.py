@@ -151,3 +151,126 @@ def test_bad_files(tmp_path):
     with pytest.raises(VisageError) as e:
         L.load_identity_adapter(p5, expect="faceid")
     assert "not a face-ID adapter" in str(e.value)
+
+
+# ----------------------------------------------------------------- Portrait unnorm (InstantID's layout) and variants
+
+
+def test_portrait_unnorm_needs_the_explicit_variant(tmp_path):
+    """ip-adapter-faceid-portrait_sdxl_unnorm.bin has InstantID's exact keys: 'auto' refuses it naming the
+    variant to set; variant = portrait_unnorm loads it (resampler, 16 tokens per face, raw embedding)."""
+    proj = B.instantid_image_proj(seed=5)
+    path = B.save_adapter(
+        str(tmp_path / "ip-adapter-faceid-portrait_sdxl_unnorm.bin"), proj, B.ip_adapter_layers([64] * 70, 2048)
+    )
+    with pytest.raises(VisageError, match="variant = portrait_unnorm"):
+        L.load_identity_adapter(path, expect="faceid")
+    ad = L.load_identity_adapter(path, expect="faceid", variant="portrait_unnorm")
+    assert ad.info.kind == L.FACEID_PORTRAIT_UNNORM and ad.info.raw_embedding and ad.info.num_tokens == 16
+    assert ad.info.base == "SDXL" and ad.lora == {}
+    # the same resampler diffusers builds from those keys, on each face's raw embedding
+    ref = diffusers_proj(proj)
+    from visage.nodes.adapters.identity import faceid_tokens
+
+    emb = torch.randn(3, 512) * 10  # raw rows (norm ~20)
+    cond, uncond = faceid_tokens(ad.image_proj, ad.info.kind, emb, portrait_groups=[3])
+    with torch.no_grad():
+        want = torch.cat([ref(emb[i : i + 1].unsqueeze(1)) for i in range(3)], dim=1)
+        want_u = torch.cat([ref(torch.zeros(1, 1, 512))] * 3, dim=1)
+    assert cond.shape == (1, 48, 2048)
+    torch.testing.assert_close(cond, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(uncond, want_u, atol=1e-4, rtol=1e-4)
+    # still refused where it does not fit: the InstantID loader path is unchanged, a wrong variant is named
+    with pytest.raises(VisageError, match="not a FaceID portrait file"):
+        L.load_identity_adapter(path, expect="faceid", variant="portrait")
+
+
+def test_variants_are_checked_against_the_keys(tmp_path):
+    plus = B.save_adapter(
+        str(tmp_path / "renamed.bin"), B.faceid_plus_image_proj(seed=3), B.ip_adapter_layers(B.SD15_WIDTHS, 768)
+    )
+    assert L.load_identity_adapter(plus, expect="faceid").info.plus_v2 is None  # auto: Apply decides
+    assert L.load_identity_adapter(plus, expect="faceid", variant="plusv2").info.plus_v2 is True
+    assert L.load_identity_adapter(plus, expect="faceid", variant="plus").info.plus_v2 is False
+    with pytest.raises(VisageError, match="not a FaceID faceid file"):
+        L.load_identity_adapter(plus, expect="faceid", variant="faceid")
+    with pytest.raises(VisageError, match="not a FaceID portrait_unnorm file"):
+        L.load_identity_adapter(plus, expect="faceid", variant="portrait_unnorm")
+
+
+def test_unnormalised_rows_for_portrait_unnorm():
+    """identity_embeddings(normed=False) gives the raw w600k_r50 rows; the method's default stays normalised."""
+    from visage.core.types import FaceEmbeds
+    from visage.nodes.adapters.identity import identity_embeddings
+
+    raw = torch.randn(2, 512) * 7
+    e = FaceEmbeds(
+        raw=raw, normed=torch.nn.functional.normalize(raw, dim=-1), encoder="w600k_r50", sources=(1, 1), fusion="none"
+    )
+    torch.testing.assert_close(identity_embeddings("faceid", None, e, normed=False), raw)
+    torch.testing.assert_close(identity_embeddings("faceid", None, e), torch.nn.functional.normalize(raw, dim=-1))
+
+
+# ----------------------------------------------------------------- the LoRA stored in FaceID files
+
+
+def _diffusers_processor_order(sdxl: bool):
+    from diffusers import UNet2DConditionModel
+
+    kw = dict(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        cross_attention_dim=32,
+        attention_head_dim=2,
+        norm_num_groups=8,
+        layers_per_block=2,
+    )
+    if sdxl:
+        kw.update(
+            block_out_channels=(8, 16, 16),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 3),
+        )
+    else:
+        kw.update(
+            block_out_channels=(8, 8, 16, 16),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        )
+    unet = UNet2DConditionModel(**kw)
+    return [k[: -len(".processor")] for k in unet.attn_processors]
+
+
+@pytest.mark.parametrize("sdxl", [False, True])
+def test_attention_order_is_diffusers_processor_order(sdxl):
+    """The released numbering runs over unet.attn_processors: our order of the module names (shuffled, as
+    ComfyUI's key map gives them) equals diffusers' own, for SD1.5- and SDXL-shaped UNets."""
+    import random
+
+    want = _diffusers_processor_order(sdxl)
+    names = list(want)
+    random.Random(0).shuffle(names)
+    assert L.diffusers_attention_order(names) == want
+    assert want[-1].startswith("mid_block") and any(n.startswith("up_blocks") for n in want)
+
+
+def test_embedded_lora_is_kept_and_named_for_the_unet(tmp_path):
+    ip = B.ip_adapter_layers([8, 8], 32, with_lora=True)
+    path = B.save_adapter(str(tmp_path / "faceid.bin"), B.faceid_image_proj(seed=1, cross_dim=32), ip)
+    ad = L.load_identity_adapter(path, expect="faceid")
+    assert sorted(ad.lora) == [0, 1, 2, 3] and ad.info.lora_layers == 4
+    assert sorted(ad.lora[1]) == ["to_k_lora", "to_out_lora", "to_q_lora", "to_v_lora"]
+    names = [
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1",
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2",
+    ]
+    names += ["mid_block.attentions.0.transformer_blocks.0.attn1", "mid_block.attentions.0.transformer_blocks.0.attn2"]
+    sd = L.lora_to_unet_keys(ad.lora, names)
+    assert len(sd) == 4 * 4 * 2
+    k = "mid_block.attentions.0.transformer_blocks.0.attn2.processor.to_k_lora"
+    torch.testing.assert_close(sd[k + ".down.weight"], ip["3.to_k_lora.down.weight"])
+    torch.testing.assert_close(sd[k + ".up.weight"], ip["3.to_k_lora.up.weight"])
+    with pytest.raises(VisageError, match="4 attention layers, the model has 2"):
+        L.lora_to_unet_keys(ad.lora, names[:2])

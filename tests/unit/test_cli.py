@@ -455,3 +455,95 @@ def test_the_documented_commands_parse():
             assert "=" in item and "." in item.split("=", 1)[0], item
         for item in args.images:
             vr.parse_image_arg(item)
+
+
+# ------------------------------------------------------------------------------------ no interpreter, cancelling
+
+
+@pytest.mark.parametrize("python", ["nowhere", "dir"])
+def test_python_nowhere_exits_3_without_traceback(files, python):
+    tmp, wf, _oi = files
+    comfy = tmp / "ComfyUI"
+    comfy.mkdir()
+    (comfy / "main.py").write_text("raise SystemExit('never run')\n")
+    py = str(tmp / "no" / "such" / "python") if python == "nowhere" else str(tmp)
+    r = _run(wf, "--comfyui", str(comfy), "--python", py, "--cpu")
+    assert r.returncode == 3, r.stderr
+    assert "Traceback" not in r.stderr
+    assert f"--python {py!r} is not an executable Python interpreter" in r.stderr
+
+
+class _FakeComfy:
+    """A stand-in ComfyUI (standard library HTTP): /prompt queues, our prompt shows as running (or pending)
+    in /queue until it is deleted or interrupted, /history never has it; every POST is recorded."""
+
+    def __init__(self, state):
+        import http.server
+        import threading
+
+        self.state = state  # "running" | "pending"
+        self.posts = []
+        self.prompt_id = "p-ours"
+        fake = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, obj):
+                body = json.dumps(obj).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path.startswith("/object_info"):
+                    return self._send(OBJECT_INFO)
+                if self.path.startswith("/queue"):
+                    other = [0, "p-someone-else", {}, {}, []]
+                    mine = [1, fake.prompt_id, {}, {}, []]
+                    if fake.state == "running":
+                        return self._send({"queue_running": [mine], "queue_pending": [other]})
+                    if fake.state == "pending":
+                        return self._send({"queue_running": [other], "queue_pending": [mine]})
+                    return self._send({"queue_running": [other], "queue_pending": []})
+                return self._send({})  # /system_stats, /history/<id>
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                fake.posts.append((self.path, body))
+                if self.path == "/prompt":
+                    return self._send({"prompt_id": fake.prompt_id, "number": 1, "node_errors": {}})
+                if self.path == "/interrupt" and body.get("prompt_id") == fake.prompt_id and fake.state == "running":
+                    fake.state = None
+                if self.path == "/queue" and fake.prompt_id in (body.get("delete") or []) and fake.state == "pending":
+                    fake.state = None
+                return self._send({})
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("state", ["running", "pending"])
+def test_timeout_cancels_our_prompt_only(tmp_path, state):
+    """--timeout against --url: exit 4, and our prompt (and only ours) is taken off the server: a running one
+    interrupted by prompt id, a pending one deleted from the queue; never a global /interrupt."""
+    api = tmp_path / "api.json"
+    api.write_text(json.dumps({"1": {"class_type": "EmptyImage", "inputs": {}}}))
+    fake = _FakeComfy(state)
+    try:
+        rc = vr.main([str(api), "--url", fake.url, "--timeout", "0.5", "-q", "-o", str(tmp_path / "out")])
+    finally:
+        fake.close()
+    assert rc == vr.EXIT_TIMEOUT
+    assert fake.state is None, fake.posts
+    cancels = [p for p in fake.posts if p[0] in ("/interrupt", "/queue")]
+    want = ("/interrupt", {"prompt_id": "p-ours"}) if state == "running" else ("/queue", {"delete": ["p-ours"]})
+    assert cancels == [want]

@@ -454,3 +454,19 @@ def test_colour_transfer_matches_the_original_face_colour(engine):
     lab = lambda x: K.rgb_to_lab(x[0][w]).mean(0)
     ref = lab(img)
     assert float((lab(matched.images) - ref).norm()) < 0.5 * float((lab(plain.images) - ref).norm())
+
+
+def test_net_input_is_cv2_inter_area():
+    """512 -> 256 network input = OpenCV INTER_AREA (the official LivePortrait resize): for 2x the mean of
+    each 2x2 block. A sharp-edged crop (checkerboard + hard step) is where a bilinear filter differs most."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    img = rng.random((512, 512, 3)).astype(np.float32)
+    img[::2, ::2] = 1.0
+    img[1::2, 1::2] = 0.0
+    img[:, 301:] = 0.0  # an edge that does not fall on a 2x2 block boundary
+    want = cv2.resize(img, (256, 256), interpolation=cv2.INTER_AREA)
+    got = PL.Engine.net_input(torch.from_numpy(img)[None])[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(got, img.reshape(256, 2, 256, 2, 3).mean((1, 3)), atol=1e-6)

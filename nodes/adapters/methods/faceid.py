@@ -1,8 +1,11 @@
-"""IP-Adapter FaceID (SD1.5 / SDXL): FaceID, FaceID Plus / Plus V2, Portrait. The normalised
-w600k_r50 (buffalo_l) embedding is projected to identity tokens (Plus: a perceiver over CLIP-vision
-features of the aligned face, V2 with the shortcut) that every cross-attention attends to; the paired
-LoRA through ComfyUI's LoRA loader. Facts from h94/IP-Adapter-FaceID's model card and
-tencent-ailab/IP-Adapter: FaceAnalysis('buffalo_l'), faces[0].normed_embedding."""
+"""IP-Adapter FaceID (SD1.5 / SDXL): FaceID, FaceID Plus / Plus V2, Portrait, Portrait unnorm. The
+normalised w600k_r50 (buffalo_l) embedding is projected to identity tokens (Plus: a perceiver over CLIP-vision
+features of the aligned face, V2 with the shortcut) that every cross-attention attends to; the LoRA trained
+with the adapter (stored in the .bin: lora_name 'embedded', the default) or a LoRA file, through ComfyUI's
+LoRA loader. Facts from h94/IP-Adapter-FaceID's model card and tencent-ailab/IP-Adapter:
+FaceAnalysis('buffalo_l'), faces[0].normed_embedding, the LoRA attention processors at scale 1.0.
+Portrait unnorm (ip-adapter-faceid-portrait_sdxl_unnorm.bin): InstantID's resampler layout (16 tokens, SDXL),
+fed the raw buffalo_l embedding (ComfyUI_IPAdapter_plus: face.embedding); no LoRA."""
 
 from __future__ import annotations
 
@@ -14,12 +17,20 @@ from ....core.select import frames_for
 from ..attention import check_masks
 from ..clip_features import ClipFeatureCache, check_clip_width, faceid_plus_clip_features, zero_pixel_hidden
 from ..identity import clip_crops_uncond, faceid_plus_crops, faceid_tokens, identity_embeddings
-from ..loaders import FACEID_KINDS, FACEID_PLUS, FACEID_PORTRAIT
+from ..loaders import (
+    FACEID_KINDS,
+    FACEID_PLUS,
+    FACEID_PORTRAIT,
+    FACEID_PORTRAIT_UNNORM,
+    diffusers_attention_order,
+    lora_to_unet_keys,
+)
 from ..patching import apply_identity_patch, expect_kind
 from ..registry import MethodSpec, register
 
 log = logging.getLogger("visage")
 
+EMBEDDED = "embedded"  # lora_name: the LoRA stored in the FaceID file itself
 CLIP_CACHE = ClipFeatureCache()  # FaceID Plus: CLIP-vision features per vision model (weak) and crop
 
 
@@ -44,9 +55,12 @@ def apply(
 ):
     expect_kind(faceid, FACEID_KINDS, "an IP-Adapter FaceID adapter from 'Load IP-Adapter FaceID'")
     info = faceid.info
-    emb = identity_embeddings("faceid", faces, embeds, info.embedding_dim, recognizer_override)
+    # Portrait unnorm takes the raw w600k_r50 rows (ComfyUI_IPAdapter_plus: face.embedding), the rest normed
+    emb = identity_embeddings(
+        "faceid", faces, embeds, info.embedding_dim, recognizer_override, normed=not info.raw_embedding
+    )
     groups = None
-    if info.kind == FACEID_PORTRAIT:
+    if info.kind in (FACEID_PORTRAIT, FACEID_PORTRAIT_UNNORM):
         total = emb.shape[0]
         per = faces_per_identity or total
         if total % per:
@@ -62,7 +76,10 @@ def apply(
     clip_c = clip_u = None
     shortcut = False
     if info.kind == FACEID_PLUS:
-        shortcut = plus_version == "v2" or (plus_version == "auto" and "v2" in faceid.name.lower())
+        if plus_version == "auto" and info.plus_v2 is not None:  # the loader's explicit variant
+            shortcut = info.plus_v2
+        else:
+            shortcut = plus_version == "v2" or (plus_version == "auto" and "v2" in faceid.name.lower())
         clip_c, clip_u = clip_features(glue, faces, image, clip_vision, info.clip_embeddings_dim)
         if clip_c.shape[0] != emb.shape[0]:
             raise VisageError(
@@ -73,12 +90,33 @@ def apply(
             )
     ad = faceid.module()
     cond, uncond = faceid_tokens(ad.image_proj, info.kind, emb, clip_c, clip_u, shortcut, shortcut_scale, groups)
-    m = model
-    if lora_name and lora_name != "none":
-        m = glue.load_lora(m, lora_name, lora_strength)
+    m = apply_lora(glue, model, faceid, lora_name, lora_strength)
     return (
         apply_identity_patch(m, faceid, cond, uncond, weight, start_at, end_at, masks, info.kind, glue.text_attention),
     )
+
+
+def apply_lora(glue, model, faceid, lora_name, strength):
+    """'none': the model as given; 'embedded': the LoRA stored in the FaceID .bin itself (what the official
+    pipelines always apply, at scale 1.0), named for this UNet and applied through ComfyUI's LoRA machinery on
+    a clone; any other name: that file from models/loras. Portrait files carry no LoRA (the published Portrait
+    pipeline applies none): 'embedded' is then a logged no-op."""
+    if not lora_name or lora_name == "none":
+        return model
+    if lora_name != EMBEDDED:
+        return glue.load_lora(model, lora_name, strength)
+    ad = faceid.module()
+    if not ad.lora:
+        log.info(
+            "Visage: %s carries no LoRA (%s); lora_name = embedded applies nothing",
+            faceid.name,
+            "Portrait files have none"
+            if faceid.info.kind in (FACEID_PORTRAIT, FACEID_PORTRAIT_UNNORM)
+            else "none stored",
+        )
+        return model
+    sd = lora_to_unet_keys(ad.lora, diffusers_attention_order(glue.unet_attention_names(model)), faceid.name)
+    return glue.load_lora_state_dict(model, sd, strength)
 
 
 def clip_features(glue, faces, image, clip_vision, clip_dim=0):
