@@ -237,6 +237,7 @@ class VisageExpressionEditor:
             },
         }
 
+    @comfy_glue.cancellable()
     def edit(
         self,
         liveportrait,
@@ -262,7 +263,7 @@ class VisageExpressionEditor:
         offset = M.slider_expression(sliders)
         if add_expression is not None:
             offset = offset + add_expression
-        eng = PL.Engine(liveportrait)
+        eng = PL.Engine(liveportrait, cancel=comfy_glue.Progress.check_cancel)
         sample = None
         if sample_image is not None:
             if sample_faces is None:
@@ -386,6 +387,7 @@ class VisageExpressionTransfer:
             "optional": {"reference": (VISAGE_EMBEDS, {"tooltip": "Identity to animate when face_select = identity."})},
         }
 
+    @comfy_glue.cancellable()
     def transfer(
         self,
         liveportrait,
@@ -411,7 +413,7 @@ class VisageExpressionTransfer:
         src = check_image(source_image, "source_image")
         drv = check_image(driving_images, "driving_images")
         res = PL.transfer(
-            PL.Engine(liveportrait),
+            PL.Engine(liveportrait, cancel=comfy_glue.Progress.check_cancel),
             src,
             source_faces,
             drv,

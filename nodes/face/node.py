@@ -230,6 +230,7 @@ class VisageAnalyzeFaces:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @comfy_glue.cancellable()
     def analyze(
         self,
         analyzer: FaceAnalyzer,
@@ -329,6 +330,7 @@ class VisageAddFaceRecognizer:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @comfy_glue.cancellable()
     def add(self, image, faces: FaceSet, recognizer, device="auto", unique_id=None):
         dev = comfy_glue.torch_device(device)
         rec = load_recognizer(_find_recognizer(recognizer), dev, resolve_dtype("auto", dev))
