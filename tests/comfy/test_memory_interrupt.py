@@ -180,7 +180,7 @@ def _analysis_prompt(pack, n, prefix):
 
 def _swap_prompt(pack, prefix):
     p = _frames(1)
-    p["an"] = _analyzer(pack)
+    p["an"] = _analyzer("buffalo_l")  # its recognizer is the one the swapper was trained on (w600k_r50)
     p["sm"] = {
         "class_type": "VisageSwapModelLoader",
         "inputs": {"swap_model": "inswapper_128.onnx", "device": "auto", "precision": "auto", "engine": "auto"},
