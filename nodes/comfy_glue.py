@@ -123,11 +123,16 @@ def release_models() -> int:
     """Drop every model and onnxruntime session Visage holds (RAM, and VRAM through ComfyUI), collect
     garbage, empty the torch caches and return freed heap to the OS. The handles stay usable: the next
     ``model()`` loads the file again."""
+    global _TRIM_PENDING
     n = model_manager.MANAGER.unload_all()
     gc.collect()
     mm.soft_empty_cache()
     _malloc_trim()
+    _TRIM_PENDING = True  # once more after ComfyUI drops its execution cache (free_memory) and collects
     return n
+
+
+_TRIM_PENDING = False
 
 
 def _hook_unload_all_models() -> None:
@@ -151,6 +156,22 @@ def _hook_unload_all_models() -> None:
     unload_all_models._visage_hook = True
     unload_all_models.__wrapped__ = current
     mm.unload_all_models = unload_all_models
+
+    # /free: main.py's prompt worker unloads, then resets the execution cache, then gc.collect() and
+    # soft_empty_cache(): trim the heap there too, once per release, so the freed cache goes back as well
+    empty = mm.soft_empty_cache
+
+    def soft_empty_cache(*args, **kwargs):
+        global _TRIM_PENDING
+        result = empty(*args, **kwargs)
+        if _TRIM_PENDING:
+            _TRIM_PENDING = False
+            _malloc_trim()
+        return result
+
+    soft_empty_cache._visage_hook = True
+    soft_empty_cache.__wrapped__ = empty
+    mm.soft_empty_cache = soft_empty_cache
 
 
 def install() -> None:

@@ -239,6 +239,7 @@ def _reloads(server):
     return server.log().count("Visage: reloaded ")
 
 
+@pytest.mark.slow  # ~5 min on 2 CPU cores: three rounds of every family with released-shape networks
 def test_free_releases_visage_models(comfy_server, object_info, gfpgan):
     server, pid = comfy_server, comfy_server.proc.pid
     pack = _pack(object_info)
