@@ -76,29 +76,71 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 class ModelHandle:
-    """A cached model plus what is needed to have it ready on its device."""
+    """A cached model plus what is needed to have it ready on its device.
 
-    def __init__(self, key, module, device: torch.device, dtype: torch.dtype, name: str, backend):
+    :meth:`unload` drops the module (the backend releases its state first); the handle stays valid
+    and :meth:`model` / :attr:`module` load the file again on the next use. Objects that ComfyUI keeps
+    in its execution cache (an analyzer, the LivePortrait networks) hold handles, never modules, so
+    unloading frees the memory even while those objects live on.
+    """
+
+    def __init__(self, key, module, device: torch.device, dtype: torch.dtype, name: str, backend, reload=None):
         self.key = key
         self._module = module
         self.device = torch.device(device)
         self.dtype = dtype
         self.name = name
         self._backend = backend
+        self._reload = reload  # () -> module: the loader again (None: cannot be reloaded)
+        self._lock = threading.RLock()
         self.backend_state: Any = None  # e.g. the ModelPatcher under ComfyUI
         self.nbytes = module_bytes(module)
+        self.loads = 1
+
+    @property
+    def loaded(self) -> bool:
+        return self._module is not None
+
+    def _ensure(self):
+        with self._lock:
+            if self._module is None:
+                if self._reload is None:
+                    raise RuntimeError(f"Visage: {self.name} was unloaded and cannot be reloaded")
+                module = self._reload()
+                if isinstance(module, torch.nn.Module):
+                    module.eval()
+                    module.requires_grad_(False)
+                self._module = module
+                self.nbytes = module_bytes(module)
+                self.loads += 1
+                self._backend.wrap(self)
+                log.info("Visage: reloaded %s", self)
+            return self._module
 
     def model(self):
-        """The module, on ``self.device`` and ready to run (loads it there if it was evicted)."""
-        return self._backend.ready(self)
+        """The module, on ``self.device`` and ready to run (loads it there if it was evicted or unloaded)."""
+        with self._lock:
+            self._ensure()
+            return self._backend.ready(self)
 
     @property
     def module(self):
-        """The module wherever it currently lives (no loading). For introspection only."""
-        return self._module
+        """The module wherever it currently lives (reloaded if it was unloaded, not placed). For introspection."""
+        return self._ensure()
+
+    def unload(self) -> bool:
+        """Drop the module (and the backend's hold on it). True if something was loaded."""
+        with self._lock:
+            if self._module is None:
+                return False
+            self._backend.release(self)
+            self.backend_state = None
+            self._module = None
+            return True
 
     def __repr__(self):
-        return f"ModelHandle({self.name}, device={self.device}, dtype={self.dtype}, {self.nbytes / 1e6:.1f} MB)"
+        state = f"{self.nbytes / 1e6:.1f} MB" if self.loaded else "unloaded"
+        return f"ModelHandle({self.name}, device={self.device}, dtype={self.dtype}, {state})"
 
 
 class LocalBackend:
@@ -122,11 +164,11 @@ class LocalBackend:
         return m
 
     def evict(self, cache: "OrderedDict", keep_key) -> None:
-        total = sum(h.nbytes for h in cache.values())
+        total = sum(h.nbytes for h in cache.values() if h.loaded)
         for k in list(cache.keys()):  # oldest first
             if total <= self.budget_bytes:
                 break
-            if k == keep_key:
+            if k == keep_key or not cache[k].loaded:
                 continue
             h = cache.pop(k)
             total -= h.nbytes
@@ -154,9 +196,7 @@ class ModelManager:
 
     def set_backend(self, backend) -> None:
         with self._lock:
-            for h in self._cache.values():
-                self.backend.release(h)
-            self._cache.clear()
+            self.clear()
             self.backend = backend
 
     def get(
@@ -193,7 +233,15 @@ class ModelManager:
             if isinstance(module, torch.nn.Module):
                 module.eval()
                 module.requires_grad_(False)
-            h = ModelHandle(key, module, device, dtype, name or f"{kind}:{os.path.basename(path)}", self.backend)
+            h = ModelHandle(
+                key,
+                module,
+                device,
+                dtype,
+                name or f"{kind}:{os.path.basename(path)}",
+                self.backend,
+                reload=lambda: loader(path, device, dtype),
+            )
             self.backend.wrap(h)
             with self._lock:
                 self._cache[key] = h
@@ -205,8 +253,18 @@ class ModelManager:
     def clear(self) -> None:
         with self._lock:
             for h in self._cache.values():
-                self.backend.release(h)
+                h.unload()
             self._cache.clear()
+
+    def unload_all(self) -> int:
+        """Drop every loaded module (ComfyUI's "unload models" / ``/free``); handles stay in the cache
+        and load their file again on the next ``model()``. Returns how many modules were dropped."""
+        with self._lock:
+            handles = list(self._cache.values())
+        n = sum(1 for h in handles if h.unload())
+        if n:
+            log.info("Visage: unloaded %d model(s)", n)
+        return n
 
     def cached(self):
         with self._lock:

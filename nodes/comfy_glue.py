@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 
@@ -20,7 +21,7 @@ import comfy.utils
 import folder_paths
 import torch
 
-from ..core import model_manager, paths
+from ..core import cancel, model_manager, paths
 
 log = logging.getLogger("visage")
 
@@ -77,12 +78,100 @@ class ComfyBackend:
         model_manager.LocalBackend(model_manager.DEFAULT_BUDGET * 4).evict(cache, keep_key)
 
     def release(self, handle: model_manager.ModelHandle) -> None:
+        """Take the handle's patcher out of ComfyUI's loaded list (ComfyUI's own unload already did, for
+        its device) and detach it, so dropping the handle's module frees it."""
         patcher = handle.backend_state
-        if patcher is not None:
+        if patcher is None:
+            return
+        for i in range(len(mm.current_loaded_models) - 1, -1, -1):
+            loaded = mm.current_loaded_models[i]
+            if loaded.model is patcher:
+                try:
+                    loaded.model_unload()
+                except Exception as e:  # pragma: no cover - best effort
+                    log.debug("Visage: unloading %s: %s", handle.name, e)
+                mm.current_loaded_models.pop(i)
+        try:
+            patcher.detach()
+        except Exception as e:  # pragma: no cover - best effort
+            log.debug("Visage: detaching %s: %s", handle.name, e)
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap back to the OS (glibc); a no-op elsewhere."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+            import ctypes.util
+
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC = lib if hasattr(lib, "malloc_trim") else False
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        try:
+            _LIBC.malloc_trim(0)
+        except Exception:  # pragma: no cover - best effort
+            pass
+
+
+_LIBC = None
+
+
+def release_models() -> int:
+    """Drop every model and onnxruntime session Visage holds (RAM, and VRAM through ComfyUI), collect
+    garbage, empty the torch caches and return freed heap to the OS. The handles stay usable: the next
+    ``model()`` loads the file again."""
+    global _TRIM_PENDING
+    n = model_manager.MANAGER.unload_all()
+    gc.collect()
+    mm.soft_empty_cache()
+    _malloc_trim()
+    _TRIM_PENDING = True  # once more after ComfyUI drops its execution cache (free_memory) and collects
+    return n
+
+
+_TRIM_PENDING = False
+
+
+def _hook_unload_all_models() -> None:
+    """ComfyUI's "unload models" (``POST /free``, the menu buttons, after an out-of-memory error, and
+    after every prompt with --disable-smart-memory) calls ``comfy.model_management.unload_all_models``;
+    it only knows the ModelPatchers in its loaded list, and those stay referenced by our cache. Wrap it
+    so the same call releases Visage's models and sessions too."""
+    current = mm.unload_all_models
+    if getattr(current, "_visage_hook", False):
+        return
+
+    def unload_all_models(*args, **kwargs):
+        try:
+            return current(*args, **kwargs)
+        finally:
             try:
-                patcher.detach()
-            except Exception:  # pragma: no cover - best effort
-                pass
+                release_models()
+            except Exception as e:  # never break ComfyUI's own unload
+                log.warning("Visage: releasing models failed: %s", e)
+
+    unload_all_models._visage_hook = True
+    unload_all_models.__wrapped__ = current
+    mm.unload_all_models = unload_all_models
+
+    # /free: main.py's prompt worker unloads, then resets the execution cache, then gc.collect() and
+    # soft_empty_cache(): trim the heap there too, once per release, so the freed cache goes back as well
+    empty = mm.soft_empty_cache
+
+    def soft_empty_cache(*args, **kwargs):
+        global _TRIM_PENDING
+        result = empty(*args, **kwargs)
+        if _TRIM_PENDING:
+            _TRIM_PENDING = False
+            _malloc_trim()
+        return result
+
+    soft_empty_cache._visage_hook = True
+    soft_empty_cache.__wrapped__ = empty
+    mm.soft_empty_cache = soft_empty_cache
 
 
 def install() -> None:
@@ -90,6 +179,7 @@ def install() -> None:
     paths.set_resolver(_resolver)
     if model_manager.MANAGER.backend.name != "comfy":
         model_manager.MANAGER.set_backend(ComfyBackend())
+    _hook_unload_all_models()
 
 
 def torch_device(choice: str = "auto") -> torch.device:
@@ -119,6 +209,13 @@ class Progress:
     @staticmethod
     def check_cancel() -> None:
         mm.throw_exception_if_processing_interrupted()
+
+
+def cancellable():
+    """Context for a node's work: ComfyUI's interrupt is checked inside every torch network forward
+    (at most every 50 ms), so one long forward (a restorer on a big face, a LivePortrait decode on a
+    CPU) stops promptly too."""
+    return cancel.checks_inside_modules(mm.throw_exception_if_processing_interrupted)
 
 
 install()

@@ -241,6 +241,7 @@ class VisageExpressionEditor:
         }
 
     @finite_floats
+    @comfy_glue.cancellable()
     def edit(
         self,
         liveportrait,
@@ -266,7 +267,7 @@ class VisageExpressionEditor:
         offset = M.slider_expression(sliders)
         if add_expression is not None:
             offset = offset + add_expression
-        eng = PL.Engine(liveportrait)
+        eng = PL.Engine(liveportrait, cancel=comfy_glue.Progress.check_cancel)
         sample = None
         if sample_image is not None:
             if sample_faces is None:
@@ -391,6 +392,7 @@ class VisageExpressionTransfer:
         }
 
     @finite_floats
+    @comfy_glue.cancellable()
     def transfer(
         self,
         liveportrait,
@@ -416,7 +418,7 @@ class VisageExpressionTransfer:
         src = check_image(source_image, "source_image")
         drv = check_image(driving_images, "driving_images")
         res = PL.transfer(
-            PL.Engine(liveportrait),
+            PL.Engine(liveportrait, cancel=comfy_glue.Progress.check_cancel),
             src,
             source_faces,
             drv,

@@ -50,8 +50,11 @@ class FaceJob:
 
 
 class Engine:
-    def __init__(self, models, crop_size: int = C.CROP_SIZE, chunk: int = 2):
+    def __init__(
+        self, models, crop_size: int = C.CROP_SIZE, chunk: int = 2, cancel: Optional[Callable[[], None]] = None
+    ):
         self.models = models
+        self.cancel = cancel  # raises to cancel; checked before every chunk of every network pass
         self.crop_size = crop_size
         self.chunk = max(int(chunk), 1)
         self.timings: Dict[str, float] = defaultdict(float)
@@ -72,21 +75,29 @@ class Engine:
     def _in(self, x):
         return x.to(self.device, self.dtype)
 
+    def _check(self):
+        if self.cancel is not None:
+            self.cancel()
+
     @torch.no_grad()
     def motion(self, x256: torch.Tensor) -> M.KeypointInfo:
         with self._timed("motion_extractor"):
             net = self.models.motion.model()
-            parts = [
-                M.KeypointInfo.from_raw(net(self._in(x256[i : i + self.chunk])))
-                for i in range(0, x256.shape[0], self.chunk)
-            ]
+            parts = []
+            for i in range(0, x256.shape[0], self.chunk):
+                self._check()
+                parts.append(M.KeypointInfo.from_raw(net(self._in(x256[i : i + self.chunk]))))
         return M.KeypointInfo.cat(parts)
 
     @torch.no_grad()
     def appearance(self, x256: torch.Tensor) -> torch.Tensor:
         with self._timed("appearance_feature_extractor"):
             net = self.models.appearance.model()
-            return torch.cat([net(self._in(x256[i : i + self.chunk])) for i in range(0, x256.shape[0], self.chunk)])
+            outs = []
+            for i in range(0, x256.shape[0], self.chunk):
+                self._check()
+                outs.append(net(self._in(x256[i : i + self.chunk])))
+            return torch.cat(outs)
 
     @torch.no_grad()
     def stitch(self, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
@@ -111,6 +122,7 @@ class Engine:
         n = x_d.shape[0]
         outs = []
         for i in range(0, n, self.chunk):
+            self._check()
             j = min(i + self.chunk, n)
             fs = f_s[i:j] if f_s.shape[0] == n else f_s.expand(j - i, *f_s.shape[1:])
             xs = x_s[i:j] if x_s.shape[0] == n else x_s.expand(j - i, *x_s.shape[1:])
@@ -381,6 +393,7 @@ def transfer(
 
     gen, out_index, paste_jobs, orig = [], [], [], []
     for k, i in enumerate(ok):
+        engine._check()
         sk = pos[src_of(i)]
         si = s_info.select(sk)
         x_s = x_s_all[sk : sk + 1]

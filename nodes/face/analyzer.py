@@ -32,6 +32,18 @@ Progress = Optional[Callable[[int, int], None]]
 
 ENGINES = ("auto", "torch", "onnxruntime")
 
+# Analysis chunks are bounded by pixels as well as frames, so a chunk stays short (cancel and progress
+# are per chunk): on a CPU about 1 Mpx (two detector canvases of 640x640, or one 1080p frame), on a GPU
+# 64 Mpx. A frame counts as its own size or the detector canvas, whichever is larger.
+CHUNK_PIXELS = {"cpu": 1 << 20}
+CHUNK_PIXELS_DEFAULT = 64 << 20
+
+
+def chunk_frames(chunk: int, frame_pixels: int, device) -> int:
+    """Frames per analysis chunk: at most ``chunk``, and at most the device's pixel budget (>= 1)."""
+    budget = CHUNK_PIXELS.get(torch.device(device).type, CHUNK_PIXELS_DEFAULT)
+    return max(1, min(int(chunk), budget // max(int(frame_pixels), 1)))
+
 
 def _onnx_loader(path, device, dtype):
     return load_onnx_module(path, "cpu", dtype)
@@ -184,12 +196,14 @@ class FaceAnalyzer:
     ) -> FaceSet:
         """images [B,H,W,C] float 0..1 -> FaceSet (faces in detector order per image).
 
-        Images are processed ``chunk`` at a time (one detector forward per chunk, one forward per
-        per-face model for all faces of the chunk); ``progress(done_images, total)`` is called after
-        each chunk (it may raise to cancel).
+        Images are processed at most ``chunk`` at a time and within a pixel budget (:func:`chunk_frames`;
+        one detector forward per chunk, one forward per per-face model for all faces of the chunk);
+        ``progress(done_images, total)`` is called after each chunk (it may raise to cancel).
         """
         images = check_image(images)
         B = images.shape[0]
+        dw, dh = self.detector.det_size
+        chunk = chunk_frames(chunk, max(images.shape[1] * images.shape[2], dw * dh), self.device)
         faces: List[Tuple[Face, ...]] = []
         for s in range(0, B, chunk):
             part = self._analyze_chunk(images[s : s + chunk], max_num, det_thresh, tasks)

@@ -223,6 +223,7 @@ class VisageAnalyzeFaces:
         }
 
     @finite_floats
+    @comfy_glue.cancellable()
     def analyze(
         self,
         analyzer: FaceAnalyzer,
@@ -323,6 +324,7 @@ class VisageAddFaceRecognizer:
         }
 
     @finite_floats
+    @comfy_glue.cancellable()
     def add(self, image, faces: FaceSet, recognizer, device="auto", unique_id=None):
         dev = comfy_glue.torch_device(device)
         rec = load_recognizer(_find_recognizer(recognizer), dev, resolve_dtype("auto", dev))

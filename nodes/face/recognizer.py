@@ -24,7 +24,7 @@ from ...core.onnx import run_batched
 from ...core.recognizers import recognizer_id
 from ...core.types import FaceSet
 from .align import estimate_norm
-from .analyzer import _onnx_loader, _ort_loader, model_crops, pick_engine
+from .analyzer import _onnx_loader, _ort_loader, chunk_frames, model_crops, pick_engine
 from .pack import route
 
 # files in a pack folder that are never recognizers (listing without opening every ONNX file)
@@ -68,6 +68,8 @@ class FaceRecognizer:
                 fix="connect the same IMAGE that went into Analyze Faces (or its 'image' output)",
             )
         new = [list(per) for per in faces.faces]
+        # the analysis' pixel budget (a frame counts at least a 640x640 canvas): short chunks on a CPU
+        chunk = chunk_frames(chunk, max(images.shape[1] * images.shape[2], 640 * 640), self.handle.device)
         for s in range(0, faces.batch_size, chunk):
             part = range(s, min(s + chunk, faces.batch_size))
             todo = [(i, j) for i in part for j in range(len(faces.faces[i]))]

@@ -376,32 +376,33 @@ class VisageSwapFaces:
             ]
         progress = comfy_glue.Progress(2 * image.shape[0])
         inter = comfy_glue.intermediate_device()
-        out, mask, count = swap_batch(
-            analyzer,
-            image,
-            swapper,
-            source_embeddings=embs,
-            source_image=src,
-            mapping=mapping,
-            order=order,
-            source_indexes=source_indexes,
-            target_indexes=target_indexes,
-            references=target_references,
-            min_similarity=min_similarity,
-            blend=blend,
-            mask_type=mask_type,
-            erode=mask_erode,
-            blur=mask_blur,
-            color_transfer=color_transfer,
-            temporal_smoothing=temporal_smoothing,
-            on_no_face=on_no_face,
-            restorer=restorer,
-            progress=progress,
-            out_device=inter,
-            targets=faces,
-            source_faces=source_faces,
-            recognizer_override=recognizer_override,
-        )
+        with comfy_glue.cancellable():
+            out, mask, count = swap_batch(
+                analyzer,
+                image,
+                swapper,
+                source_embeddings=embs,
+                source_image=src,
+                mapping=mapping,
+                order=order,
+                source_indexes=source_indexes,
+                target_indexes=target_indexes,
+                references=target_references,
+                min_similarity=min_similarity,
+                blend=blend,
+                mask_type=mask_type,
+                erode=mask_erode,
+                blur=mask_blur,
+                color_transfer=color_transfer,
+                temporal_smoothing=temporal_smoothing,
+                on_no_face=on_no_face,
+                restorer=restorer,
+                progress=progress,
+                out_device=inter,
+                targets=faces,
+                source_faces=source_faces,
+                recognizer_override=recognizer_override,
+            )
         return (out.to(inter), mask.to(inter), int(count))
 
 
@@ -490,28 +491,42 @@ class VisageRestoreFaces:
         faces=None,
     ):
         image = check_image(image, "image")
+        with comfy_glue.cancellable():
+            out, count = self._restore(
+                restorer, image, order, max_faces, mask_erode, mask_blur, on_no_face, analyzer, faces
+            )
+        return (out.to(comfy_glue.intermediate_device()), count)
+
+    @staticmethod
+    def _restore(restorer, image, order, max_faces, mask_erode, mask_blur, on_no_face, analyzer, faces):
         B = image.shape[0]
-        progress = comfy_glue.Progress(B)
+        analyse = faces is None
+        total = 2 * B if analyse else B  # analysis (when not given faces), then restoration
+        progress = comfy_glue.Progress(total)
         dev = restorer.handle.device
         frames = image.to(dev)
         fs = (
-            expand_to(faces, B)
-            if faces is not None
-            else _need_analyzer(analyzer, "Restore Faces").analyze(frames, tasks=[])
+            _need_analyzer(analyzer, "Restore Faces").analyze(
+                frames, tasks=[], progress=lambda d, t: progress(d, total)
+            )
+            if analyse
+            else expand_to(faces, B)
         )
+        done = B if analyse else 0
         fs, _ = apply_on_no_face(fs, on_no_face, "image batch")  # passthrough: such frames stay unchanged
         out = frames.clone()
         count = 0
         for i in range(B):
-            faces = order_faces(fs.faces[i], order)
+            progress.check_cancel()
+            picked = order_faces(fs.faces[i], order)
             if max_faces > 0:
-                faces = faces[:max_faces]
-            if faces:
-                idx = torch.zeros(len(faces), dtype=torch.long, device=dev)
-                out[i : i + 1] = restore_pass(frames[i : i + 1], faces, idx, restorer, mask_erode, mask_blur)
-                count += len(faces)
-            progress(i + 1, B)
-        return (out.to(comfy_glue.intermediate_device()), count)
+                picked = picked[:max_faces]
+            if picked:
+                idx = torch.zeros(len(picked), dtype=torch.long, device=dev)
+                out[i : i + 1] = restore_pass(frames[i : i + 1], picked, idx, restorer, mask_erode, mask_blur)
+                count += len(picked)
+            progress(done + i + 1, total)
+        return out, count
 
 
 class VisageBuildFaceModel:
@@ -560,6 +575,7 @@ class VisageBuildFaceModel:
     CATEGORY = CATEGORY
 
     @finite_floats
+    @comfy_glue.cancellable()
     def build(self, order="largest", fusion="norm_mean", on_no_face="skip", analyzer=None, images=None, faces=None):
         from ...core.types import FaceSet
 

@@ -106,7 +106,8 @@ class RestorerModule(torch.nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor, fidelity: float = 0.5) -> torch.Tensor:
         """x [N,3,S,S] RGB 0..1 -> [N,3,S,S] 0..1."""
-        y = x * 2.0 - 1.0
+        # contiguous NCHW: crops arrive channels-last (a permuted view), and GFPGAN's style code uses .view
+        y = (x * 2.0 - 1.0).contiguous()
         if self.arch == "CodeFormer":
             out = self.net(y, **{self._fidelity_kw(): float(fidelity)})
         elif self.arch == "GFPGAN":

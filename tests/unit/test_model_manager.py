@@ -143,3 +143,43 @@ def test_check_models_tool(tmp_path):
     )
     assert r.returncode == 1
     assert "size-mismatch" in r.stdout and "det_500m.onnx" in r.stdout and "missing" in r.stdout
+
+
+def test_unload_all_drops_modules_and_reloads_lazily(model_file):
+    """ComfyUI's unload (/free) path: every module is dropped (nothing keeps it alive), the handle stays
+    valid and its next use loads the file again; the cache keeps one handle per key."""
+    import gc
+    import weakref
+
+    mm, calls = ModelManager(), []
+    h = mm.get("k", model_file, _loader(calls))
+    first = weakref.ref(h.model())
+    assert mm.unload_all() == 1 and not h.loaded and "unloaded" in repr(h)
+    gc.collect()
+    assert first() is None, "the unloaded module is still referenced"
+    assert mm.unload_all() == 0
+    assert len(calls) == 1
+    m2 = h.model()  # lazy reload, same handle
+    assert isinstance(m2, torch.nn.Linear) and len(calls) == 2 and h.loaded and h.loads == 2
+    assert mm.get("k", model_file, _loader(calls)) is h and len(calls) == 2
+    assert not m2.training and not any(p.requires_grad for p in m2.parameters())
+    mm.unload_all()
+    assert isinstance(h.module, torch.nn.Linear) and len(calls) == 3  # introspection reloads too
+
+
+def test_unload_releases_backend_state(model_file):
+    released = []
+
+    class Backend(LocalBackend):
+        def wrap(self, handle):
+            handle.backend_state = "patcher"
+
+        def release(self, handle):
+            released.append(handle.backend_state)
+
+    mm = ModelManager(Backend())
+    h = mm.get("k", model_file, _loader([]))
+    mm.unload_all()
+    assert released == ["patcher"] and h.backend_state is None
+    h.model()
+    assert h.backend_state == "patcher"  # wrapped again on reload
