@@ -34,6 +34,7 @@ import torch
 from ...core.errors import ModelFileInvalid, VisageError
 from ...core.model_manager import MANAGER, ModelHandle
 from ...core.paths import find_file
+from . import landmark203 as L203
 from . import networks as N
 
 log = logging.getLogger("visage")
@@ -227,6 +228,7 @@ class LivePortraitModels:
     device: torch.device
     dtype: torch.dtype
     folder: str = ""
+    landmark: Optional[ModelHandle] = None  # LivePortrait's 203-point landmark.onnx, when present
 
     def __repr__(self):
         return f"LivePortraitModels({self.folder}, {self.device}, {self.dtype})"
@@ -262,6 +264,19 @@ def load_models(
             name=f"LivePortrait {kind}",
         )
     folder = os.path.dirname(handles["appearance_feature_extractor"].key[1][0])
+    landmark = None
+    lm_path = L203.find(lambda name: find_file(folder_name, name))
+    if lm_path is not None:
+        landmark = MANAGER.get(
+            "liveportrait:landmark203", lm_path, L203.load_landmark203, device=torch.device("cpu"), name=L203.FILE
+        )
+    else:
+        log.info(
+            "Visage: no %s in models/%s: eye/lip retargeting uses 68-point approximations of LivePortrait's "
+            "203-point ratios",
+            L203.FILE,
+            folder_name,
+        )
     return LivePortraitModels(
         handles["appearance_feature_extractor"],
         handles["motion_extractor"],
@@ -271,4 +286,5 @@ def load_models(
         device,
         dtype,
         folder,
+        landmark,
     )

@@ -344,15 +344,18 @@ class VisageExpressionTransfer:
                     "BOOLEAN",
                     {
                         "default": False,
-                        "tooltip": "Drive the eye openness by the driving's eye ratio (needs 68-point landmarks). As in "
-                        "LivePortrait, in relative mode retargeting replaces the other motion.",
+                        "tooltip": "Drive the eye openness by the driving's eye ratio. The official 203-point ratio "
+                        "when LivePortrait's landmark.onnx is in models/liveportrait/, else a 68-point approximation "
+                        "(needs 68-point landmarks). As in LivePortrait, in relative mode retargeting replaces the "
+                        "other motion.",
                     },
                 ),
                 "lip_retargeting": (
                     "BOOLEAN",
                     {
                         "default": False,
-                        "tooltip": "Drive the lip openness by the driving's lip ratio (needs 68-point landmarks).",
+                        "tooltip": "Drive the lip openness by the driving's lip ratio: the official 203-point ratio "
+                        "with landmark.onnx, else a 68-point approximation (needs 68-point landmarks).",
                     },
                 ),
                 "smoothing": (

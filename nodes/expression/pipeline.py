@@ -22,6 +22,7 @@ from ...core.errors import NoFaceError, VisageError
 from ...core.types import Face, FaceEmbeds, FaceSet
 from .. import paste as P
 from . import crop as C
+from . import landmark203 as L203
 from . import motion as M
 
 log = logging.getLogger("visage")
@@ -198,16 +199,28 @@ def find_jobs(
     return jobs
 
 
-def _ratios(face: Face, what: str) -> torch.Tensor:
+def _ratios(face: Face, what: str, lm203: Optional[np.ndarray] = None) -> torch.Tensor:
+    """Eye ([2]) or lip ([1]) close ratios: LivePortrait's 203-point formulas when its landmark model ran
+    (``lm203``), else the 68-point approximation."""
+    if lm203 is not None:
+        return L203.eye_close_ratios(lm203) if what == "eye" else L203.lip_close_ratio(lm203)
     lm = face.landmarks_68
     if lm is None:
         raise VisageError(
             f"{what} retargeting needs 68-point landmarks",
-            expected="faces analysed with a landmark model (e.g. 1k3d68 of an insightface pack)",
+            expected="faces analysed with a landmark model (e.g. 1k3d68 of an insightface pack), or LivePortrait's "
+            "landmark.onnx in models/liveportrait/",
             got="faces without landmarks",
-            fix=f"use a pack with landmarks or turn {what} retargeting off",
+            fix=f"use a pack with landmarks, add landmark.onnx, or turn {what} retargeting off",
         )
     return M.eye_open_ratios(lm) if what == "eye" else M.lip_open_ratio(lm)
+
+
+def _landmarks203(engine, images: torch.Tensor, job) -> Optional[np.ndarray]:
+    h = getattr(engine.models, "landmark", None)
+    if h is None:
+        return None
+    return L203.landmarks_203(h.model(), images[job.image_index], job.face)
 
 
 @dataclass
@@ -400,11 +413,12 @@ def transfer(
         x_d = M.driven_keypoints(si, d_info.select(k), d0, mode, region)
         if eye_retargeting or lip_retargeting:
             s_face, d_face = s_jobs[sk].face, d_jobs[k].face
+            s_lm, d_lm = _landmarks203(engine, source, s_jobs[sk]), _landmarks203(engine, driving, d_jobs[k])
             eye = lip = None
             if eye_retargeting:
-                eye = torch.cat([_ratios(s_face, "eye"), _ratios(d_face, "eye")[:1]])[None]
+                eye = torch.cat([_ratios(s_face, "eye", s_lm), _ratios(d_face, "eye", d_lm)[:1]])[None]
             if lip_retargeting:
-                lip = torch.cat([_ratios(s_face, "lip"), _ratios(d_face, "lip")])[None]
+                lip = torch.cat([_ratios(s_face, "lip", s_lm), _ratios(d_face, "lip", d_lm)])[None]
             delta = engine.retarget(x_s, eye, lip)
             # LivePortrait's Algorithm 1: relative motion + retargeting = source keypoints + deltas
             x_d = (x_s if mode == "relative" else x_d) + delta

@@ -95,3 +95,40 @@ def build(models_dir: str, input_dir: str) -> None:
     cv2.imwrite(
         os.path.join(input_dir, "visage_expression_driving.png"), np.ascontiguousarray(np.flip(img, 1))[..., ::-1]
     )
+
+
+def make_landmark203(path: str, seed: int = 0) -> str:
+    """A test ONNX with the signature of LivePortrait's landmark.onnx: input ``input`` [1,3,224,224] (RGB 0..1),
+    three outputs, the third [1,406] = 203 crop-relative (x, y) in 0..1 (random weights)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+
+    def gemm(name, n):
+        w = numpy_helper.from_array(rng.normal(0, 2.0, (n, 3)).astype(np.float32), f"{name}_w")
+        b = numpy_helper.from_array(rng.normal(0, 0.5, (n,)).astype(np.float32), f"{name}_b")
+        inits.extend([w, b])
+        nodes.append(helper.make_node("Gemm", ["flat", f"{name}_w", f"{name}_b"], [f"{name}_lin"], transB=1))
+
+    nodes.append(helper.make_node("GlobalAveragePool", ["input"], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"]))
+    for name, n in (("out0", 214), ("out1", 2), ("out2", 406)):
+        gemm(name, n)
+        nodes.append(helper.make_node("Sigmoid", [f"{name}_lin"], [name]))
+    graph = helper.make_graph(
+        nodes,
+        "landmark203",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, k])
+            for n, k in (("out0", 214), ("out1", 2), ("out2", 406))
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    onnx.save(model, path)
+    return path

@@ -188,3 +188,20 @@ def test_missing_files_name_the_file_and_folders(tmp_path):
         assert "appearance_feature_extractor.safetensors" in msg and str(tmp_path) in msg and "never downloads" in msg
     finally:
         paths.clear_extra_folders()
+
+
+def test_landmark_model_is_used_when_present(released_dir, tmp_path):
+    """LivePortrait's landmark.onnx beside the five networks is loaded (the 203-point ratios); without it
+    the models load with landmark None (68-point fallback)."""
+    from builders.expression import make_landmark203
+
+    paths.add_folder("liveportrait", released_dir)
+    try:
+        assert L.load_models("cpu", torch.float32).landmark is None
+        extra = tmp_path / "lp_extra"
+        make_landmark203(str(extra / "landmark.onnx"))
+        paths.add_folder("liveportrait", str(extra))
+        models = L.load_models("cpu", torch.float32)
+        assert models.landmark is not None and models.landmark.model()(torch.zeros(1, 3, 224, 224))[2].shape == (1, 406)
+    finally:
+        paths.clear_extra_folders()
