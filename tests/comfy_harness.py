@@ -227,3 +227,19 @@ def copy_input(base_dirs: dict, src: str, name: Optional[str] = None) -> str:
 
 def unique_prefix(stem: str) -> str:
     return f"{stem}_{uuid.uuid4().hex[:8]}"
+
+
+def node_with_defaults(object_info: dict, class_type: str, **inputs) -> dict:
+    """An API-format node with every combo and required widget input at its declared default (so new
+    inputs do not break a test's prompt), then ``inputs``."""
+    info = object_info[class_type]
+    values = {}
+    for section in ("required", "optional"):
+        for name, cfg in (info["input"].get(section) or {}).items():
+            typ, opts = cfg[0], (cfg[1] if len(cfg) > 1 and isinstance(cfg[1], dict) else {})
+            if isinstance(typ, list) and typ:
+                values[name] = opts.get("default", typ[0])
+            elif typ in ("INT", "FLOAT", "STRING", "BOOLEAN") and "default" in opts and section == "required":
+                values[name] = opts["default"]
+    values.update(inputs)
+    return {"class_type": class_type, "inputs": values}

@@ -111,7 +111,7 @@ class PerceiverAttention(nn.Module):
         return self.to_out(_heads_attention(q, k, v, self.heads))
 
 
-class PerceiverAttentionCA(nn.Module):
+class PerceiverAttentionCA(PerceiverAttention):
     """PuLID-FLUX cross-attention: ``latents`` (image tokens, ``dim``) attend to ``x`` (identity, ``kv_dim``).
 
     Released: dim 3072, 16 heads of 128, kv_dim 2048. Unlike :class:`PerceiverAttention` the keys
@@ -119,16 +119,7 @@ class PerceiverAttentionCA(nn.Module):
     """
 
     def __init__(self, *, dim: int = 3072, dim_head: int = 128, heads: int = 16, kv_dim: Optional[int] = 2048):
-        super().__init__()
-        self.dim_head = dim_head
-        self.heads = heads
-        inner = dim_head * heads
-        kv = dim if kv_dim is None else kv_dim
-        self.norm1 = nn.LayerNorm(kv)
-        self.norm2 = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(kv, inner * 2, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
+        super().__init__(dim=dim, dim_head=dim_head, heads=heads, kv_dim=kv_dim)
 
     def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         x = self.norm1(x)

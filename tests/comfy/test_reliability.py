@@ -94,17 +94,7 @@ def _tree(root):
 
 
 def _node(ctx, class_type, **inputs):
-    info = ctx["object_info"][class_type]
-    values = {}
-    for section in ("required", "optional"):
-        for name, cfg in (info["input"].get(section) or {}).items():
-            typ, opts = cfg[0], (cfg[1] if len(cfg) > 1 and isinstance(cfg[1], dict) else {})
-            if isinstance(typ, list) and typ:
-                values[name] = opts.get("default", typ[0])
-            elif typ in ("INT", "FLOAT", "STRING", "BOOLEAN") and "default" in opts and section == "required":
-                values[name] = opts["default"]
-    values.update(inputs)
-    return {"class_type": class_type, "inputs": values}
+    return ch.node_with_defaults(ctx["object_info"], class_type, **inputs)
 
 
 def _analysis(ctx, image="rel_no_face.png", on_no_face="passthrough", extra_image=None):

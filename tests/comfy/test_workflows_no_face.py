@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import comfy_harness as ch
 import numpy as np
 import pytest
 from PIL import Image
@@ -33,18 +34,7 @@ def ctx(comfy_server, comfy_base, object_info, tmp_path_factory):
 
 
 def _node(ctx, class_type, **inputs):
-    """A node with every widget input at its default (so new inputs do not break this test), then ``inputs``."""
-    info = ctx["object_info"][class_type]
-    values = {}
-    for section in ("required", "optional"):
-        for name, cfg in (info["input"].get(section) or {}).items():
-            typ, opts = cfg[0], (cfg[1] if len(cfg) > 1 and isinstance(cfg[1], dict) else {})
-            if isinstance(typ, list) and typ:
-                values[name] = opts.get("default", typ[0])
-            elif typ in ("INT", "FLOAT", "STRING", "BOOLEAN") and "default" in opts and section == "required":
-                values[name] = opts["default"]
-    values.update(inputs)
-    return {"class_type": class_type, "inputs": values}
+    return ch.node_with_defaults(ctx["object_info"], class_type, **inputs)
 
 
 def _analysis(ctx, images, on_no_face="passthrough", align_mode="passthrough", extra=None):
