@@ -26,7 +26,7 @@ Facts, from the public sources (read, not copied):
     ``body.N.shortcut_layer.{0,1}`` (only N = 3, 7, 21: the units whose depth changes),
     ``body.N.res_layer.{0,1,2,3,4}``, ``body.N.res_layer.5.fc1/fc2`` (the SE convs),
     ``output_layer.{0,3,4}``.
-  - Loading: ``model.load_state_dict(torch.load(path), strict=True)`` on the plain state dict — no
+  - Loading: ``load_state_dict(<the file's plain state dict>, strict=True)`` on the plain state dict — no
     ``state_dict`` wrapper and no ``module.`` prefix are stripped, and Visage strips neither.
   - Weights: ``https://github.com/xinntao/facexlib/releases/download/v0.1.0/recognition_arcface_ir_se50.pth``;
     facexlib fetches them on first use into ``<facexlib package>/facexlib/weights`` (see
