@@ -229,12 +229,27 @@ def apply_on_no_face(faceset: FaceSet, policy: str, where: str = "image batch") 
     return faceset, everything
 
 
+def rows_for(faceset: FaceSet, n_images: int, what: str = "image") -> Tuple[int, ...]:
+    """Which image of an ``n_images`` batch each entry of ``faceset`` describes (the same batch, or the
+    whole analysed batch when Analyze Faces skipped images without a face); a clear error otherwise."""
+    rows = faceset.rows_for(int(n_images))
+    if rows is None:
+        expected = f"{faceset.batch_size} image(s) (the batch the faces describe)"
+        if faceset.source_indices:
+            expected += f" or the {faceset.source_batch} analysed"
+        raise VisageError(
+            f"'{what}' is not the one the faces were found in",
+            expected=expected,
+            got=f"{n_images} image(s)",
+            fix="connect the IMAGE that went into Analyze Faces (or Analyze Faces' 'image' output)",
+        )
+    return rows
+
+
 def expand_to(faceset: FaceSet, n_images: int, what: str = "image") -> FaceSet:
     """Faces for every image of an ``n_images`` batch: after 'skip' the left-out images get no face
     (so they pass through), and each face's image_index is its frame in that batch."""
-    rows = faceset.rows_for(int(n_images))
-    if rows is None:
-        frames_for(torch.empty(int(n_images), 0), faceset, what)  # raises the clear message
+    rows = rows_for(faceset, n_images, what)
     if list(rows) == list(range(n_images)):
         return faceset
     per = [()] * n_images
@@ -246,19 +261,8 @@ def expand_to(faceset: FaceSet, n_images: int, what: str = "image") -> FaceSet:
 
 
 def frames_for(images: torch.Tensor, faceset: FaceSet, what: str = "image") -> torch.Tensor:
-    """The frames of ``images`` the faces describe, in the faces' order: the same batch, or the whole
-    analysed batch when Analyze Faces skipped images without a face."""
-    rows = faceset.rows_for(int(images.shape[0]))
-    if rows is None:
-        expected = f"{faceset.batch_size} image(s) (the batch the faces describe)"
-        if faceset.source_indices:
-            expected += f" or the {faceset.source_batch} analysed"
-        raise VisageError(
-            f"'{what}' and 'faces' come from different batches",
-            expected=expected,
-            got=f"{images.shape[0]} image(s)",
-            fix="connect the IMAGE that went into Analyze Faces (or Analyze Faces' 'image' output)",
-        )
+    """The frames of ``images`` the faces describe, in the faces' order."""
+    rows = rows_for(faceset, int(images.shape[0]), what)
     if list(rows) == list(range(images.shape[0])):
         return images
     return images[list(rows)]

@@ -271,7 +271,7 @@ class VisageAnalyzeFaces:
 
 def _recognizer_files():
     names = recognizer_choices(
-        [f"{n}" for n in paths.list_files("insightface_packs", {".onnx"})],
+        paths.list_files("insightface_packs", {".onnx"}),
         paths.list_files("facexlib", {".pth", ".pt"}),
     )
     return names or ["(no recognizer found in models/insightface/models or models/facexlib)"]

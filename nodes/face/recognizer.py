@@ -17,11 +17,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ...core.errors import ModelFileInvalid, VisageError
+from ...core.errors import ModelFileInvalid
 from ...core.images import check_image
 from ...core.model_manager import MANAGER, ModelHandle
 from ...core.onnx import run_batched
 from ...core.recognizers import recognizer_id
+from ...core.select import rows_for
 from ...core.types import FaceSet
 from .align import estimate_norm
 from .analyzer import _onnx_loader, _ort_loader, chunk_frames, model_crops, pick_engine
@@ -59,14 +60,7 @@ class FaceRecognizer:
         """``faces`` with this recognizer's embedding on every face. ``images`` is the batch the faces
         were found in (or, after on_no_face='skip', the kept images)."""
         images = check_image(images, "image")
-        rows = faces.rows_for(images.shape[0])
-        if rows is None:
-            raise VisageError(
-                "The image batch is not the one the faces were found in",
-                expected=f"{faces.batch_size} image(s) (or the {faces.analysed_batch} analysed)",
-                got=f"{images.shape[0]} image(s)",
-                fix="connect the same IMAGE that went into Analyze Faces (or its 'image' output)",
-            )
+        rows = rows_for(faces, images.shape[0], "image")
         new = [list(per) for per in faces.faces]
         # the analysis' pixel budget (a frame counts at least a 640x640 canvas): short chunks on a CPU
         chunk = chunk_frames(chunk, max(images.shape[1] * images.shape[2], 640 * 640), self.handle.device)
