@@ -297,6 +297,133 @@ def restore_rows(models, w, h, faces, reps, device, threads=0):
     }
 
 
+QUALITY_VARIANTS = ("plain", "occlusion", "regions", "occlusion+regions", "gpen512", "boost2", "boost4")
+
+
+def _quality_child(variant, models, w, h, faces, reps, threads, q):
+    """One swap-quality variant in its own process: per-frame ms (faces given) and peak RSS."""
+    try:
+        import statistics
+        import warnings
+
+        import numpy as np
+        import torch
+
+        warnings.simplefilter("ignore")
+        _limit_threads(threads)
+        _import_visage()
+        from visage.core.model_manager import MANAGER
+        from visage.nodes.face import masks as FM
+        from visage.nodes.face.analyzer import load_analyzer
+        from visage.nodes.face.parsing import load_parsing
+        from visage.nodes.swap import pipeline as PL
+        from visage.nodes.swap.models import load_swapper
+        from visage.nodes.swap.restore import Restorer, load_restorer
+
+        an = load_analyzer(models["pack"], torch.device("cpu"), torch.float32, engine="auto")
+        sw = MANAGER.get(
+            "swap:swapper:onnxruntime",
+            models["swapper"],
+            lambda p, d, t: load_swapper(p, "cpu", t, engine="onnxruntime"),
+        )
+        img = _frame(w, h)
+        frame = torch.from_numpy(img[:, :, ::-1].copy()).float().div_(255.0)[None]
+        emb = np.random.default_rng(0).standard_normal(512).astype(np.float32)
+        src = [torch.nn.functional.normalize(torch.from_numpy(emb)[None], dim=-1)]
+        plan = PL.plan(an.analyze(frame, max_num=faces, tasks=[]), [1], "by_order")
+        kw = {}
+        if "occlusion" in variant or "regions" in variant:
+            occ = FM.load_occluder(models["xseg"], engine="onnxruntime") if "occlusion" in variant else None
+            par = load_parsing(models["bisenet"], engine="onnxruntime") if "regions" in variant else None
+            kw["masker"] = FM.FaceMasker(parser=par, occluder=occ, regions=("face",) if par else ())
+        if variant == "gpen512":
+            h_ = MANAGER.get(
+                "bench:gpen",
+                models["gpen"],
+                lambda p, d, t: load_restorer(p, "cpu", torch.float32, engine="onnxruntime"),
+            )
+            kw["restorer"] = Restorer(handle=h_, name="GPEN-BFR-512")
+        if variant.startswith("boost"):
+            kw["pixel_boost"] = int(variant[5:])
+        PL.swap_frames(frame, plan, sw, src, **kw)  # warm-up
+        t = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            PL.swap_frames(frame, plan, sw, src, **kw)
+            t.append((time.perf_counter() - t0) * 1e3)
+        q.put({"ms": statistics.median(t), "min_ms": min(t), "faces": len(plan), "peak_mb": _peak_mb("cpu")})
+    except Exception as e:  # pragma: no cover - reported in the row
+        import traceback
+
+        q.put({"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}"})
+
+
+def quality_rows(workdir, models, reps, threads, w=1920, h=1080, faces=1):
+    """Swap-quality options at 1080p on the CPU (faces given), each relative to the plain swap: occlusion
+    (XSeg signature), regions (BiSeNet: the real architecture with random weights, exported to ONNX), both,
+    GPEN-512 (signature-only test network: the pipeline around it), pixel boost 2x / 4x; peak RSS per variant
+    (each variant in its own process)."""
+    _import_visage()
+    from builders import masks as MB
+
+    models = dict(models)
+    models["xseg"] = MB.make_controlled_xseg_onnx(os.path.join(workdir, "xseg_1.onnx"))
+    models["bisenet"] = MB.make_bisenet_onnx(os.path.join(workdir, "bisenet_resnet_18.onnx"))
+    models["gpen"] = MB.make_gpen_onnx(os.path.join(workdir, "GPEN-BFR-512.onnx"), 512)
+    ctx = mp.get_context("spawn")
+    res = {}
+    for v in QUALITY_VARIANTS:
+        q = ctx.Queue()
+        p = ctx.Process(target=_quality_child, args=(v, models, w, h, faces, reps, threads, q))
+        p.start()
+        res[v] = q.get(timeout=1800)
+        p.join()
+    base = res["plain"].get("ms")
+    rows = []
+    notes = {
+        "occlusion": "XSeg signature, controlled test net (tiny): the align/resize/smooth pipeline, not XSeg's own cost",
+        "regions": "BiSeNet ResNet-18 (released architecture, random weights, onnxruntime) at 512 per face",
+        "occlusion+regions": "both masks",
+        "gpen512": "GPEN-BFR-512 signature, tiny test net: the restore pipeline, not GPEN's own cost",
+        "boost2": "2x2 interleaved 128 crops (test inswapper layout, 64 ch)",
+        "boost4": "4x4 interleaved 128 crops (test inswapper layout, 64 ch)",
+        "plain": "box mask, no option (the baseline)",
+    }
+    for v in QUALITY_VARIANTS:
+        r = res[v]
+        if "error" in r:
+            rows.append(
+                {
+                    "op": f"swap option {v}",
+                    "shape": f"{w}x{h} {faces} face(s)",
+                    "ours_ms": None,
+                    "ref_ms": None,
+                    "ratio": None,
+                    "reference": "plain swap",
+                    "bytes": None,
+                    "memory_bound": False,
+                    "note": r["error"][:400],
+                }
+            )
+            continue
+        rows.append(
+            {
+                "op": f"swap option {v}",
+                "shape": f"{w}x{h} {r['faces']} face(s)",
+                "ours_ms": r["ms"],
+                "ref_ms": base,
+                "ratio": (r["ms"] / base) if base else None,
+                "reference": "plain swap (ratio = cost relative to it)",
+                "bytes": None,
+                "memory_bound": False,
+                "note": f"{notes[v]}; min {r['min_ms']:.1f} ms; peak RSS {r['peak_mb']:.0f} MB; CPU threads "
+                f"{threads or 'default'}",
+                "peak_mb_ours": r["peak_mb"],
+            }
+        )
+    return rows
+
+
 def run(args=None):
     quick = bool(getattr(args, "quick", False))
     device = str(getattr(args, "device", None) or "cpu")
@@ -312,6 +439,8 @@ def run(args=None):
     rows = []
     try:
         models = prepare_models(workdir, channels)
+        if getattr(args, "only_quality", False):
+            return quality_rows(workdir, models, reps, threads)
         if getattr(args, "only_restore", False):
             for w, h in sizes:
                 for faces in (1, 4):
@@ -378,6 +507,8 @@ def run(args=None):
                     }
                 )
                 rows.append(restore_rows(models, w, h, faces, reps, device, threads))
+        if not quick and device == "cpu":
+            rows += quality_rows(workdir, models, reps, threads)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return rows
@@ -391,6 +522,7 @@ def main(argv=None):
     ap.add_argument("--swap-channels", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for both pipelines (default 1 on CPU)")
     ap.add_argument("--only-restore", action="store_true", help="only the swap+restore order comparison")
+    ap.add_argument("--only-quality", action="store_true", help="only the swap-quality options vs the plain swap")
     args = ap.parse_args(argv)
     for r in run(args):
         ratio = f"{r['ratio']:.2f}x" if r.get("ratio") else "-"

@@ -17,8 +17,10 @@ from ...core.recognizers import RECOGNIZER_OVERRIDE_TIP, method_embeddings
 from ...core.select import FUSIONS, ORDERS, apply_on_no_face, embeds_from_faces, expand_to, order_faces
 from ...core.types import VISAGE_ANALYZER, VISAGE_EMBEDS, VISAGE_FACES
 from .. import comfy_glue
+from ..expression.motion import VISAGE_LIVEPORTRAIT
 from ..face.analyzer import pick_engine
 from ..face.masks import VISAGE_MASKER
+from .expression_restore import expression_option
 from .facemodel import load_face_model, save_face_model
 from .models import ENGINES, PIXEL_BOOSTS, load_swapper
 from .pipeline import MAPPINGS, MASK_TYPES, SWAP_TRAINED_ON, restore_pass, swap_batch
@@ -375,6 +377,21 @@ class VisageSwapFaces:
                         f"the {SWAP_TRAINED_ON} embedding (the analyzer adds it).",
                     },
                 ),
+                "liveportrait": (
+                    VISAGE_LIVEPORTRAIT,
+                    {"tooltip": "Load LivePortrait: needed by expression_restore."},
+                ),
+                "expression_restore": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.05,
+                        "tooltip": "Put the target's own expression back on the swapped face with LivePortrait "
+                        "(1 = the target's expression, 0 = off). Needs 'liveportrait'.",
+                    },
+                ),
             },
         }
 
@@ -416,9 +433,12 @@ class VisageSwapFaces:
         masker=None,
         pixel_boost="1x",
         identity_strength=1.0,
+        liveportrait=None,
+        expression_restore=0.0,
     ):
         image = check_image(image, "image")
         boost = _pixel_boost(pixel_boost)
+        expression = expression_option(liveportrait, expression_restore)
         src = check_image(source_image, "source_image") if source_image is not None else None
         embs = None
         if source_embeds is not None:
@@ -456,6 +476,7 @@ class VisageSwapFaces:
                 masker=masker,
                 pixel_boost=boost,
                 identity_strength=float(identity_strength),
+                expression=expression,
             )
         return (out.to(inter), mask.to(inter), int(count))
 

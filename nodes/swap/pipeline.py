@@ -326,6 +326,11 @@ def swap_frames(
                     crops = lab_transfer(crops.float(), stats[:, None, None])
                 res = restore_swapped(sub, crops, mats, feather, idx, [a.face for a in A], restorer, erode, blur)
                 fm = P.paste_masks(sub.shape, M, feather, idx)
+            if expression is not None and expression.factor > 0:
+                from .expression_restore import restore_expression
+
+                tick()
+                res, _ = restore_expression(expression, res, sub, [a.face for a in A], idx.tolist())
             outs.append(res)
             masks.append(fm)
             count += len(A)

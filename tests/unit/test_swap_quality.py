@@ -260,3 +260,39 @@ def test_gpen_onnx_engines_templates_and_refusals(env):
         assert out.shape == frame.shape and (out - frame).abs().max() > 1e-3
         sw, mask, n = PL.swap_frames(frame, PL.plan(faces, [1], "by_order"), env["sw"], [_source()], restorer=rest)
         assert n == faces.count and (sw[0][mask[0] > 0.5] - frame[0][mask[0] > 0.5]).abs().mean() > 0.02
+
+
+def test_expression_restore(env):
+    from visage.nodes.expression import networks as N
+    from visage.nodes.expression import pipeline as EP
+    from visage.nodes.swap.expression_restore import ExpressionRestore, expression_option
+
+    class Models:  # narrow LivePortrait twins (same structure and keypoint layout), random weights
+        def __init__(self):
+            torch.manual_seed(0)
+            m = {k: N.build(k, N.tiny_cfg()) for k in N.KINDS}
+            self.appearance = EP.Direct(m["appearance_feature_extractor"])
+            self.motion = EP.Direct(m["motion_extractor"])
+            self.warping = EP.Direct(m["warping_module"])
+            self.spade = EP.Direct(m["spade_generator"])
+            self.stitching = EP.Direct(m["stitching_retargeting_module"])
+            self.device, self.dtype = torch.device("cpu"), torch.float32
+
+    assert expression_option(None, 0.0) is None  # off: no LivePortrait needed
+    with pytest.raises(VisageError, match="LivePortrait"):
+        expression_option(None, 0.5)
+    models = Models()
+    opt = expression_option(models, 0.7)
+    assert isinstance(opt, ExpressionRestore) and opt.factor == 0.7
+    faces, frame = env["faces"], env["frame"]
+    plan = PL.plan(faces, [1], "by_order")[:1]
+    plain, mask, _ = PL.swap_frames(frame, plan, env["sw"], [_source()])
+    out, mask2, n = PL.swap_frames(frame, plan, env["sw"], [_source()], expression=opt)
+    assert n == 1 and torch.equal(mask, mask2) and out.shape == frame.shape
+    changed = (out - plain).abs().amax(-1)[0] > 1e-4
+    assert changed.sum() > 100  # the face was re-rendered
+    x1, y1, x2, y2 = plan[0].face.bbox.tolist()
+    w = x2 - x1
+    far = torch.ones_like(changed)
+    far[max(0, int(y1 - 2 * w)) : int(y2 + 2 * w), max(0, int(x1 - 2 * w)) : int(x2 + 2 * w)] = False
+    assert not changed[far].any()  # only around the face
