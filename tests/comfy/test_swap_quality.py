@@ -57,6 +57,17 @@ def plain(comfy_server):
     return _images(comfy_server, entry, "6")[0], _images(comfy_server, entry, "8")[0][..., 0], _count(entry)
 
 
+def _one_face(wf):
+    wf["5"]["inputs"].update(mapping="by_index", source_indexes="0", target_indexes="0")  # CPU time
+    return wf
+
+
+@pytest.fixture(scope="module")
+def plain_one(comfy_server):
+    entry = comfy_server.run(_one_face(_wf("swap_image.json", **{"1": "t1.jpg", "2": "t1.jpg"})), timeout=300)
+    return _images(comfy_server, entry, "6")[0]
+
+
 def test_occlusion_workflow(comfy_server, comfy_base, plain):
     entry = comfy_server.run(_wf("swap_occlusion.json", **{"1": "t1.jpg", "2": "t1.jpg"}), timeout=300)
     out, mask = _images(comfy_server, entry, "6")[0], _images(comfy_server, entry, "8")[0][..., 0]
@@ -73,21 +84,25 @@ def test_face_regions_workflow_is_inside_the_box(comfy_server, plain):
     assert (mask <= plain[1].astype(int) + 1).all() and mask.sum() < plain[1].astype(int).sum()
 
 
-def test_gpen_pixel_boost_identity_workflows(comfy_server, comfy_base, plain):
-    src = _src(comfy_base)
-    for name in (
+@pytest.mark.parametrize(
+    "name",
+    [
         "swap_gpen.json",
         "swap_pixel_boost.json",
         "swap_identity_strength.json",
-        "swap_expression_restore.json",
-    ):
-        entry = comfy_server.run(_wf(name, **{"1": "t1.jpg", "2": "t1.jpg"}), timeout=600)
-        out = _images(comfy_server, entry, "6")[0]
-        assert _count(entry) == plain[2], name
-        assert out.shape == src.shape and np.abs(out.astype(int) - src.astype(int)).max() > 10, name
-        if name != "swap_identity_strength.json":  # (the test swapper barely reacts to a mixed identity;
-            # tests/unit/test_swap_quality.py checks the mixing itself)
-            assert np.abs(out.astype(int) - plain[0].astype(int)).max() > 2, name  # the option changed the result
+        pytest.param("swap_expression_restore.json", marks=pytest.mark.slow),  # full-size LivePortrait on a CPU
+    ],
+)
+def test_option_workflows(comfy_server, comfy_base, plain_one, name):
+    src = _src(comfy_base)
+    wf = _one_face(_wf(name, **{"1": "t1.jpg", "2": "t1.jpg"}))
+    entry = comfy_server.run(wf, timeout=600)
+    out = _images(comfy_server, entry, "6")[0]
+    assert _count(entry) == 1, name
+    assert out.shape == src.shape and np.abs(out.astype(int) - src.astype(int)).max() > 10, name
+    if name != "swap_identity_strength.json":  # (the test swapper barely reacts to a mixed identity;
+        # tests/unit/test_swap_quality.py checks the mixing itself)
+        assert np.abs(out.astype(int) - plain_one.astype(int)).max() > 2, name  # the option changed the result
 
 
 def test_face_mask_regions_workflow(comfy_server):
