@@ -20,15 +20,15 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-try:  # `visage` is the repository, installed editable by scripts/setup.sh
-    from visage.core.paths import MODEL_EXTENSIONS, check_against_manifest, manifest, sha256_file
-except ImportError:  # a plain clone inside ComfyUI/custom_nodes: load the repository as the package
-    spec = importlib.util.spec_from_file_location(
+_spec = importlib.util.find_spec("visage")
+if not _spec or os.path.dirname(os.path.realpath(_spec.origin or "")) != os.path.realpath(REPO):
+    # not installed, or another checkout installed: load this repository as the package `visage`
+    _spec = importlib.util.spec_from_file_location(
         "visage", os.path.join(REPO, "__init__.py"), submodule_search_locations=[REPO]
     )
-    sys.modules["visage"] = mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    from visage.core.paths import MODEL_EXTENSIONS, check_against_manifest, manifest, sha256_file
+    sys.modules["visage"] = _mod = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_mod)
+from visage.core.paths import MODEL_EXTENSIONS, check_against_manifest, manifest, sha256_file  # noqa: E402
 
 PACK_INPUTS = ("pack", "analysis_pack", "insightface_pack")
 
