@@ -701,7 +701,14 @@ class Comfy:
             args.append("--cpu")
         installed = pack_installed_in(comfy_path)
         if installed:
-            input_dir = None  # its input folder may be moved by its own settings: images go through /upload/image
+            input_dir = None  # images go through /upload/image
+            # a user's ComfyUI: its input/, output/, temp/ and user/ folders are never written to; the run's
+            # files go to throw-away folders (unless --extra-arg names them)
+            for d in ("input", "output", "temp", "user"):
+                flag = f"--{d}-directory"
+                if not any(a == flag or a.startswith(flag + "=") for a in extra_args):
+                    os.makedirs(os.path.join(tmp, d), exist_ok=True)
+                    args.append(f"{flag}={os.path.join(tmp, d)}")
             if models:
                 cfg = os.path.join(tmp, "extra_model_paths.yaml")
                 with open(cfg, "w", encoding="utf-8") as f:

@@ -5,6 +5,7 @@
     python tools/get_models.py --models /path/ComfyUI/models buffalo_l
     python tools/get_models.py --list                          # what can be fetched, and from where
     python tools/get_models.py --reachable buffalo_l           # only check that the hosts answer (exit 3 if not)
+    python tools/get_models.py --probe URL...                  # the same for any URLs (scripts/quickstart.sh)
 
 Each file comes from the ``url`` of its entry in ``core/manifest.json`` (a ``.zip`` url: the file is the
 archive member of the same name, wherever it sits in the archive, so antelopev2.zip's nested folder does
@@ -148,8 +149,9 @@ def verdict(entry: dict, size: int, digest: str) -> tuple:
 def host_reachable(url: str, timeout: float = 5.0) -> str | None:
     """None when a TCP connection to ``url``'s host opens, else why not."""
     u = urllib.parse.urlsplit(url)
-    if u.scheme == "file":
-        return None if os.path.exists(urllib.request.url2pathname(u.path)) else f"{u.path} does not exist"
+    if u.scheme in ("file", ""):  # a local path (a git repository, a mirror folder)
+        p = urllib.request.url2pathname(u.path) if u.scheme else url
+        return None if os.path.exists(p) else f"{p} does not exist"
     port = u.port or (443 if u.scheme == "https" else 80)
     try:
         with socket.create_connection((u.hostname, port), timeout=timeout):
@@ -247,6 +249,7 @@ def fetch(entries: list, models: str, base: str | None, replace_bad: bool = Fals
 
 def _fetch_archive(src: str, items: list, models: str, timeout: float) -> int:
     say(f"downloading {src}")
+    os.makedirs(models, exist_ok=True)
     work = tempfile.mkdtemp(prefix=".visage-archive-", dir=models)
     code = EXIT_OK
     try:
@@ -288,6 +291,9 @@ def main(argv=None) -> int:
     ap.add_argument("--manifest", default=MANIFEST, help=argparse.SUPPRESS)
     ap.add_argument("--list", action="store_true", help="list what can be fetched")
     ap.add_argument("--reachable", action="store_true", help="only check that the hosts of the targets answer")
+    ap.add_argument(
+        "--probe", nargs="+", metavar="URL", help="only check that these URLs' hosts answer (exit 3 if not)"
+    )
     ap.add_argument("--replace-bad", action="store_true", help="replace a file in place that does not match")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds without data before giving up")
     a = ap.parse_args(argv)
@@ -299,6 +305,11 @@ def main(argv=None) -> int:
                 size = f"{e['size']} B" if e.get("size") else "size ?"
                 sys.stdout.write(f"{where}{e['folder']}/{e['name']}  ({size})  {e.get('url') or '-'}\n")
             return EXIT_OK
+        if a.probe:
+            bad = {u: why for u in a.probe if (why := host_reachable(u, timeout=min(a.timeout, 5.0)))}
+            for u, why in bad.items():
+                say(f"unreachable: {u}: {why}")
+            return EXIT_OFFLINE if bad else EXIT_OK
         if not a.targets:
             ap.error("name at least one pack or file (see --list)")
         chosen = select(entries, a.targets)
