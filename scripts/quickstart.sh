@@ -115,11 +115,17 @@ miss = []
 for path in sys.argv[1:]:
     for line in open(path, encoding="utf-8"):
         name = re.split(r"[<>=~!;\[ ]", line.split("#")[0].strip())[0]
+        if name in ("torch", "torchvision", "torchaudio"):  # the torch family: checked apart, never replaced
+            continue
         if name:
             try:
                 metadata.version(name)
             except metadata.PackageNotFoundError:
                 miss.append(name)
+try:
+    metadata.version("torch")
+except metadata.PackageNotFoundError:
+    miss.insert(0, "torch")
 print(" ".join(dict.fromkeys(miss)))
 PYEOF
 }
@@ -267,6 +273,10 @@ PYEOF
 else
   say "Python environment: $PY (everything needed is installed)"
 fi
+if [ "${VISAGE_PIP_DRY:-0}" = 1 ] && { [ $ENV_NEW = 1 ] || [ -n "$MISSING" ]; }; then
+  say "VISAGE_PIP_DRY=1: the environment was not completed, so the workflow is not run"
+  exit 0
+fi
 
 # ------------------------------------------------------------------ models
 RUN_MODELS=$MODELS
@@ -299,10 +309,6 @@ say "face model pack: $PACK ($RUN_MODELS/insightface/models/$PACK)"
 PHOTO=$("$PY" -c "import insightface, os; print(os.path.join(os.path.dirname(insightface.__file__), 'data', 'images', 't1.jpg'))" 2>/dev/null || true)
 [ -f "$PHOTO" ] || PHOTO="$SHARED/fixtures/images/insightface/t1.jpg"
 [ -f "$PHOTO" ] || die "no photo to analyse: insightface (in $PY) ships data/images/t1.jpg; install it there" 1
-if [ "${VISAGE_PIP_DRY:-0}" = 1 ] && [ $ENV_NEW = 1 ]; then
-  say "VISAGE_PIP_DRY=1: the environment was not built, so the workflow is not run"
-  exit 0
-fi
 SETUP_S=$((SECONDS - T0))
 say "setup took ${SETUP_S}s; analysing $PHOTO with pack '$PACK' (ComfyUI's input/output folders are not used)"
 rm -rf "$OUT"
