@@ -136,8 +136,10 @@ PACKS_DIR="$MODELS/insightface/models"
 PACK=""
 for p in "$PACK_WANTED" buffalo_l antelopev2; do
   if ls "$PACKS_DIR/$p"/*.onnx >/dev/null 2>&1; then PACK=$p; break; fi
-  if [ -d "$PACKS_DIR/$p/$p" ] && ! ls "$PACKS_DIR/$p"/*.onnx >/dev/null 2>&1; then
-    die "the $p pack is nested: its files are in $PACKS_DIR/$p/$p/ (antelopev2.zip unpacks that way). Move them up: mv \"$PACKS_DIR/$p/$p\"/* \"$PACKS_DIR/$p/\" && rmdir \"$PACKS_DIR/$p/$p\", then run again"
+  if ls "$PACKS_DIR/$p/$p"/*.onnx >/dev/null 2>&1; then # antelopev2.zip unpacks nested: Visage reads it as is
+    say "the $p pack is nested ($PACKS_DIR/$p/$p/): Visage reads it there (other packs may want the files one folder up)"
+    PACK=$p
+    break
   fi
 done
 MODELS_PLAN=have
@@ -181,6 +183,14 @@ if [ -n "$MISSING" ] && ! probe "$INDEX"; then
     (its torch stays as it is), then run again.")
   fi
 fi
+TORCH_INDEX=()
+if ! command -v nvidia-smi >/dev/null 2>&1 && [ "$(uname -s)" = Linux ]; then
+  TORCH_INDEX=(--index-url "${VISAGE_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}")
+  if [[ " $MISSING " == *" torch "* || $ENV_NEW = 1 ]] && ! probe "${TORCH_INDEX[1]}"; then
+    PROBLEMS+=("torch (CPU build; this machine has no NVIDIA GPU): ${TORCH_INDEX[1]} cannot be reached. Connect to the
+    network, or set VISAGE_TORCH_INDEX to a mirror of it, or activate an environment that has torch, then run again.")
+  fi
+fi
 if [ "$MODELS_PLAN" = none ]; then
   url=$("$PY3" tools/get_models.py --list | sed -n "s/^\[$PACK_WANTED\] .*  \(http[^ ]*\)$/\1/p" | head -1)
   PROBLEMS+=("Face models: no face model pack in $PACKS_DIR/ and ${VISAGE_MODELS_BASE_URL:-${url:-its published location}} cannot be reached.
@@ -222,7 +232,7 @@ say "ComfyUI: $COMFY"
 # ------------------------------------------------------------------ the pack in custom_nodes
 INSTALLED=""
 for d in "$COMFY/custom_nodes"/*; do
-  if [ -e "$d" ] && [ "$(cd "$d" && pwd -P)" = "$(pwd -P)" ]; then INSTALLED=$d; fi
+  if [ -d "$d" ] && [ "$(cd "$d" && pwd -P)" = "$(pwd -P)" ]; then INSTALLED=$d; fi
 done
 if [ -z "$INSTALLED" ]; then
   DEST="$COMFY/custom_nodes/visage"
@@ -259,11 +269,7 @@ PYEOF
     say "keeping torch $TORCH_NOW (pip constraints: $(tr '\n' ' ' <"$CONS"))"
   else
     : >"$CONS"
-    TORCH_INDEX=()
-    if ! command -v nvidia-smi >/dev/null 2>&1 && [ "$(uname -s)" = Linux ]; then
-      TORCH_INDEX=(--index-url "${VISAGE_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}")
-      say "no NVIDIA GPU: the CPU build of torch (no CUDA libraries)"
-    fi
+    [ ${#TORCH_INDEX[@]} -gt 0 ] && say "no NVIDIA GPU: the CPU build of torch (no CUDA libraries)"
     # shellcheck disable=SC2086
     run "$PY" -m pip install -q ${TORCH_INDEX[@]+"${TORCH_INDEX[@]}"} $VISAGE_TORCH_PINS
   fi
@@ -319,4 +325,4 @@ rc=$?
 set -e
 [ $rc = 0 ] || die "the workflow did not run (visage-run exit code $rc; its messages are above)" $rc
 say "done in $((SECONDS - T0))s; outputs written to: $OUT"
-ls -1 "$OUT" | sed 's/^/  /'
+(cd "$OUT" && find . -type f | sort | sed "s|^\./|  |")

@@ -8,7 +8,7 @@ then a one-line summary; exit code 1 when a file is present but does not match i
 
 With ``--workflow`` (API or UI format): only what that workflow names (model files, face model packs);
 one line per need, then a one-line summary; exit code 1 when anything it needs is missing or does not
-match (a pack folder nested inside itself, as antelopev2.zip unpacks, counts as missing: the line says so).
+match (a pack folder nested inside itself, as antelopev2.zip unpacks, is read there, as Visage does).
 ``python tools/get_models.py PACK_OR_FILE`` fetches what the manifest has a published location for.
 """
 
@@ -79,8 +79,13 @@ def check_pack(models_dir, pack):
         return "missing", f"no folder {base}"
     onnx = [f for f in os.listdir(base) if f.endswith(".onnx")]
     nested = os.path.join(base, pack)
-    if not onnx and os.path.isdir(nested):
-        return "missing", f"the files are in {nested}: move them up one folder (antelopev2.zip unpacks nested)"
+    if not onnx and os.path.isdir(nested):  # antelopev2.zip unpacks that way; Visage's pack loader reads it
+        base, onnx = nested, [f for f in os.listdir(nested) if f.endswith(".onnx")]
+        if onnx:
+            lacking = [e["name"] for e in want if e["name"] not in onnx]
+            if want and lacking:
+                return "incomplete", f"{base} lacks {', '.join(lacking)}"
+            return "ok", f"{len(onnx)} .onnx files, nested in {base} (Visage reads them there)"
     if not onnx:
         return "missing", f"{base} holds no .onnx file"
     lacking = [e["name"] for e in want if e["name"] not in onnx]
