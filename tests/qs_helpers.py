@@ -1,4 +1,4 @@
-"""Helpers of the quickstart tests: a local HTTP server of test-built files, a closed port, a clean
+"""Helpers of the quickstart tests (tests/quickstart): a local HTTP server of test-built files, a closed port, a clean
 environment for scripts/quickstart.sh, a bare git repository of ComfyUI made from ../shared's tarball."""
 
 import contextlib
@@ -11,7 +11,7 @@ import sys
 import tarfile
 import threading
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.normpath(os.environ.get("VISAGE_SHARED_DIR") or os.path.join(REPO, "..", "shared"))
 TARBALL = os.path.join(SHARED, "comfyui", "ComfyUI-0.3.64.tar.gz")
 FIXTURE_MODELS = os.path.join(SHARED, "fixtures", "models")
