@@ -23,6 +23,7 @@
 # the message says what to do); otherwise the code of the step that failed (visage-run: 1 failed,
 # 3 ComfyUI did not start, 4 timeout).
 set -euo pipefail
+ORIG_PWD=$(pwd)
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 # shellcheck source=scripts/pins.sh
@@ -64,6 +65,7 @@ run() { # a long step: printed, and only printed under VISAGE_PIP_DRY=1
 is_comfy() { [ -n "$1" ] && [ -f "$1/main.py" ] && [ -f "$1/folder_paths.py" ]; }
 COMFY=""
 if [ -n "$COMFY_ARG" ]; then
+  [[ $COMFY_ARG == /* ]] || COMFY_ARG="$ORIG_PWD/$COMFY_ARG"
   if is_comfy "$COMFY_ARG"; then COMFY=$(cd "$COMFY_ARG" && pwd); fi
   NEW_COMFY=$COMFY_ARG
 else
