@@ -6,7 +6,8 @@
 #
 #   bash scripts/quickstart.sh [--separate-venv] [--copy] [--comfyui DIR]
 #
-#   --separate-venv  build a separate environment in .venv (torch + ComfyUI's and Visage's requirements)
+#   --separate-venv  build a separate environment in .venv (torch + ComfyUI's and Visage's requirements;
+#                    VISAGE_SEPARATE_VENV=DIR puts it elsewhere)
 #                    instead of installing into ComfyUI's own environment
 #   --copy           copy the pack into ComfyUI/custom_nodes/visage instead of linking it
 #   --comfyui DIR    the ComfyUI to use, or where to put a new one (default: $COMFYUI_PATH, the ComfyUI this
@@ -87,7 +88,7 @@ fi
 # the Python environment: ComfyUI's own unless --separate-venv
 ENV_NEW=0
 if [ $SEPARATE = 1 ]; then
-  PY="$REPO/.venv/bin/python"
+  PY="${VISAGE_SEPARATE_VENV:-$REPO/.venv}/bin/python"
   [ -x "$PY" ] || ENV_NEW=1
 elif [ -x "$COMFY_DIR/venv/bin/python" ]; then
   PY="$COMFY_DIR/venv/bin/python"
@@ -174,7 +175,11 @@ if [ -z "$COMFY" ] && [ -z "$MISSING" ] && [ $ENV_NEW = 0 ]; then
   fi
 fi
 if [ -n "$MISSING" ] && ! probe "$INDEX"; then
-  if [ $ENV_NEW = 1 ]; then
+  if [ $ENV_NEW = 1 ] && [ $SEPARATE = 1 ]; then
+    PROBLEMS+=("Python environment: building the separate environment $VENV_DIR (--separate-venv: torch + ComfyUI's and
+    Visage's requirements) needs the package index $INDEX, which cannot be reached. Connect to the network (or set
+    PIP_INDEX_URL to a mirror you can reach), or leave out --separate-venv to use ComfyUI's environment.")
+  elif [ $ENV_NEW = 1 ]; then
     PROBLEMS+=("Python environment: none was found for ComfyUI (no venv in $COMFY_DIR, no active virtualenv or conda
     environment), and building one ($VENV_DIR: torch + ComfyUI's and Visage's requirements) needs the package index
     $INDEX, which cannot be reached. Connect to the network (or set PIP_INDEX_URL to a mirror you can reach), or

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -184,3 +185,34 @@ def test_comfyui_venv_used_and_its_torch_kept(tmp_path):
     assert len(pip) == 1 and pip[0].split("would run: ")[1].startswith(f"{venv}/bin/python -m pip install -q -c "), pip
     assert "comfy-requirements.txt" in pip[0] and "torch==" not in pip[0]
     assert os.path.islink(os.path.join(comfy, "custom_nodes", "visage"))
+
+
+def test_separate_venv_builds_its_own(tmp_path):
+    """--separate-venv: a new environment (not ComfyUI's, not the active one): venv, then torch from the CPU
+    index on a machine without an NVIDIA GPU, then ComfyUI's and Visage's requirements (all dry)."""
+    _need_shared()
+    home = tmp_path / "home"
+    home.mkdir()
+    comfy = unpack_comfyui(str(tmp_path / "ComfyUI"))
+    sep = str(tmp_path / "sep-venv")
+    with serve({}) as (base, _hits):
+        env = clean_env(
+            home,
+            COMFYUI_PATH=comfy,
+            VISAGE_COMFYUI_SEARCH=comfy,
+            VIRTUAL_ENV=VENV,
+            PIP_INDEX_URL=base + "/simple",
+            VISAGE_TORCH_INDEX=base + "/whl/cpu",
+            VISAGE_PIP_DRY="1",
+            VISAGE_SEPARATE_VENV=sep,
+            VISAGE_SHARED_DIR=os.path.dirname(os.path.dirname(FIXTURE_MODELS)),
+        )
+        r = run_quickstart(env, "--separate-venv", timeout=120)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-3000:]
+    steps = [ln.split("would run: ", 1)[1] for ln in log.splitlines() if "would run: " in ln]
+    assert steps[0].endswith(f"-m venv {sep}"), steps
+    if shutil.which("nvidia-smi") is None:
+        assert f"--index-url {base}/whl/cpu torch==" in steps[1], steps
+    assert steps[-1].startswith(f"{sep}/bin/python -m pip install -q -c ") and "comfy-requirements.txt" in steps[-1]
+    assert not os.path.exists(sep)  # dry: nothing built
