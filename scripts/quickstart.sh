@@ -137,7 +137,9 @@ PYEOF
 MODELS=${VISAGE_MODELS_DIR:-$COMFY_DIR/models}
 PACKS_DIR="$MODELS/insightface/models"
 PACK=""
-for p in "$PACK_WANTED" buffalo_l antelopev2; do
+OTHER_PACKS=$(cd "$PACKS_DIR" 2>/dev/null && ls -d -- */ 2>/dev/null | tr -d / | tr '\n' ' ' || true)
+# shellcheck disable=SC2086
+for p in "$PACK_WANTED" buffalo_l antelopev2 $OTHER_PACKS; do
   if ls "$PACKS_DIR/$p"/*.onnx >/dev/null 2>&1; then PACK=$p; break; fi
   if ls "$PACKS_DIR/$p/$p"/*.onnx >/dev/null 2>&1; then # antelopev2.zip unpacks nested: Visage reads it as is
     say "the $p pack is nested ($PACKS_DIR/$p/$p/): Visage reads it there (other packs may want the files one folder up)"
