@@ -6,8 +6,7 @@
 #
 #   bash scripts/quickstart.sh [--separate-venv] [--copy] [--comfyui DIR]
 #
-#   --separate-venv  build a separate environment in .venv (torch + ComfyUI's and Visage's requirements;
-#                    VISAGE_SEPARATE_VENV=DIR puts it elsewhere)
+#   --separate-venv  build a separate environment in .venv (torch + ComfyUI's and Visage's requirements)
 #                    instead of installing into ComfyUI's own environment
 #   --copy           copy the pack into ComfyUI/custom_nodes/visage instead of linking it
 #   --comfyui DIR    the ComfyUI to use, or where to put a new one (default: $COMFYUI_PATH, the ComfyUI this
@@ -17,8 +16,9 @@
 # VISAGE_COMFYUI_GIT (the git URL of ComfyUI), VISAGE_MODELS_BASE_URL (a mirror for tools/get_models.py),
 # VISAGE_QUICKSTART_OUT (outputs; default visage_outputs/quickstart), VISAGE_QUICKSTART_PACK (the pack to
 # fetch; default buffalo_l). For tests: VISAGE_SHARED_DIR (default ../shared), VISAGE_COMFYUI_SEARCH
-# (colon-separated places to look for a ComfyUI instead of the defaults), VISAGE_PIP_DRY=1 (print the pip
-# and venv commands instead of running them).
+# (colon-separated places to look for a ComfyUI instead of the defaults), VISAGE_SEPARATE_VENV (where
+# --separate-venv builds), VISAGE_TORCH_INDEX (torch's CPU index), VISAGE_PIP_DRY=1 (print the pip and venv
+# commands instead of running them).
 #
 # Exit codes: 0 done; 2 something is missing that this script cannot get (offline, no ComfyUI, no models:
 # the message says what to do); otherwise the code of the step that failed (visage-run: 1 failed,
@@ -42,7 +42,7 @@ while [ $# -gt 0 ]; do
     --copy) COPY=1 ;;
     --comfyui) COMFY_ARG=${2:?--comfyui needs a folder}; shift ;;
     --comfyui=*) COMFY_ARG=${1#*=} ;;
-    -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
   shift
