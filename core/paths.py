@@ -41,6 +41,7 @@ FOLDERS: Dict[str, str] = {
     "reactor_faces": "reactor/faces",
     "visage_embeds": "visage/embeds",
     "visage_faces": "visage/faces",
+    "face_parsing": "face_parsing",  # face parsers and occluders: bisenet_resnet_18/34.onnx, xseg_1/2/3.onnx
 }
 
 MODEL_EXTENSIONS = {".onnx", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".sft"}
