@@ -42,6 +42,7 @@ FOLDERS: Dict[str, str] = {
     "visage_embeds": "visage/embeds",
     "visage_faces": "visage/faces",
     "face_parsing": "face_parsing",  # face parsers and occluders: bisenet_resnet_18/34.onnx, xseg_1/2/3.onnx
+    "infiniteyou": "infiniteyou",  # InfiniteYou's image_proj_model.bin (InfuseNet goes to models/controlnet)
 }
 
 MODEL_EXTENSIONS = {".onnx", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".sft"}
