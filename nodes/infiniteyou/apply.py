@@ -82,6 +82,7 @@ def apply_infiniteyou(
     masks: Optional[torch.Tensor] = None,
     recognizer_override: str = "",
     device="cpu",
+    vae=None,
 ):
     """(positive, negative, hints) with InfuseNet attached."""
     if not isinstance(infiniteyou, InfiniteYouRef):
@@ -108,7 +109,7 @@ def apply_infiniteyou(
 
     def with_net(conditioning, i=0, mask=None):
         return cond_with(
-            conditioning, control_net, hints[i : i + 1], weight, window, tokens[i : i + 1], mask, device=device
+            conditioning, control_net, hints[i : i + 1], weight, window, tokens[i : i + 1], mask, device=device, vae=vae
         )
 
     if not is_regional:

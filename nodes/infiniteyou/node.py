@@ -108,6 +108,7 @@ class VisageApplyInfiniteYou:
                     {"tooltip": "InfuseNet (single-file Flux ControlNet) from ComfyUI's 'Load ControlNet Model'."},
                 ),
                 "infiniteyou": (VISAGE_INFINITEYOU, {"tooltip": "From 'Load InfiniteYou'."}),
+                "vae": ("VAE", {"tooltip": "The Flux VAE: InfuseNet takes its keypoint image as a latent."}),
                 "weight": _float(
                     1.0, 0.0, 10.0, 0.01, "InfuseNet strength (the official infusenet_conditioning_scale, 1.0)."
                 ),
@@ -150,6 +151,7 @@ class VisageApplyInfiniteYou:
         negative,
         control_net,
         infiniteyou,
+        vae,
         weight,
         start_at,
         end_at,
@@ -179,6 +181,7 @@ class VisageApplyInfiniteYou:
             masks=masks,
             recognizer_override=recognizer_override,
             device=comfy_glue.intermediate_device(),
+            vae=vae,
         )
 
 
