@@ -7,9 +7,9 @@ Identities and references: without masks every face of ``faces`` is a reference 
 M masks (one region per identity) the faces are split, in order, into M equal groups: identity i takes
 group i as its references.
 
-The face image each reference gives EVA-CLIP is the official one: the FFHQ-512 crop aligned from the
-analysis keypoints (facexlib's border colour outside the image), BiSeNet parsing, background labels
-(0, 16, 18, 7, 8, 9, 14, 15) white, the rest grey; bicubic to 336, OpenAI-CLIP normalisation.
+The face image each reference gives EVA-CLIP is the official one, prepared as for PuLID-FLUX
+(:mod:`.preprocess`): the FFHQ-512 crop aligned from the analysis keypoints, BiSeNet parsing, background
+white, face grey; bicubic to 336, OpenAI-CLIP normalisation.
 """
 
 from __future__ import annotations
@@ -18,39 +18,26 @@ import logging
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from ...core.errors import VisageError
 from ...core.recognizers import method_embeddings
 from ...core.select import apply_on_no_face, frames_for
-from ..face.align import align_faces, warp_crops
 from ..face.parsing import parse_faces
 from . import sdxl as S
-from .eva_clip import EVA_MEAN, EVA_STD, pulid_vit_features
+from .eva_clip import pulid_vit_features
 from .loaders import KIND_NAMES, SDXL_V1, SDXL_V1_1
+from .preprocess import aligned_faces, eva_input, face_features_image
 
 log = logging.getLogger("visage")
 
 METHOD = "PuLID SDXL"
 TRAINED_ON = "glintr100"
-BORDER_RGB = (132.0 / 255.0, 133.0 / 255.0, 135.0 / 255.0)  # facexlib's cv2 border (135, 133, 132) BGR
-BG_LABELS = (0, 16, 18, 7, 8, 9, 14, 15)
 
 
 def face_images(images: torch.Tensor, faces, parser) -> torch.Tensor:
     """[N, 3, 512, 512]: white background, grey face (the official EVA-CLIP input before resizing)."""
-    al = align_faces(images, faces, template="ffhq_512", size=512)
-    ones = torch.ones((*images.shape[:3], 1), dtype=al.crops.dtype, device=images.device)
-    cover = warp_crops(ones, al.matrix, al.image_index, 512).clamp_(0, 1)
-    border = torch.tensor(BORDER_RGB, dtype=al.crops.dtype, device=al.crops.device)
-    crops = al.crops * cover + border * (1.0 - cover)
-    labels = parse_faces(parser, crops).to(crops.device).long()
-    x = crops.permute(0, 3, 1, 2).float()
-    bg = torch.zeros_like(labels, dtype=torch.bool)
-    for c in BG_LABELS:
-        bg |= labels == c
-    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).repeat(1, 3, 1, 1)
-    return torch.where(bg[:, None], torch.ones_like(x), grey)
+    crops = aligned_faces(images, faces)
+    return face_features_image(crops, parse_faces(parser, crops))
 
 
 @torch.no_grad()
@@ -62,12 +49,8 @@ def reference_inputs(
     size = int(tower.image_size)
     conds, hiddens = [], []
     for i in range(images.shape[0]):
-        x = images[i : i + 1].to(p.device, torch.float32)
-        if x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-        mean = torch.tensor(EVA_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(EVA_STD, device=x.device).view(1, 3, 1, 1)
-        vit, hidden = pulid_vit_features(tower, ((x - mean) / std).to(p.dtype))
+        x = eva_input(images[i : i + 1].to(p.device, torch.float32), size).to(p.dtype)
+        vit, hidden = pulid_vit_features(tower, x)
         conds.append(torch.cat((emb[i : i + 1].float().cpu(), vit.float().cpu()), dim=-1))
         hiddens.append([h.float().cpu() for h in hidden])
         if progress is not None:
