@@ -58,3 +58,89 @@ def test_refuses_other_files(tmp_path):
     (tmp_path / "garbage.bin").write_bytes(b"not a torch file")
     with pytest.raises(ModelFileInvalid, match="cannot be read"):
         M.load_infiniteyou(str(tmp_path / "garbage.bin"))
+
+
+# ------------------------------------------------------------------------------ apply (no ComfyUI)
+
+
+class _Net:
+    """Stands in for ComfyUI's ControlNet: records set_cond_hint's arguments."""
+
+    def __init__(self):
+        self.calls = []
+
+    def copy(self):
+        return self
+
+    def set_cond_hint(self, hint, strength, window, vae=None):
+        self.calls.append((tuple(hint.shape), strength, window, vae))
+        return self
+
+    def set_previous_controlnet(self, prev):
+        return self
+
+
+class _Handle:
+    def __init__(self, m):
+        self.m = m
+
+    def model(self):
+        return self.m
+
+
+def _faces(n, seed=0):
+    from visage.core.types import Face, FaceSet
+
+    g = torch.Generator().manual_seed(seed)
+    fs = []
+    for i in range(n):
+        e = torch.randn(512, generator=g)
+        fs.append(
+            Face(
+                image_index=0,
+                bbox=torch.tensor([0.0, 0, 40, 40]),
+                score=0.9,
+                kps=torch.tensor([[10.0, 12], [30, 12], [20, 20], [12, 30], [28, 30]]) + i,
+                embedding=e,
+                normed_embedding=e / e.norm(),
+                encoder="recognition_arcface_ir_se50",
+                embeddings={"recognition_arcface_ir_se50": e},
+            )
+        )
+    return FaceSet(faces=(tuple(fs),), image_sizes=((48, 64),))
+
+
+def test_apply_attaches_infusenet_with_the_tokens(tmp_path):
+    from visage.nodes.infiniteyou import apply as A
+
+    sd = B.random_state_dict(B.resampler_layout(**B.TINY), seed=2)
+    m, info = M.load_infiniteyou(B.write(str(tmp_path / "p.bin"), sd))
+    ref = A.InfiniteYouRef(_Handle(m), info, "p.bin")
+    pos = [[torch.zeros(1, 3, 48), {"pooled_output": torch.zeros(1, 8)}]]
+    neg = [[torch.ones(1, 3, 48), {}]]
+    net = _Net()
+    faces = _faces(1)
+    p, n, hints = A.apply_infiniteyou(pos, neg, net, ref, 0.7, 0.1, 0.9, faces=faces, vae="VAE")
+    assert "control" not in pos[0][1]  # the input conditioning is untouched
+    want = M.identity_tokens(m, faces.flat()[0].normed_embedding[None])
+    for c in (p, n):
+        torch.testing.assert_close(c[0][1]["cross_attn_controlnet"], want)
+        assert c[0][1]["control"] is net
+    assert hints.shape == (1, 64, 64, 3) and float(hints.max()) == 0.0  # no pose: black
+    assert net.calls[0] == ((1, 3, 64, 64), 0.7, (0.1, 0.9), "VAE")
+    # a pose: keypoints drawn at the pose image's size
+    _, _, h2 = A.apply_infiniteyou(pos, neg, _Net(), ref, 1.0, 0, 1, faces=faces, pose_faces=_faces(1), vae="V")
+    assert h2.shape == (1, 48, 64, 3) and float(h2.max()) > 0.5
+    # two identities: masks required, then one conditioning per identity
+    with pytest.raises(VisageError, match="masks"):
+        A.apply_infiniteyou(pos, neg, _Net(), ref, 1.0, 0, 1, faces=_faces(2))
+    masks = torch.zeros(2, 48, 64)
+    masks[0, :, :32] = 1
+    masks[1, :, 32:] = 1
+    p2, _, h3 = A.apply_infiniteyou(
+        pos, neg, _Net(), ref, 1.0, 0, 1, faces=_faces(2), pose_faces=_faces(2), masks=masks
+    )
+    assert len(p2) == 2 and h3.shape[0] == 2
+    assert not torch.equal(p2[0][1]["cross_attn_controlnet"], p2[1][1]["cross_attn_controlnet"])
+    with pytest.raises(VisageError, match="end_at"):
+        A.apply_infiniteyou(pos, neg, _Net(), ref, 1.0, 0.8, 0.2, faces=faces)

@@ -224,3 +224,43 @@ def test_ip_adapter_resave_gives_the_same_tokens_and_kv(tmp_path):
     ka = S.project_kv(a.layers.float(), *ta, 8)
     kb = S.project_kv(b.layers.float(), *tb, 8)
     assert all(torch.equal(i[0], j[0]) and torch.equal(i[1], j[1]) for i, j in zip(ka, kb))
+
+
+# ------------------------------------------------------------------------------ apply (no ComfyUI)
+
+
+def test_groups_split_faces_per_identity():
+    from visage.nodes.pulid import sdxl_apply as A
+
+    assert A.groups_for(3, None) == [(0, 3)]
+    assert A.groups_for(4, torch.zeros(2, 8, 8)) == [(0, 2), (2, 4)]
+    assert A.groups_for(2, torch.zeros(8, 8)) == [(0, 2)]
+    with pytest.raises(VisageError, match="cannot be split"):
+        A.groups_for(3, torch.zeros(2, 8, 8))
+
+
+def test_identity_kv_stacks_identities_with_zero_tokens():
+    from visage.nodes.pulid import sdxl_apply as A
+
+    m, _ = _model(L.SDXL_V1_1)
+    idc, hid = _inputs(4)
+    kv = A.identity_kv(m, m.kind, idc, hid, [(0, 2), (2, 4)], num_zero=3)
+    nq = B.TINY_IDFORMER["num_queries"]
+    for (k, v), w in zip(kv, B.TINY_WIDTHS):
+        assert k.shape == (2, 2, nq + 3, w)
+    # identity 1 = its two references alone
+    one = A.identity_kv(m, m.kind, idc[2:], [h[2:] for h in hid], [(0, 2)], num_zero=3)
+    torch.testing.assert_close(kv[0][0][:, 1], one[0][0][:, 0])
+
+
+def test_apply_refuses_a_flux_file_and_a_reversed_window():
+    from types import SimpleNamespace
+
+    from visage.nodes.pulid import sdxl_apply as A
+
+    flux = SimpleNamespace(info=SimpleNamespace(kind=L.FLUX))
+    with pytest.raises(VisageError, match="PuLID SDXL"):
+        A.apply_pulid_sdxl(None, flux, None, None, None, None, 1.0, 0.0, 1.0)
+    m, _ = _model(L.SDXL_V1)
+    with pytest.raises(VisageError, match="end_at"):
+        A.apply_pulid_sdxl(None, m, None, None, None, None, 1.0, 0.6, 0.2)
