@@ -247,7 +247,7 @@ def test_identity_kv_stacks_identities_with_zero_tokens():
     kv = A.identity_kv(m, m.kind, idc, hid, [(0, 2), (2, 4)], num_zero=3)
     nq = B.TINY_IDFORMER["num_queries"]
     for (k, v), w in zip(kv, B.TINY_WIDTHS):
-        assert k.shape == (2, 2, nq + 3, w)
+        assert k.shape == v.shape == (2, 2, nq + 3, w)
     # identity 1 = its two references alone
     one = A.identity_kv(m, m.kind, idc[2:], [h[2:] for h in hid], [(0, 2)], num_zero=3)
     torch.testing.assert_close(kv[0][0][:, 1], one[0][0][:, 0])
