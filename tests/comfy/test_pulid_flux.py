@@ -1,5 +1,5 @@
 """PuLID-FLUX in a real ComfyUI: a tiny Flux built with ComfyUI's own classes (test node pack
-``tests/comfy_nodes/visage_test_models``, node ``VisageTestTinyFlux``) sampled with KSampler; PuLID files
+``tests/comfy_nodes/visage_test_models``, node ``TestTinyFlux``) sampled with KSampler; PuLID files
 at the released names in the released layout at tiny width (tests/builders/pulid_flux.py).
 
 * the patch changes the sample; weight 0 and the graph without the node give the unpatched sample exactly;
@@ -28,7 +28,7 @@ def _latents(server, entry):
 def _prompt(object_info, weight=1.0, seed=7, patched=True):
     p = {
         "flux": {
-            "class_type": "VisageTestTinyFlux",
+            "class_type": "TestTinyFlux",
             "inputs": {"seed": 0, "hidden_size": 64, "depth": 4, "depth_single_blocks": 8, "text_tokens": 8},
         },
         "photo": {"class_type": "LoadImage", "inputs": {"image": "source_face.jpg"}},
@@ -86,7 +86,7 @@ def plain(comfy_server, object_info):
 
 
 def test_nodes_registered(object_info):
-    for n in ("VisageLoadPuLID", "VisageLoadEvaClip", "VisageApplyPuLIDFlux", "VisageTestTinyFlux"):
+    for n in ("VisageLoadPuLID", "VisageLoadEvaClip", "VisageApplyPuLIDFlux", "TestTinyFlux"):
         assert n in object_info, n
     assert "pulid_flux_v0.9.1.safetensors" in object_info["VisageLoadPuLID"]["input"]["required"]["pulid_file"][0]
 
