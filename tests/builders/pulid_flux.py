@@ -2,7 +2,7 @@
 
 * ``pulid/pulid_flux_v0.9.1.safetensors``: the released key layout (``pulid_encoder.`` IDFormer +
   ``pulid_ca.0..19``) at tiny widths: the CA width is the test Flux's (``TINY_FLUX_WIDTH``, the
-  ``VisageTestTinyFlux`` node's default), the IDFormer reads the tiny EVA-CLIP's features;
+  ``TestTinyFlux`` node's default), the IDFormer reads the tiny EVA-CLIP's features;
 * ``clip_vision/EVA02_CLIP_L_336_psz14_s6B.pt``: the EVA-CLIP checkpoint layout (``visual.*`` + a text
   key), tiny (:mod:`builders.eva_clip`);
 * ``facexlib/parsing_bisenet.pth``: facexlib's BiSeNet layout, random (:mod:`builders.masks`), unless a

@@ -250,3 +250,56 @@ def test_identity_tokens_one_per_face():
     assert torch.allclose(again[0], toks[1], atol=1e-5)
     assert not torch.allclose(toks[0], toks[1])
     assert np.isfinite(toks[0].numpy()).all()
+
+
+# ------------------------------------------------------------------------------ apply's checks
+
+
+class _DM:
+    def __init__(self, double=19, single=38, width=40):
+        self.double_blocks = [None] * double
+        self.single_blocks = [None] * single
+        self.params = type("P", (), {"hidden_size": width})()
+
+
+class _Model:
+    def __init__(self, dm):
+        self.dm = dm
+
+    def get_model_object(self, name):
+        return self.dm
+
+
+def _ref(kind="pulid_flux", ca_dim=40, num_ca=20):
+    from visage.nodes.pulid.flux_apply import PulidRef
+    from visage.nodes.pulid.loaders import PulidInfo
+
+    return PulidRef(None, PulidInfo(kind, "IDFormer", 32, 2048, num_ca=num_ca, ca_dim=ca_dim), "x")
+
+
+def _apply(model, ref, faces=None, **kw):
+    from visage.nodes.pulid.flux_apply import apply_pulid_flux
+
+    faces = faces or FaceSet(faces=((),), image_sizes=((64, 64),))
+    args = dict(weight=1.0, start_at=0.0, end_at=1.0, on_no_face="passthrough")
+    args.update(kw)
+    return apply_pulid_flux(model, ref, None, None, faces, torch.zeros(1, 64, 64, 3), **args)
+
+
+def test_apply_refuses_what_does_not_fit():
+    flux = _Model(_DM())
+    with pytest.raises(VisageError, match="PuLID-FLUX file"):
+        _apply(flux, _ref(kind="pulid_sdxl_v1_1"))
+    with pytest.raises(VisageError, match="needs a Flux model"):
+        _apply(_Model(object()), _ref())
+    with pytest.raises(VisageError, match="does not fit the model"):
+        _apply(_Model(_DM(width=64)), _ref())
+    with pytest.raises(VisageError, match="end_at is before start_at"):
+        _apply(flux, _ref(), start_at=0.6, end_at=0.2)
+
+
+def test_apply_without_a_face_passes_the_model_through_or_stops():
+    flux = _Model(_DM())
+    assert _apply(flux, _ref()) is flux
+    with pytest.raises(VisageError):
+        _apply(flux, _ref(), on_no_face="error")

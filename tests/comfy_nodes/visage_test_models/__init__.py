@@ -6,7 +6,7 @@ widths (Flux 3072, SDXL's depth), so small random models cannot come through its
 build them in their place.
 
 One file per model kind (``tiny_flux.py``; add ``tiny_sdxl.py``, ``tiny_controlnet.py`` ... beside it):
-each module defines ``NODE_CLASS_MAPPINGS`` (ids ``VisageTest*``) and ``NODE_DISPLAY_NAME_MAPPINGS``;
+each module defines ``NODE_CLASS_MAPPINGS`` (ids ``Test*``: not ``Visage*``, so no test of the shipped nodes counts them) and ``NODE_DISPLAY_NAME_MAPPINGS``;
 this file gathers every module of the folder. Weights are random and seeded: the same inputs build
 the same model in every process.
 """

@@ -55,9 +55,9 @@ def build_tiny_flux(seed=0, **cfg):
     ), unet_config
 
 
-class VisageTestTinyFlux:
+class TestTinyFlux:
     DESCRIPTION = "TEST ONLY: a tiny random FLUX.1 (ComfyUI's own Flux class) and a matching conditioning."
-    CATEGORY = "Visage/tests"
+    CATEGORY = "tests/visage"
     FUNCTION = "build"
     RETURN_TYPES = ("MODEL", "CONDITIONING")
     RETURN_NAMES = ("model", "conditioning")
@@ -84,5 +84,5 @@ class VisageTestTinyFlux:
         return (model, [[txt, {"pooled_output": pooled, "guidance": 3.5}]])
 
 
-NODE_CLASS_MAPPINGS = {"VisageTestTinyFlux": VisageTestTinyFlux}
-NODE_DISPLAY_NAME_MAPPINGS = {"VisageTestTinyFlux": "TEST: Tiny Flux"}
+NODE_CLASS_MAPPINGS = {"TestTinyFlux": TestTinyFlux}
+NODE_DISPLAY_NAME_MAPPINGS = {"TestTinyFlux": "TEST: Tiny Flux"}
