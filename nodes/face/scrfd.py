@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...core.onnx import OnnxSignature, run_batched
+from ...core.onnx import OnnxSignature, fixed_batch, run_batched
 
 
 @dataclass(frozen=True)
@@ -53,25 +53,39 @@ def letterbox_size(h: int, w: int, det_w: int, det_h: int) -> Tuple[int, int, fl
     return new_h, new_w, float(new_h) / h
 
 
-def letterbox(images255: torch.Tensor, det_size: Tuple[int, int]) -> Tuple[torch.Tensor, float]:
-    """images255 [B,H,W,3] uint8 or float 0..255 (RGB) -> canvas [B,3,det_h,det_w] float 0..255, det_scale."""
-    B, H, W, _ = images255.shape
+def letterbox(images: torch.Tensor, det_size: Tuple[int, int], scale255: bool = True) -> Tuple[torch.Tensor, float]:
+    """images [B,H,W,3] (RGB) -> canvas [B,3,det_h,det_w] float with integer values 0..255, det_scale.
+
+    ``images`` is a float IMAGE 0..1 (``scale255``) or 0..255 values (uint8 or float, ``scale255=False``).
+    The frame is resized FIRST and only the resized pixels are brought to 8-bit values, so no step
+    touches the full frame more than the resize's own taps (a 3000 px photo: a few ms instead of a
+    full-frame conversion). On the host: cv2.resize (INTER_LINEAR) of the float frame, then
+    floor(x + 0.5), what cv2's 8-bit resize of the 8-bit frame gives up to one level on a few pixels
+    (exact on a 2x reduction). On a GPU: bilinear ``F.interpolate``, the same rounding.
+    """
+    B, H, W, _ = images.shape
     det_w, det_h = det_size
     new_h, new_w, scale = letterbox_size(H, W, det_w, det_h)
+    k = 255.0 if (scale255 and images.dtype.is_floating_point) else 1.0
     if (new_h, new_w) == (H, W):
-        x = images255.permute(0, 3, 1, 2).float()
-    elif images255.device.type == "cpu":
-        # frames on the host: cv2's 8-bit resize, bit-exact with the reference pipeline
-        arr = images255.to(torch.uint8).numpy()
-        x = torch.from_numpy(np.stack([cv2.resize(a, (new_w, new_h), interpolation=cv2.INTER_LINEAR) for a in arr]))
-        x = x.permute(0, 3, 1, 2).float()
+        x = images.permute(0, 3, 1, 2).float()
+        if k != 1.0:
+            x = torch.floor(x * k + 0.5).clamp_(0, 255)
+    elif images.device.type == "cpu":
+        if images.dtype == torch.uint8:
+            arr = images.numpy()
+            x = torch.from_numpy(np.stack([cv2.resize(a, (new_w, new_h), interpolation=cv2.INTER_LINEAR) for a in arr]))
+            x = x.permute(0, 3, 1, 2).float()
+        else:
+            arr = images.detach().float().contiguous().numpy()  # a view of a float32 IMAGE, no copy
+            small = np.stack([cv2.resize(a, (new_w, new_h), interpolation=cv2.INTER_LINEAR) for a in arr])
+            small = np.clip(np.floor(small * np.float32(k) + np.float32(0.5)), 0, 255)
+            x = torch.from_numpy(small).permute(0, 3, 1, 2)
     else:
         # frames already on the GPU stay there; bilinear + round-half-up differs from cv2's
         # fixed-point resize by at most one 8-bit level
-        x = F.interpolate(
-            images255.permute(0, 3, 1, 2).float(), size=(new_h, new_w), mode="bilinear", align_corners=False
-        )
-        x = torch.floor(x + 0.5).clamp(0, 255)
+        x = F.interpolate(images.permute(0, 3, 1, 2).float(), size=(new_h, new_w), mode="bilinear", align_corners=False)
+        x = torch.floor(x * k + 0.5).clamp_(0, 255)
     canvas = torch.zeros((B, 3, det_h, det_w), dtype=torch.float32, device=x.device)
     canvas[:, :, :new_h, :new_w] = x
     return canvas, scale
@@ -125,20 +139,22 @@ class ScrfdDetector:
         self.det_size = (w, h) if (h and w) else tuple(int(v) for v in det_size)
         self.det_thresh = det_thresh
         self.nms_thresh = nms_thresh
+        self.fixed = fixed_batch(signature)
 
     def detect(
-        self, images255: torch.Tensor, det_thresh: Optional[float] = None, max_num: int = 0
+        self, images: torch.Tensor, det_thresh: Optional[float] = None, max_num: int = 0, scale255: bool = True
     ) -> List[Tuple[np.ndarray, Optional[np.ndarray]]]:
-        """images255 [B,H,W,3] RGB 0..255 on the model's device -> per image (det [K,5], kps [K,5,2])."""
+        """images [B,H,W,3] RGB float 0..1 (``scale255``; else 0..255 values, e.g. uint8), on the host or
+        the model's device -> per image (det [K,5], kps [K,5,2]). See :func:`letterbox`."""
         thresh = self.det_thresh if det_thresh is None else float(det_thresh)
         model = self.handle.model()
         dev, dtype = self.handle.device, self.handle.dtype
-        canvas, det_scale = letterbox(images255, self.det_size)
+        canvas, det_scale = letterbox(images, self.det_size, scale255)
         blob = ((canvas.to(dev) - 127.5) / 128.0).to(dtype)
         with torch.inference_mode():
-            outs = run_batched(model, blob, chunk=16)
+            outs = run_batched(model, blob, chunk=16, fixed=self.fixed)
         outs = [o.float() for o in outs]
-        B = images255.shape[0]
+        B = images.shape[0]
         L = self.layout
         det_h, det_w = blob.shape[2], blob.shape[3]
         results = []
@@ -159,7 +175,7 @@ class ScrfdDetector:
                 per_boxes[b].append(bb[b, pos])
                 if L.use_kps:
                     per_kps[b].append(kp[b, pos])
-        H, W = images255.shape[1], images255.shape[2]
+        H, W = images.shape[1], images.shape[2]
         for b in range(B):
             s = torch.cat(per_scores[b]).cpu().numpy()
             if s.size == 0:
