@@ -78,27 +78,10 @@ def _peak_mb(device):
 
 
 def _limit_threads(n: int) -> None:
-    """Same CPU thread budget for torch and onnxruntime (0 = each library's default)."""
-    if n <= 0:
-        return
-    import onnxruntime
-    import torch
+    """Same CPU thread budget for torch, cv2 and onnxruntime (0 = each library's default)."""
+    import common
 
-    torch.set_num_threads(n)
-    cls = onnxruntime.InferenceSession
-    if getattr(cls, "_visage_threads", None) == n:
-        return
-    orig_init = getattr(cls, "_visage_orig_init", cls.__init__)
-
-    def init(self, path_or_bytes, sess_options=None, providers=None, provider_options=None, **kw):
-        so = sess_options or onnxruntime.SessionOptions()
-        so.intra_op_num_threads = n
-        so.inter_op_num_threads = 1
-        orig_init(self, path_or_bytes, so, providers, provider_options, **kw)
-
-    cls._visage_orig_init = orig_init
-    cls._visage_threads = n
-    cls.__init__ = init  # insightface subclasses it at import time: patch the base class itself
+    common.fix_threads(n)
 
 
 def _pipelines(kinds, models, w, h, faces, device, threads=0):
