@@ -19,13 +19,14 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import warnings
 
 import common
 import stats
 
 common.ensure_package()
 
-FIXTURES = os.path.normpath(os.path.join(common.REPO, "..", "shared", "fixtures"))
+FIXTURES = os.environ.get("VISAGE_FIXTURES") or os.path.normpath(os.path.join(common.REPO, "..", "shared", "fixtures"))
 GOAL_ANY, GOAL_MULTI, GOAL_TORCH = 1.0, 1.2, 0.8
 
 
@@ -137,6 +138,7 @@ def run(args):
             common.row("face analyse", "-", None, None, "", note=f"skipped: no fixture models in {FIXTURES}")
             | {"skipped": True}
         ]
+    warnings.filterwarnings("ignore", category=FutureWarning)  # insightface's skimage deprecation, per face
     quick = bool(getattr(args, "quick", False))
     rounds = int(getattr(args, "rounds", 0) or (3 if quick else stats.MIN_ROUNDS))
     rows = []

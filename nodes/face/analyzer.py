@@ -303,19 +303,20 @@ class FaceAnalyzer:
                 out = self._run(task, self._crops(task, img_dev, mats, owner_t))
                 extra[task] = self._decode(task, r, out, mats)
         per_image: List[List[Face]] = [[] for _ in range(B)]
+        rec_ids = {t: recognizer_id(self.routed[t].path) for t in extra if is_recognition(t)}
+        normed = {}
+        if "recognition" in extra:  # every face's normalised embedding in one numpy pass
+            e = np.asarray(extra["recognition"], np.float32)
+            normed = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), np.float32(1e-12))
         for i in range(n):
             kw = {}
-            embs = {
-                recognizer_id(self.routed[t].path): torch.from_numpy(extra[t][i].copy())
-                for t in extra
-                if is_recognition(t)
-            }
+            embs = {rid: torch.from_numpy(extra[t][i].copy()) for t, rid in rec_ids.items()}
             if "recognition" in extra:
-                emb = embs[recognizer_id(self.routed["recognition"].path)]
+                emb = embs[rec_ids["recognition"]]
                 kw.update(
                     embedding=emb,
-                    normed_embedding=emb / emb.norm().clamp_min(1e-12),
-                    encoder=recognizer_id(self.routed["recognition"].path),
+                    normed_embedding=torch.from_numpy(normed[i].copy()),
+                    encoder=rec_ids["recognition"],
                 )
             if embs:
                 kw["embeddings"] = embs
