@@ -141,6 +141,11 @@ def run(args):
     warnings.filterwarnings("ignore", category=FutureWarning)  # insightface's skimage deprecation, per face
     quick = bool(getattr(args, "quick", False))
     rounds = int(getattr(args, "rounds", 0) or (3 if quick else stats.MIN_ROUNDS))
+    pick = [w.strip() for w in (getattr(args, "workloads", "") or "").split(";") if w.strip()]
+
+    def wanted(shape):  # --workloads: ';'-separated substrings of the row's shape (default: every row)
+        return not pick or any(p in shape for p in pick)
+
     rows = []
     cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,6 +154,8 @@ def run(args):
             x = _to_image(frames)
             for det in dets:
                 for rkey in ("batchable", "fixed-batch") if not quick or det == 640 else ("batchable",):
+                    if not wanted(f"{label}, det {det}, {rkey} rec"):
+                        continue
                     pack = packs[rkey]
                     an = load_analyzer(pack, cpu, torch.float32, det_size=(det, det), engine="auto")
                     app = _ref_app(pack, det, args.threads)
@@ -186,7 +193,8 @@ def run(args):
                                 ref_name="ours, engine auto",
                             )
                         )
-        rows.append(_only_needed_row(tmp, rounds, args.threads))
+        if wanted("only the models the graph needs"):
+            rows.append(_only_needed_row(tmp, rounds, args.threads))
     return rows
 
 

@@ -60,6 +60,9 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=0, help="interleaved rounds per goal row (default 9; --quick 3)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for every library (default: usable CPUs)")
     ap.add_argument("--busy", action="store_true", help="run a busy neighbour process (one core) meanwhile")
+    ap.add_argument(
+        "--workloads", default="", help="';'-separated substrings: only the goal rows whose shape contains one"
+    )
     ap.add_argument("--no-save", action="store_true", help="do not keep the JSON under bench/results/")
     args = ap.parse_args(argv)
     if args.rounds and args.rounds < stats.MIN_ROUNDS and not args.quick:
