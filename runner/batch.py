@@ -370,7 +370,11 @@ class Worker:
             raise RuntimeError("no ComfyUI found: give --comfyui PATH or set COMFYUI_PATH on every node")
         if cli.pack_installed_in(comfy_path):
             # a shared ComfyUI install: this worker's own input / output / temp folders
-            for flag, sub in (("--output-directory", "output"), ("--temp-directory", "temp")):
+            for flag, sub in (
+                ("--input-directory", "input"),
+                ("--output-directory", "output"),
+                ("--temp-directory", "temp"),
+            ):
                 os.makedirs(os.path.join(self.work, sub), exist_ok=True)
                 extra += [flag, os.path.join(self.work, sub)]
         if cfg.get("embeds_dir"):
@@ -493,7 +497,11 @@ class Pool:
             else:
                 kw["num_cpus"] = self.n
             kw.update(ray_init or {})
-            ray.init(**kw)
+            try:
+                ray.init(**kw)
+            except Exception as e:  # no cluster at --address, a version mismatch, ...
+                where = f"the Ray cluster at {address}" if address else "a local Ray"
+                raise cli.RunError(f"could not start or join {where}: {type(e).__name__}: {e}", cli.EXIT_NO_COMFY)
             self.own_ray = True
         if gpus is None:  # one GPU per worker on a cluster that has GPUs, else CPU workers
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0

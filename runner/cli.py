@@ -1191,7 +1191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="visage-run",
         description="Run a ComfyUI workflow (UI or API format) headless.",
-        epilog="exit codes: 0 done, 1 failed while running, 2 bad input / rejected, 3 no ComfyUI, 4 timeout",
+        epilog="exit codes: 0 done, 1 failed while running, 2 bad input / rejected, 3 no ComfyUI, 4 timeout. "
+        "Many jobs on many workers: visage-run batch JOBS.jsonl --workers N; a synthetic-identity dataset: "
+        "visage-run dataset ... (both need the extra visage[batch]; docs/BATCH.md)",
     )
     p.add_argument("workflow", help="workflow JSON (UI format or API format)")
     where = p.add_mutually_exclusive_group()
