@@ -125,7 +125,16 @@ def main(argv=None):
         fig = {"jobs": n, "cpus": os.cpu_count(), "workflow": "workflows/api/face_analysis.json"}
 
         # ---- 1. overhead on one server
-        comfy = cli.Comfy.start(comfy_path, models, not cli.have_gpu(), [], sys.executable, 400, True)
+        # the same threads as a worker: Ray gives a num_cpus=1 actor OMP_NUM_THREADS=1, which its ComfyUI inherits
+        env_threads = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = "1"
+        try:
+            comfy = cli.Comfy.start(comfy_path, models, not cli.have_gpu(), [], sys.executable, 400, True)
+        finally:
+            if env_threads is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = env_threads
         try:
             oi = comfy.object_info()
             bare_client(comfy, wf, imgs[:2])  # warm-up: model loads
