@@ -17,8 +17,9 @@ import logging
 
 log = logging.getLogger("visage")
 
-# Order is the order of the node library. New families append here.
-FAMILIES = ("face", "swap", "adapters", "expression", "utils")
+# Order is the order of the node library. New families append here. An entry is a folder of nodes/
+# (its node.py) or, with a dot, one node module of a family ("pulid.sdxl_node").
+FAMILIES = ("face", "swap", "adapters", "expression", "utils", "pulid", "pulid.sdxl_node", "infiniteyou")
 
 WEB_DIRECTORY = "./web"
 
@@ -28,7 +29,7 @@ _LAZY = ("NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "DISABLED_FAMILIES
 def _load_families():
     for family in FAMILIES:
         try:
-            mod = importlib.import_module(f".nodes.{family}.node", __name__)
+            mod = importlib.import_module(f".nodes.{family}" if "." in family else f".nodes.{family}.node", __name__)
         except ModuleNotFoundError as e:
             # a family folder that does not exist yet is not an error; a missing dependency is
             if e.name and (e.name.endswith(f"nodes.{family}") or e.name.endswith(f"nodes.{family}.node")):

@@ -78,27 +78,10 @@ def _peak_mb(device):
 
 
 def _limit_threads(n: int) -> None:
-    """Same CPU thread budget for torch and onnxruntime (0 = each library's default)."""
-    if n <= 0:
-        return
-    import onnxruntime
-    import torch
+    """Same CPU thread budget for torch, cv2 and onnxruntime (0 = each library's default)."""
+    import common
 
-    torch.set_num_threads(n)
-    cls = onnxruntime.InferenceSession
-    if getattr(cls, "_visage_threads", None) == n:
-        return
-    orig_init = getattr(cls, "_visage_orig_init", cls.__init__)
-
-    def init(self, path_or_bytes, sess_options=None, providers=None, provider_options=None, **kw):
-        so = sess_options or onnxruntime.SessionOptions()
-        so.intra_op_num_threads = n
-        so.inter_op_num_threads = 1
-        orig_init(self, path_or_bytes, so, providers, provider_options, **kw)
-
-    cls._visage_orig_init = orig_init
-    cls._visage_threads = n
-    cls.__init__ = init  # insightface subclasses it at import time: patch the base class itself
+    common.fix_threads(n)
 
 
 def _pipelines(kinds, models, w, h, faces, device, threads=0):
@@ -192,15 +175,13 @@ def _child(kinds, models, w, h, faces, reps, device, threads, q):
 
         warnings.simplefilter("ignore")
         steps = {k: v for k, v in _pipelines(kinds, models, w, h, faces, device, threads).items() if k in kinds}
-        res = {k: {"faces": fn(), "times": []} for k, fn in steps.items()}  # warm-up
-        for _ in range(reps):
-            for k, fn in steps.items():
-                t0 = time.perf_counter()
-                fn()
-                res[k]["times"].append((time.perf_counter() - t0) * 1000.0)
+        import stats
+
+        res = {k: {"faces": fn()} for k, fn in steps.items()}  # warm-up
+        times = stats.interleaved(steps, rounds=reps, warmup=0)  # order alternating round by round
         for k in res:
-            t = sorted(res[k]["times"])
-            res[k].update(ms=t[len(t) // 2], min_ms=t[0])
+            t = sorted(times[k])
+            res[k].update(times=times[k], ms=stats.quartiles(t)[1], min_ms=t[0])
         if len(kinds) == 1:
             res[kinds[0]]["peak_mb"] = _peak_mb(device)
         q.put(res)
@@ -510,6 +491,16 @@ def identity_zero_rows(models_dir: str):
     ]
 
 
+SWAP_GOAL = 1.5  # issue #13: detect + swap + paste per frame on the CPU, against insightface's pipeline
+
+
+def stats_of(ours_times, ref_times):
+    """Median / quartiles of the paired rounds (bench/stats.py), for the row."""
+    import stats
+
+    return stats.summarise(ours_times, ref_times)
+
+
 def run(args=None):
     quick = bool(getattr(args, "quick", False))
     device = str(getattr(args, "device", None) or "cpu")
@@ -517,7 +508,9 @@ def run(args=None):
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    reps = int(getattr(args, "reps", None) or (2 if quick else 5))
+    import stats
+
+    reps = int(getattr(args, "reps", None) or getattr(args, "rounds", None) or (2 if quick else stats.MIN_ROUNDS))
     channels = int(getattr(args, "swap_channels", None) or 64)
     threads = int(getattr(args, "threads", None) or (1 if device == "cpu" else 0))
     sizes = [(1280, 720)] if quick else [(1280, 720), (1920, 1080)]
@@ -556,6 +549,7 @@ def run(args=None):
                     )
                     continue
                 ours, ref = both["ours"], both["ref"]
+                paired = stats_of(ours["times"], ref["times"])
                 po, pr = mem_o["ours"]["peak_mb"], mem_r["ref"]["peak_mb"]
                 note = (
                     f"faces ours/ref {ours['faces']}/{ref['faces']}; min ms ours {ours['min_ms']:.1f} / ref "
@@ -577,6 +571,8 @@ def run(args=None):
                         "note": note,
                         "peak_mb_ours": po,
                         "peak_mb_ref": pr,
+                        **paired,
+                        "goal": SWAP_GOAL if device == "cpu" else None,
                     }
                 )
                 os_, rs = both["ours_sp"], both["ref_sp"]

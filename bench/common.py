@@ -144,12 +144,21 @@ def format_table(rows, device) -> str:
             gbps = r["bytes"] / (r["ours_ms"] / 1000.0) / 1e9
         ratio = (r["ref_ms"] / r["ours_ms"]) if (r.get("ref_ms") and r.get("ours_ms")) else None
         ref = f"{r['reference']} {fmt_ms(r['ref_ms'])}" if r.get("reference") else "-"
+        if r.get("ratio_iqr"):  # interleaved rounds: median of the per-round ratios, quartiles
+            ratio = r["ratio"]
+            q1, q3 = r["ratio_iqr"]
+            ratio_s = f"{ratio:.2f}x ({q1:.2f}-{q3:.2f})"
+        else:
+            ratio_s = f"{ratio:.2f}x" if ratio is not None else "-"
+        if r.get("goal") is not None:
+            ok = "skipped" if r.get("skipped") or ratio is None else ("ok" if ratio >= r["goal"] else "MISSED")
+            ratio_s += f" goal {r['goal']:.1f}x {ok}"
         cells = [
             r["op"],
             r["shape"],
             fmt_ms(r.get("ours_ms")),
             ref,
-            f"{ratio:.2f}x" if ratio is not None else "-",
+            ratio_s,
             f"{gbps:.1f}" if gbps is not None else "-",
         ]
         if show_peak:
@@ -159,3 +168,69 @@ def format_table(rows, device) -> str:
     out = [" | ".join(h.ljust(w) for h, w in zip(head, widths)), "-|-".join("-" * w for w in widths)]
     out += [" | ".join(c.ljust(w) for c, w in zip(cells, widths)) for cells in lines]
     return "\n".join(out)
+
+
+def fix_threads(n: int) -> None:
+    """The same, explicit CPU thread budget for every library a bench row runs: torch, cv2, Visage's
+    onnxruntime sessions (``VISAGE_CPU_THREADS``) and every other onnxruntime session (insightface's):
+    ``InferenceSession`` is patched so its options carry ``n`` operator threads and one graph thread."""
+    if n <= 0:
+        return
+    import cv2
+    import onnxruntime
+    import torch
+
+    os.environ["VISAGE_CPU_THREADS"] = str(n)
+    torch.set_num_threads(n)
+    cv2.setNumThreads(n)
+    cls = onnxruntime.InferenceSession
+    if getattr(cls, "_visage_threads", None) == n:
+        return
+    orig_init = getattr(cls, "_visage_orig_init", cls.__init__)
+
+    def init(self, path_or_bytes, sess_options=None, providers=None, provider_options=None, **kw):
+        so = sess_options or onnxruntime.SessionOptions()
+        so.intra_op_num_threads = n
+        so.inter_op_num_threads = 1
+        orig_init(self, path_or_bytes, so, providers, provider_options, **kw)
+
+    cls._visage_orig_init = orig_init
+    cls._visage_threads = n
+    cls.__init__ = init  # insightface subclasses it at import time: patch the base class itself
+
+
+BUSY_CODE = "import numpy as np\na = np.random.rand(384, 384)\nwhile True:\n    a = (a @ a) / 384.0\n"
+
+
+class busy_neighbour:
+    """A neighbour process that keeps one core busy (single-threaded matrix products) while the rows run."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.proc = None
+
+    def __enter__(self):
+        if self.enabled:
+            import subprocess
+
+            env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+            self.proc = subprocess.Popen([sys.executable, "-c", BUSY_CODE], env=env)
+            time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        return False
+
+
+def git_commit() -> str:
+    import subprocess
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+        return sha + ("+dirty" if dirty.strip() else "")
+    except OSError:
+        return "unknown"

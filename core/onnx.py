@@ -244,16 +244,34 @@ def as_list(out) -> List[torch.Tensor]:
     return list(out)
 
 
-def run_batched(module: torch.nn.Module, x: torch.Tensor, chunk: int = 64) -> List[torch.Tensor]:
+def fixed_batch(signature: "OnnxSignature") -> Optional[int]:
+    """The batch size an ONNX file's first input is exported with (an int > 0), or None when dynamic.
+
+    Read once from the signature (the file's declared shape), so a model exported with batch 1 runs
+    face by face from the start instead of running the whole batch, failing and looping on every call."""
+    s = signature.input_shape
+    d = s[0] if s else None
+    return d if isinstance(d, int) and d > 0 else None
+
+
+def run_batched(
+    module: torch.nn.Module, x: torch.Tensor, chunk: int = 64, fixed: Optional[int] = None
+) -> List[torch.Tensor]:
     """Run ``module`` on ``x`` [N,...] in chunks; verify each output really has the batch axis.
 
     Outputs are returned as ``[N, ...]``. A graph that folds the batch into its first axis
-    (``[N*K, C]``) is unfolded to ``[N, K, C]``; a graph that cannot batch at all (hard-coded batch 1)
-    falls back to one item at a time.
+    (``[N*K, C]``) is unfolded to ``[N, K, C]``. ``fixed`` = the batch the file declares
+    (:func:`fixed_batch`): with 1 the items run one at a time straight away. A graph that cannot batch
+    although its signature says it can (a hard-coded reshape) still falls back to one item at a time.
     """
     n = x.shape[0]
     if n == 0:
         raise ValueError("run_batched: empty batch")
+    if fixed == 1 and n > 1:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            per = [[_unfold(o, 1) for o in as_list(module(x[i : i + 1]))] for i in range(n)]
+        return [torch.cat([p[j] for p in per], 0) for j in range(len(per[0]))]
     results: List[List[torch.Tensor]] = []
     for s in range(0, n, chunk):
         xb = x[s : s + chunk]
@@ -288,17 +306,43 @@ def _unfold(o: torch.Tensor, b: int) -> torch.Tensor:
     raise _NotBatched()
 
 
+MAX_CPU_THREADS = 8
+
+
+def cpu_threads() -> int:
+    """The CPU threads one onnxruntime session uses, chosen here rather than inherited.
+
+    ``VISAGE_CPU_THREADS`` (an integer >= 1) when set; else the CPUs this process may run on
+    (``os.sched_getaffinity``, so a container's or taskset's limit counts), at most
+    :data:`MAX_CPU_THREADS` (these small convnets gain nothing past that). Pre- and post-processing
+    around the sessions (crops, resizes, decoding) is cv2/numpy, one call per face or frame, so it does
+    not compete with the session's threads."""
+    env = os.environ.get("VISAGE_CPU_THREADS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            log.warning("Visage: VISAGE_CPU_THREADS=%r is not an integer; ignored", env)
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, MAX_CPU_THREADS))
+
+
 def ort_cpu_session(source, path: str, expected: str, threads: int = 0):
     """An onnxruntime CPU session for ``source`` (a file path or serialized model bytes).
 
-    No spin-waiting between runs: our torch pre/post-processing shares these cores (spinning made a
+    Threads: ``threads`` or :func:`cpu_threads` for the operators, one for the graph (sequential
+    execution). No spin-waiting between runs: our pre/post-processing shares these cores (spinning made a
     whole analysis ~5x slower on 2 cores). Load failures raise ModelFileInvalid naming ``path``.
     """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
+    opts.intra_op_num_threads = int(threads) if threads else cpu_threads()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
@@ -344,7 +388,7 @@ class OrtCpuModule(HostModule):
         self.session = ort_cpu_session(source, path, "an ONNX model onnxruntime can run", threads)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
-        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
         self.nbytes = os.path.getsize(path)
 
     def __call__(self, x: torch.Tensor):

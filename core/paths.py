@@ -41,7 +41,10 @@ FOLDERS: Dict[str, str] = {
     "reactor_faces": "reactor/faces",
     "visage_embeds": "visage/embeds",
     "visage_faces": "visage/faces",
+    "pulid": "pulid",  # PuLID files (pulid_flux_v0.9.1.safetensors, pulid_v1.bin, pulid_v1.1.safetensors)
+    "eva_clip": "clip_vision",  # EVA02_CLIP_L_336_psz14_s6B.pt (PuLID's EVA-CLIP), beside ComfyUI's CLIP vision models
     "face_parsing": "face_parsing",  # face parsers and occluders: bisenet_resnet_18/34.onnx, xseg_1/2/3.onnx
+    "infiniteyou": "infiniteyou",  # InfiniteYou's image_proj_model.bin (InfuseNet goes to models/controlnet)
 }
 
 MODEL_EXTENSIONS = {".onnx", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".sft"}

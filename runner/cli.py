@@ -679,7 +679,11 @@ class Comfy:
         python: str,
         timeout: float,
         quiet: bool,
+        die_with_parent: bool = False,
     ) -> "Comfy":
+        """Start a ComfyUI from ``comfy_path`` on a free loopback port. ``die_with_parent``: on Linux the
+        server gets SIGKILL when the process (thread) that started it dies (prctl PR_SET_PDEATHSIG), so a
+        killed batch worker leaves no server behind."""
         main_py = os.path.join(comfy_path, "main.py")
         if not os.path.isfile(main_py):
             raise RunError(
@@ -701,7 +705,14 @@ class Comfy:
             args.append("--cpu")
         installed = pack_installed_in(comfy_path)
         if installed:
-            input_dir = None  # its input folder may be moved by its own settings: images go through /upload/image
+            input_dir = None  # images go through /upload/image
+            # a user's ComfyUI: its input/, output/, temp/ and user/ folders are never written to; the run's
+            # files go to throw-away folders (unless --extra-arg names them)
+            for d in ("input", "output", "temp", "user"):
+                flag = f"--{d}-directory"
+                if not any(a == flag or a.startswith(flag + "=") for a in extra_args):
+                    os.makedirs(os.path.join(tmp, d), exist_ok=True)
+                    args.append(f"{flag}={os.path.join(tmp, d)}")
             if models:
                 cfg = os.path.join(tmp, "extra_model_paths.yaml")
                 with open(cfg, "w", encoding="utf-8") as f:
@@ -728,7 +739,13 @@ class Comfy:
             say(f"starting ComfyUI from {comfy_path} on 127.0.0.1:{port}{' (--cpu)' if cpu else ''}; log: {log_path}")
         try:
             proc = subprocess.Popen(
-                args, cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                args,
+                cwd=comfy_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if die_with_parent and sys.platform.startswith("linux") else None,
             )
         except OSError as e:  # --python names nothing runnable (missing, a folder, not executable)
             log.close()
@@ -886,6 +903,16 @@ class Comfy:
         with urllib.request.urlopen(self.url + "/view?" + q, timeout=300) as r, open(dest, "wb") as f:
             shutil.copyfileobj(r, f)
         return dest
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """prctl(PR_SET_PDEATHSIG, SIGKILL): the kernel kills this process when its parent dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except Exception:
+        pass
 
 
 def free_port() -> int:
@@ -1171,7 +1198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="visage-run",
         description="Run a ComfyUI workflow (UI or API format) headless.",
-        epilog="exit codes: 0 done, 1 failed while running, 2 bad input / rejected, 3 no ComfyUI, 4 timeout",
+        epilog="exit codes: 0 done, 1 failed while running, 2 bad input / rejected, 3 no ComfyUI, 4 timeout. "
+        "Many jobs on many workers: visage-run batch JOBS.jsonl --workers N; a synthetic-identity dataset: "
+        "visage-run dataset ... (both need the extra visage[batch]; docs/BATCH.md)",
     )
     p.add_argument("workflow", help="workflow JSON (UI format or API format)")
     where = p.add_mutually_exclusive_group()
@@ -1383,6 +1412,21 @@ def _open_ws(url: str, client_id: str):
         return None
 
 
+SUBCOMMANDS = ("batch", "dataset")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """The ``visage-run`` command: returns the exit code (0 done, 1 failed, 2 bad input, 3 no ComfyUI, 4 timeout)."""
+    """The ``visage-run`` command: returns the exit code (0 done, 1 failed, 2 bad input, 3 no ComfyUI, 4 timeout).
+
+    ``visage-run batch ...`` and ``visage-run dataset ...`` (docs/BATCH.md) need the optional ``ray``
+    (``pip install visage[batch]``); it is imported only by them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS and not os.path.isfile(argv[0]):
+        if argv[0] == "batch":
+            from . import batch
+
+            return batch.main(argv[1:])
+        from . import dataset
+
+        return dataset.main(argv[1:])
     return run(argv)

@@ -42,6 +42,8 @@ else
   echo "[visage] no ComfyUI found (set COMFYUI_PATH, clone this pack into ComfyUI/custom_nodes, or lay ComfyUI out at /opt/ComfyUI)"
 fi
 "$VPY" -m pip install -q -r requirements.txt -r requirements-test.txt
+# the optional batch extra (Ray) so the tests of `visage-run batch` run; the node pack never imports it
+"$VPY" -m pip install -q -r requirements-batch.txt
 # this checkout as the package `visage` (editable; pyproject.toml maps it to the repo root) and the
 # `visage-run` command: tests, bench/ and tools/ `import visage...`; importing it registers no nodes
 "$VPY" -m pip install -q --no-deps -e .

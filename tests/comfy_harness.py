@@ -21,6 +21,7 @@ from typing import Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK_NAME = "visage"
+TEST_NODE_PACKS = os.path.join(REPO, "tests", "comfy_nodes")
 
 
 def find_comfyui() -> Optional[str]:
@@ -48,6 +49,11 @@ def make_base_dir(base: str) -> dict:
     link = os.path.join(d["custom_nodes"], PACK_NAME)
     if not os.path.exists(link):
         os.symlink(REPO, link)
+    # test-only node packs (tests/comfy_nodes/<pack>): tiny models built in place of the loaders
+    for name in sorted(os.listdir(TEST_NODE_PACKS)):
+        src, dst = os.path.join(TEST_NODE_PACKS, name), os.path.join(d["custom_nodes"], name)
+        if os.path.isfile(os.path.join(src, "__init__.py")) and not os.path.exists(dst):
+            os.symlink(src, dst)
     return d
 
 

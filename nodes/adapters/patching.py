@@ -99,10 +99,19 @@ def union_background(masks: torch.Tensor):
 
 
 def cond_with(
-    conditioning, control_net=None, hint=None, strength=1.0, window=(0.0, 1.0), tokens=None, mask=None, device="cpu"
+    conditioning,
+    control_net=None,
+    hint=None,
+    strength=1.0,
+    window=(0.0, 1.0),
+    tokens=None,
+    mask=None,
+    device="cpu",
+    vae=None,
 ):
     """A copy of ComfyUI conditioning with IdentityNet (a ControlNet with the identity tokens as its context)
-    and/or a region mask attached."""
+    and/or a region mask attached. ``vae``: for ControlNets that take the hint as a latent (Flux's
+    InfuseNet), as ComfyUI's own apply node passes it."""
     out = []
     cache = {}
     dev = device
@@ -112,7 +121,8 @@ def cond_with(
             prev = d.get("control", None)
             c_net = cache.get(id(prev))
             if c_net is None:
-                c_net = control_net.copy().set_cond_hint(hint.movedim(-1, 1), strength, window)
+                extra = {} if vae is None else {"vae": vae}
+                c_net = control_net.copy().set_cond_hint(hint.movedim(-1, 1), strength, window, **extra)
                 c_net.set_previous_controlnet(prev)
                 cache[id(prev)] = c_net
             d["control"] = c_net

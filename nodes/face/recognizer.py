@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from typing import Optional
 
 import numpy as np
 import torch
@@ -20,12 +21,12 @@ import torch
 from ...core.errors import ModelFileInvalid
 from ...core.images import check_image
 from ...core.model_manager import MANAGER, ModelHandle
-from ...core.onnx import run_batched
+from ...core.onnx import fixed_batch, run_batched
 from ...core.recognizers import recognizer_id
 from ...core.select import rows_for
 from ...core.types import FaceSet
 from .align import estimate_norm
-from .analyzer import _onnx_loader, _ort_loader, chunk_frames, model_crops, pick_engine
+from .analyzer import _onnx_loader, _ort_loader, chunk_frames, host_uint8, model_crops, pick_engine
 from .pack import route
 
 # files in a pack folder that are never recognizers (listing without opening every ONNX file)
@@ -43,17 +44,23 @@ class FaceRecognizer:
     mean: float
     std: float
     bgr: bool
+    fixed: Optional[int] = None  # the batch the ONNX file is exported with (1: face by face), None: dynamic
 
     def __repr__(self):
         return f"FaceRecognizer({self.id}, {os.path.basename(self.path)}, device={self.handle.device})"
 
-    def embed_crops(self, img_u8: torch.Tensor, kpss: np.ndarray, owners: torch.Tensor) -> np.ndarray:
-        """uint8 frames [B,H,W,C], keypoints [N,5,2], owner frame per face [N] -> raw embeddings [N,D]."""
+    def embed_crops(self, images: torch.Tensor, kpss: np.ndarray, owners: torch.Tensor) -> np.ndarray:
+        """Frames [B,H,W,C] (float IMAGE 0..1 or uint8), keypoints [N,5,2], owner frame per face [N] -> raw
+        embeddings [N,D]. Crops: :func:`model_crops` (cv2 on the host, the batched kernel on a GPU)."""
         mats = np.stack([estimate_norm(k, self.input_size) for k in kpss]).astype(np.float32)
         h = self.handle
-        x = model_crops(img_u8.to(h.device), mats, owners, self.input_size, self.mean, self.std, self.bgr, h.dtype)
+        if images.device.type == "cpu":
+            images = host_uint8(images)  # one cv2 pass; crops are then insightface's own cv2 warps
+        if images.device.type != torch.device(h.device).type:
+            images = images.to(h.device)  # host frames for a GPU: 8-bit values travel
+        x = model_crops(images, mats, owners, self.input_size, self.mean, self.std, self.bgr, h.dtype)
         with torch.inference_mode():
-            out = run_batched(h.model(), x.to(h.device, h.dtype), chunk=64)[0]
+            out = run_batched(h.model(), x.to(h.device, h.dtype), chunk=64, fixed=self.fixed)[0]
         return out.float().reshape(out.shape[0], -1).cpu().numpy()
 
     def add_to(self, images: torch.Tensor, faces: FaceSet, progress=None, chunk: int = 16) -> FaceSet:
@@ -70,10 +77,14 @@ class FaceRecognizer:
             if todo:
                 frames = sorted({rows[i] for i, _ in todo})
                 slot = {f: k for k, f in enumerate(frames)}
-                img_u8 = (images[frames] * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+                sub = (
+                    images[frames[0] : frames[-1] + 1]
+                    if frames == list(range(frames[0], frames[-1] + 1))
+                    else images[frames]
+                )
                 kpss = np.stack([faces.faces[i][j].kps.numpy().astype(np.float32) for i, j in todo])
                 owners = torch.tensor([slot[rows[i]] for i, _ in todo], dtype=torch.long)
-                out = self.embed_crops(img_u8, kpss, owners)
+                out = self.embed_crops(sub, kpss, owners)
                 for (i, j), e in zip(todo, out):
                     new[i][j] = new[i][j].with_embedding(self.id, torch.from_numpy(e.copy()))
             if progress is not None:
@@ -103,7 +114,7 @@ def load_recognizer(path: str, device="cpu", dtype: torch.dtype = torch.float32,
     loader = _ort_loader if engine == "onnxruntime" else _onnx_loader
     dt = torch.float32 if engine == "onnxruntime" else dtype
     h = MANAGER.get(f"face:{engine}:recognition", path, loader, device=device, dtype=dt, name=os.path.basename(path))
-    return FaceRecognizer(rid, path, h, r.input_size, r.mean, r.std, r.bgr)
+    return FaceRecognizer(rid, path, h, r.input_size, r.mean, r.std, r.bgr, fixed_batch(r.signature))
 
 
 def is_listed_recognizer(name: str) -> bool:

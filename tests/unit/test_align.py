@@ -138,11 +138,10 @@ def test_warps_go_through_the_kernel_dispatch(monkeypatch):
     assert torch.allclose(al.crops[0], img[0, 20:132, 20:132], atol=1e-4)
 
 
-def test_analyzer_crops_go_through_align_crops_like_insightface(tmp_path, monkeypatch):
-    """FaceAnalyzer makes every per-face model input with ONE kops.align_crops call per model
-    (uint8 frames, round_to_uint8=True, the routed model's mean/std/channel order fused in), and
-    those inputs are what insightface builds: cv2.warpAffine on the uint8 image, then
-    blobFromImages - within one gray level."""
+def test_analyzer_host_crops_are_insightface_crops(tmp_path, monkeypatch):
+    """On the CPU, FaceAnalyzer makes every per-face model input with ONE host_crops call per model, on
+    the 8-bit frame (one cv2 pass from the float IMAGE, no torch op per crop), and those inputs are
+    exactly what insightface builds: cv2.warpAffine on the uint8 image, then blobFromImages."""
     from builders.face import build_face_pack
     from conftest import insightface_image
 
@@ -151,27 +150,47 @@ def test_analyzer_crops_go_through_align_crops_like_insightface(tmp_path, monkey
     img_bgr = cv2.imread(insightface_image("t1.jpg"))
     an = an_mod.load_analyzer(build_face_pack(str(tmp_path / "pack")), "cpu", torch.float32)
     calls = []
-    real = an_mod.kops.align_crops
+    real = an_mod.host_crops
 
-    def spy(frames, matrix, index, size, **kw):
-        out = real(frames, matrix, index, size, **kw)
-        calls.append((frames, matrix.numpy().copy(), size, kw, out))
+    def spy(frames, matrix, owners, size, mean, std, bgr, dtype):
+        out = real(frames, matrix, owners, size, mean, std, bgr, dtype)
+        calls.append((frames, np.asarray(matrix).copy(), size, (mean, std, bgr), out))
         return out
 
+    def no_torch_crops(*a, **k):
+        raise AssertionError("host frames must not be cropped with torch ops")
+
     rgb = torch.from_numpy(np.ascontiguousarray(img_bgr[..., ::-1])).float()[None] / 255.0
-    monkeypatch.setattr(an_mod.kops, "align_crops", spy)
+    monkeypatch.setattr(an_mod, "host_crops", spy)
+    monkeypatch.setattr(an_mod.kops, "align_crops", no_torch_crops)
     fs = an.analyze(rgb)
     assert fs.count > 0
     per_face = [t for t in an.routed if t != "detection"]
     assert len(calls) == len(per_face) == 4
-    for frames, mats, size, kw, out in calls:
-        assert frames.dtype == torch.uint8 and kw["round_to_uint8"] is True and kw["layout"] == "NCHW"
-        r = next(
-            r
-            for r in an.routed.values()
-            if r.input_size == size and (r.mean, r.std, r.bgr) == (kw["mean"], kw["std"], kw["bgr"])
-        )
+    for frames, mats, size, (mean, std, bgr), out in calls:
+        assert frames.dtype == torch.uint8 and np.array_equal(frames[0].numpy(), img_bgr[..., ::-1])
+        r = next(r for r in an.routed.values() if r.input_size == size and (r.mean, r.std, r.bgr) == (mean, std, bgr))
         assert out.shape == (fs.count, 3, size, size)
         crops = [cv2.warpAffine(img_bgr, m.astype(np.float64), (size, size), borderValue=0) for m in mats]
         blob = cv2.dnn.blobFromImages(crops, 1.0 / r.std, (size, size), (r.mean,) * 3, swapRB=not r.bgr)
-        assert np.abs(out.numpy() - blob).max() <= 1.0 / r.std + 1e-5, r.task
+        assert np.abs(out.numpy() - blob).max() <= 1e-4, r.task
+
+
+def test_host_crops_agree_with_the_align_crops_kernel_path():
+    """Frames on a GPU are cropped by ONE batched kops.align_crops call (round_to_uint8, the model's
+    mean/std/channel order fused in); the host's cv2 crops give the same inputs within one gray level."""
+    from visage.nodes.face import analyzer as an_mod
+
+    rng = np.random.default_rng(3)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (192, 120, 3), dtype=np.uint8), (5, 5), 2)
+    frames = torch.from_numpy(img.reshape(2, 96, 120, 3).copy())
+    mats = np.array([[[0.9, 0.1, -5.0], [-0.1, 0.9, 3.0]], [[1.1, 0.0, -20.0], [0.0, 1.1, -10.0]]], np.float32)
+    owners = torch.tensor([1, 0])
+    host = an_mod.host_crops(frames, mats, owners.tolist(), 32, 127.5, 127.5, True, torch.float32)
+    kern = an_mod.kops.align_crops(
+        frames, torch.from_numpy(mats), owners, 32, mean=127.5, std=127.5, bgr=True, layout="NCHW",
+        out_dtype=torch.float32, round_to_uint8=True,
+    )  # fmt: skip
+    assert host.shape == kern.shape == (2, 3, 32, 32)
+    assert (kern - host).abs().max() <= 1.0 / 127.5 + 1e-5
+    assert host.abs().sum() > 0

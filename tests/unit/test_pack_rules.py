@@ -87,7 +87,7 @@ def test_no_runtime_downloads():
 
 def _node_modules():
     for p in source_files("nodes"):
-        if os.path.basename(p) == "node.py":
+        if os.path.basename(p) == "node.py" or p.endswith("_node.py"):  # a family's extra node module
             yield p
 
 
@@ -138,9 +138,7 @@ def test_display_names_in_one_style():
     """Node names as the library shows them: 'Verb Thing' ('Load Face Analyzer', 'Apply InstantID'), no
     pack prefix or suffix (the category Visage/... and ComfyUI's badge say where a node comes from)."""
     names = {}
-    for p in source_files("nodes"):
-        if os.path.basename(p) != "node.py":
-            continue
+    for p in _node_modules():
         tree = ast.parse(open(p, encoding="utf-8").read(), p)
         for node in tree.body:
             if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "NODE_DISPLAY_NAME_MAPPINGS":

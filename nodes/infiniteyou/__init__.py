@@ -1,0 +1,1 @@
+"""InfiniteYou (FLUX.1-dev): identity resampler tokens into InfuseNet (ComfyUI's own ControlNet)."""
