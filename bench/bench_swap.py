@@ -278,6 +278,219 @@ def restore_rows(models, w, h, faces, reps, device, threads=0):
     }
 
 
+QUALITY_VARIANTS = ("plain", "occlusion", "regions", "occlusion+regions", "gpen512", "boost2", "boost4")
+
+
+def _quality_child(variants, models, w, h, faces, reps, threads, q):
+    """Swap-quality variants timed interleaved (v1, v2, ..., v1, v2, ...: a shared machine's load hits them
+    alike) per frame with the faces given; with a single variant it also reports the process's peak RSS."""
+    try:
+        import statistics
+        import warnings
+
+        import numpy as np
+        import torch
+
+        warnings.simplefilter("ignore")
+        _limit_threads(threads)
+        _import_visage()
+        from visage.core.model_manager import MANAGER
+        from visage.nodes.face import masks as FM
+        from visage.nodes.face.analyzer import load_analyzer
+        from visage.nodes.face.parsing import load_parsing
+        from visage.nodes.swap import pipeline as PL
+        from visage.nodes.swap.models import load_swapper
+        from visage.nodes.swap.restore import Restorer, load_restorer
+
+        an = load_analyzer(models["pack"], torch.device("cpu"), torch.float32, engine="auto")
+        sw = MANAGER.get(
+            "swap:swapper:onnxruntime",
+            models["swapper"],
+            lambda p, d, t: load_swapper(p, "cpu", t, engine="onnxruntime"),
+        )
+        img = _frame(w, h)
+        frame = torch.from_numpy(img[:, :, ::-1].copy()).float().div_(255.0)[None]
+        emb = np.random.default_rng(0).standard_normal(512).astype(np.float32)
+        src = [torch.nn.functional.normalize(torch.from_numpy(emb)[None], dim=-1)]
+        plan = PL.plan(an.analyze(frame, max_num=faces, tasks=[]), [1], "by_order")
+
+        def options(variant):
+            kw = {}
+            if "occlusion" in variant or "regions" in variant:
+                occ = FM.load_occluder(models["xseg"], engine="onnxruntime") if "occlusion" in variant else None
+                par = load_parsing(models["bisenet"], engine="onnxruntime") if "regions" in variant else None
+                kw["masker"] = FM.FaceMasker(parser=par, occluder=occ, regions=("face",) if par else ())
+            if variant == "gpen512":
+                h_ = MANAGER.get(
+                    "bench:gpen",
+                    models["gpen"],
+                    lambda p, d, t: load_restorer(p, "cpu", torch.float32, engine="onnxruntime"),
+                )
+                kw["restorer"] = Restorer(handle=h_, name="GPEN-BFR-512")
+            if variant.startswith("boost"):
+                kw["pixel_boost"] = int(variant[5:])
+            return kw
+
+        kws = {v: options(v) for v in variants}
+        for v in variants:
+            PL.swap_frames(frame, plan, sw, src, **kws[v])  # warm-up
+        t = {v: [] for v in variants}
+        for _ in range(reps):
+            for v in variants:
+                t0 = time.perf_counter()
+                PL.swap_frames(frame, plan, sw, src, **kws[v])
+                t[v].append((time.perf_counter() - t0) * 1e3)
+        res = {v: {"ms": statistics.median(t[v]), "min_ms": min(t[v]), "faces": len(plan)} for v in variants}
+        if len(variants) == 1:
+            res[variants[0]]["peak_mb"] = _peak_mb("cpu")
+        q.put(res)
+    except Exception as e:  # pragma: no cover - reported in the row
+        import traceback
+
+        q.put({"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}"})
+
+
+def _quality_run(variants, models, w, h, faces, reps, threads):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_quality_child, args=(list(variants), models, w, h, faces, reps, threads, q))
+    p.start()
+    res = q.get(timeout=1800)
+    p.join()
+    return res
+
+
+def quality_rows(workdir, models, reps, threads, w=1920, h=1080, faces=1):
+    """Swap-quality options at 1080p on the CPU (faces given), each relative to the plain swap, timed
+    interleaved in one process: occlusion (XSeg signature), regions (BiSeNet: the real architecture with
+    random weights, exported to ONNX), both, GPEN-512 (signature-only test network: the pipeline around it),
+    pixel boost 2x / 4x. Peak RSS: each variant alone in its own process."""
+    _import_visage()
+    from builders import masks as MB
+
+    models = dict(models)
+    models["xseg"] = MB.make_controlled_xseg_onnx(os.path.join(workdir, "xseg_1.onnx"))
+    models["bisenet"] = MB.make_bisenet_onnx(os.path.join(workdir, "bisenet_resnet_18.onnx"))
+    models["gpen"] = MB.make_gpen_onnx(os.path.join(workdir, "GPEN-BFR-512.onnx"), 512)
+    res = _quality_run(QUALITY_VARIANTS, models, w, h, faces, reps, threads)
+    peaks = {}
+    if "error" not in res:
+        for v in QUALITY_VARIANTS:
+            one = _quality_run((v,), models, w, h, faces, 1, threads)
+            peaks[v] = one.get(v, {}).get("peak_mb")
+    rows = []
+    notes = {
+        "occlusion": "XSeg signature, controlled test net (tiny): the align/resize/smooth pipeline, not XSeg's own cost",
+        "regions": "BiSeNet ResNet-18 (released architecture, random weights, onnxruntime) at 512 per face",
+        "occlusion+regions": "both masks",
+        "gpen512": "GPEN-BFR-512 signature, tiny test net: the restore pipeline, not GPEN's own cost",
+        "boost2": "2x2 interleaved 128 crops (test inswapper layout, 64 ch)",
+        "boost4": "4x4 interleaved 128 crops (test inswapper layout, 64 ch)",
+        "plain": "box mask, no option (the baseline)",
+    }
+    if "error" in res:
+        return [
+            {
+                "op": "swap options",
+                "shape": f"{w}x{h}",
+                "ours_ms": None,
+                "ref_ms": None,
+                "ratio": None,
+                "reference": "plain swap",
+                "bytes": None,
+                "memory_bound": False,
+                "note": res["error"][:400],
+            }
+        ]
+    base = res["plain"]["ms"]
+    for v in QUALITY_VARIANTS:
+        r = res[v]
+        pk = peaks.get(v)
+        rows.append(
+            {
+                "op": f"swap option {v}",
+                "shape": f"{w}x{h} {r['faces']} face(s)",
+                "ours_ms": r["ms"],
+                "ref_ms": base,
+                "ratio": r["ms"] / base,
+                "reference": "plain swap (ratio = cost relative to it)",
+                "bytes": None,
+                "memory_bound": False,
+                "note": f"{notes[v]}; min {r['min_ms']:.1f} ms; peak RSS alone "
+                f"{'-' if pk is None else f'{pk:.0f} MB'}; CPU threads {threads or 'default'}",
+                "peak_mb_ours": pk,
+            }
+        )
+    return rows
+
+
+def identity_zero_rows(models_dir: str):
+    """Identity strength 0 with the RELEASED models (inswapper_128.onnx in models/insightface, the buffalo_l
+    pack with w600k_r50): each face of t1.jpg swapped with its own identity. Reports how far that
+    reconstruction is from the input face: mean |diff| (0..255) under the swap mask, and the w600k_r50 cosine
+    between the reconstructed and the original face."""
+    import numpy as np
+    import torch
+
+    _import_visage()
+    from visage.core.model_manager import MANAGER
+    from visage.nodes.face.analyzer import load_analyzer
+    from visage.nodes.swap import pipeline as PL
+    from visage.nodes.swap.models import load_swapper
+
+    sw_path = os.path.join(models_dir, "insightface", "inswapper_128.onnx")
+    pack = os.path.join(models_dir, "insightface", "models", "buffalo_l")
+    if not (os.path.isfile(sw_path) and os.path.isdir(pack)):
+        return [
+            {
+                "op": "identity strength 0 reconstruction",
+                "shape": "-",
+                "ours_ms": None,
+                "ref_ms": None,
+                "ratio": None,
+                "reference": "input face",
+                "bytes": None,
+                "memory_bound": False,
+                "note": f"skipped: needs {sw_path} and {pack} (released files)",
+            }
+        ]
+    an = load_analyzer(pack, torch.device("cpu"), torch.float32, engine="auto")
+    sw = MANAGER.get(
+        "swap:swapper:onnxruntime", sw_path, lambda p, d, t: load_swapper(p, "cpu", t, engine="onnxruntime")
+    )
+    img = _frame(1280, 720)
+    frame = torch.from_numpy(img[:, :, ::-1].copy()).float().div_(255.0)[None]
+    faces = an.analyze(frame, tasks=["recognition"])
+    plan = PL.plan(faces, [1], "by_order")
+    src = [torch.nn.functional.normalize(torch.randn(1, 512), dim=-1)]
+    out, mask, n = PL.swap_frames(frame, plan, sw, src, identity_strength=0.0)
+    m = mask[0] > 0.5
+    diff = float((out[0][m] - frame[0][m]).abs().mean() * 255.0)
+    again = an.analyze(out, tasks=["recognition"])
+    cos = []
+    for a in plan:
+        e0 = a.face.embedding_for(PL.SWAP_TRAINED_ON)
+        best = max(
+            again.faces[0], key=lambda f: float(torch.as_tensor(np.asarray(f.bbox)).sub(a.face.bbox).abs().sum().neg())
+        )
+        e1 = best.embedding_for(PL.SWAP_TRAINED_ON)
+        cos.append(float(torch.nn.functional.cosine_similarity(e0[None].float(), e1[None].float())))
+    return [
+        {
+            "op": "identity strength 0 reconstruction",
+            "shape": f"1280x720 {n} face(s)",
+            "ours_ms": None,
+            "ref_ms": None,
+            "ratio": None,
+            "reference": "input face",
+            "bytes": None,
+            "memory_bound": False,
+            "note": f"mean |diff| under the mask {diff:.2f}/255; w600k_r50 cosine reconstructed vs input: "
+            f"mean {np.mean(cos):.3f}, min {np.min(cos):.3f}",
+        }
+    ]
+
+
 SWAP_GOAL = 1.5  # issue #13: detect + swap + paste per frame on the CPU, against insightface's pipeline
 
 
@@ -304,7 +517,11 @@ def run(args=None):
     workdir = tempfile.mkdtemp(prefix="visage_bench_swap_")
     rows = []
     try:
+        if getattr(args, "identity_zero", ""):
+            return identity_zero_rows(args.identity_zero)
         models = prepare_models(workdir, channels)
+        if getattr(args, "only_quality", False):
+            return quality_rows(workdir, models, reps, threads)
         if getattr(args, "only_restore", False):
             for w, h in sizes:
                 for faces in (1, 4):
@@ -374,6 +591,8 @@ def run(args=None):
                     }
                 )
                 rows.append(restore_rows(models, w, h, faces, reps, device, threads))
+        if not quick and device == "cpu":
+            rows += quality_rows(workdir, models, reps, threads)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return rows
@@ -387,9 +606,11 @@ def main(argv=None):
     ap.add_argument("--swap-channels", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for both pipelines (default 1 on CPU)")
     ap.add_argument("--only-restore", action="store_true", help="only the swap+restore order comparison")
+    ap.add_argument("--only-quality", action="store_true", help="only the swap-quality options vs the plain swap")
+    ap.add_argument("--identity-zero", default="", help="a models/ folder with the released inswapper + buffalo_l")
     args = ap.parse_args(argv)
     for r in run(args):
-        ratio = f"{r['ratio']:.2f}x" if r.get("ratio") else "-"
+        ratio = f"{r['ratio']:.2f}x" if r.get("ratio") else "-"  # for option rows: cost relative to the plain swap
         ours = f"{r['ours_ms']:.1f}" if r.get("ours_ms") is not None else "-"
         ref = f"{r['ref_ms']:.1f}" if r.get("ref_ms") is not None else "-"
         print(f"{r['op']} | {r['shape']} | ours {ours} ms | ref {ref} ms | {ratio} | {r['note']}")

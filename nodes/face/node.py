@@ -38,6 +38,7 @@ from .align import TEMPLATES, align_faces
 from .analyzer import ENGINES, FaceAnalyzer, load_analyzer
 from .draw import MASK_SHAPES, face_mask, keypoints_image, preview
 from .embeds_io import load_embeds, save_embeds
+from .masks import DEFAULT_REGIONS, REGIONS, VISAGE_MASKER, FaceMasker, frame_masks, load_occluder, parse_regions
 from .pack import list_packs
 from .recognizer import load_recognizer, recognizer_choices
 
@@ -560,8 +561,97 @@ class VisageAlignFaces:
         return (al.crops.to(comfy_glue.intermediate_device()), al)
 
 
+NONE = "(none)"
+
+
+def _parser_files():
+    names = [NONE]
+    names += ["facexlib/" + n for n in paths.list_files("facexlib", {".pth"}) if "pars" in n.lower()]
+    names += ["face_parsing/" + n for n in paths.list_files("face_parsing", {".onnx", ".pth"})]
+    return names
+
+
+def _occluder_files():
+    return [NONE] + ["face_parsing/" + n for n in paths.list_files("face_parsing", {".onnx"})]
+
+
+def _find_in(name: str) -> str:
+    folder, _, rest = name.partition("/")
+    if folder not in ("facexlib", "face_parsing") or not rest:
+        raise VisageError(
+            f"Unknown mask model '{name}'",
+            expected="an entry of the list (facexlib/... or face_parsing/...)",
+            got=repr(name),
+            fix="pick the file from the node's list",
+        )
+    return paths.find_file(folder, rest)
+
+
+class VisageFaceMaskerLoader:
+    DESCRIPTION = (
+        "Loads the models that make masks from the face itself: a face parser (facexlib's parsing_bisenet.pth "
+        "in models/facexlib, or bisenet_resnet_18/34.onnx in models/face_parsing) for face-part regions, and "
+        "an occluder (xseg_1/2/3.onnx in models/face_parsing) for what covers the face (hands, hair, "
+        "glasses). Connect it to Swap Faces (the paste mask becomes box/landmarks x occlusion x regions) "
+        "or Face Mask."
+    )
+    CATEGORY = "Visage/analysis"
+    FUNCTION = "load"
+    RETURN_TYPES = (VISAGE_MASKER,)
+    RETURN_NAMES = ("masker",)
+    OUTPUT_TOOLTIPS = ("The mask models and the regions to keep.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "parser": (_parser_files(), {"tooltip": "Face parser for the regions ((none) = no region mask)."}),
+                "regions": (
+                    "STRING",
+                    {
+                        "default": DEFAULT_REGIONS,
+                        "tooltip": "Face parts to keep, comma-separated: " + ", ".join(REGIONS) + " ('face' = "
+                        "every part of the face itself; '' = no region mask).",
+                    },
+                ),
+                "occluder": (_occluder_files(), {"tooltip": "XSeg occluder ((none) = no occlusion mask)."}),
+                "device": (
+                    ["auto", "cpu", "gpu"],
+                    {"default": "auto", "tooltip": "auto = ComfyUI's device (the GPU unless ComfyUI runs --cpu)."},
+                ),
+                "precision": (
+                    ["auto", "fp32", "fp16", "bf16"],
+                    {"default": "auto", "tooltip": "auto = fp16 on CUDA, fp32 on the CPU."},
+                ),
+                "engine": (
+                    list(ENGINES),
+                    {
+                        "default": "auto",
+                        "tooltip": "ONNX files: auto = torch on the GPU, onnxruntime on the CPU.",
+                    },
+                ),
+            }
+        }
+
+    @finite_floats
+    def load(self, parser, regions, occluder, device="auto", precision="auto", engine="auto"):
+        from .parsing import load_parsing
+
+        names = parse_regions(regions)
+        dev = comfy_glue.torch_device(device)
+        dt = resolve_dtype(precision, dev)
+        p = load_parsing(_find_in(parser), dev, dt, engine) if parser != NONE and names else None
+        o = load_occluder(_find_in(occluder), dev, dt, engine) if occluder != NONE else None
+        if p is None and o is None:
+            log.warning("Visage: Load Face Masker has neither regions with a parser nor an occluder: no mask")
+        return (FaceMasker(parser=p, occluder=o, regions=names if p is not None else ()),)
+
+
 class VisageFaceMask:
-    DESCRIPTION = "A mask of the selected faces: landmark hull, ellipse or box, grown and feathered."
+    DESCRIPTION = (
+        "A mask of the selected faces: landmark hull, ellipse or box, grown and feathered; with a masker "
+        "and the image, intersected with its face-part regions / occlusion mask."
+    )
     CATEGORY = "Visage/analysis"
     FUNCTION = "mask"
     RETURN_TYPES = ("MASK",)
@@ -589,12 +679,32 @@ class VisageFaceMask:
                     "INT",
                     {"default": 0, "min": 0, "max": 256, "tooltip": "Soften the edge over this many pixels."},
                 ),
-            }
+            },
+            "optional": {
+                "masker": (
+                    VISAGE_MASKER,
+                    {"tooltip": "Load Face Masker: keep only its regions / the unoccluded face (needs 'image')."},
+                ),
+                "image": ("IMAGE", {"tooltip": "The analysed images (the masker reads their pixels)."}),
+            },
         }
 
     @finite_floats
-    def mask(self, faces: FaceSet, shape, grow, feather):
-        return (face_mask(faces, shape, grow, feather).to(comfy_glue.intermediate_device()),)
+    def mask(self, faces: FaceSet, shape, grow, feather, masker=None, image=None):
+        m = face_mask(faces, shape, grow, feather)
+        if masker is not None and masker.active:
+            if image is None:
+                raise VisageError(
+                    "Face Mask needs the image for the masker",
+                    expected="'image' connected (the images Analyze Faces ran on)",
+                    got="a masker without an image",
+                    fix="connect the analysed images to Face Mask's 'image'",
+                )
+            images = check_image(image, "image")
+            with comfy_glue.cancellable():
+                fm = frame_masks(masker, frames_for(images, faces, "image"), faces)
+            m = m.to(fm.device) * fm
+        return (m.to(comfy_glue.intermediate_device()),)
 
 
 class VisageKeypointsImage:
@@ -624,6 +734,7 @@ NODE_CLASS_MAPPINGS = {
     "VisageFaceSimilarity": VisageFaceSimilarity,
     "VisageAlignFaces": VisageAlignFaces,
     "VisageFaceMask": VisageFaceMask,
+    "VisageFaceMaskerLoader": VisageFaceMaskerLoader,
     "VisageKeypointsImage": VisageKeypointsImage,
 }
 
@@ -637,5 +748,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "VisageFaceSimilarity": "Face Similarity",
     "VisageAlignFaces": "Align Faces",
     "VisageFaceMask": "Face Mask",
+    "VisageFaceMaskerLoader": "Load Face Masker",
     "VisageKeypointsImage": "Face Keypoints Image",
 }

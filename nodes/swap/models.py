@@ -348,3 +348,54 @@ def run_swapper(mod: SwapperModule, target: torch.Tensor, latent: torch.Tensor, 
         if spec.has_mask and len(outs) > 1:
             masks.append(outs[1].float().reshape(img.shape[0], spec.size, spec.size).clamp(0, 1))
     return torch.cat(faces, 0), (torch.cat(masks, 0) if masks else None)
+
+
+PIXEL_BOOSTS = (1, 2, 4, 8)
+
+
+def implode_tiles(target: torch.Tensor, boost: int) -> torch.Tensor:
+    """[N,C,S*b,S*b] -> [N*b*b,C,S,S]: tile (i, j) of face n is ``target[n, :, i::b, j::b]`` (facefusion's
+    pixel-boost split), tiles of a face consecutive, row-major in (i, j)."""
+    n, c, t, _ = target.shape
+    s = t // boost
+    x = target.reshape(n, c, s, boost, s, boost).permute(0, 3, 5, 1, 2, 4)
+    return x.reshape(n * boost * boost, c, s, s)
+
+
+def explode_tiles(tiles: torch.Tensor, boost: int) -> torch.Tensor:
+    """Inverse of :func:`implode_tiles`: [N*b*b,C,S,S] -> [N,C,S*b,S*b] (re-interleaved)."""
+    m, c, s, _ = tiles.shape
+    n = m // (boost * boost)
+    x = tiles.reshape(n, boost, boost, c, s, s).permute(0, 3, 4, 1, 5, 2)
+    return x.reshape(n, c, s * boost, s * boost)
+
+
+@torch.no_grad()
+def run_swapper_boosted(mod: SwapperModule, target: torch.Tensor, latent: torch.Tensor, boost: int = 1):
+    """Pixel boost: ``target`` [N,3,S*b,S*b] (the face aligned at b times the model's side) is split into
+    b*b interleaved S-crops, each swapped with the face's latent, and re-interleaved. Returns
+    (faces [N,3,S*b,S*b] 0..1, mask [N,S*b,S*b] or None). ``boost`` 1 is :func:`run_swapper` itself."""
+    boost = int(boost)
+    if boost not in PIXEL_BOOSTS:
+        raise VisageError(f"Unknown pixel boost {boost}", expected=" / ".join(f"{b}x" for b in PIXEL_BOOSTS))
+    if boost == 1:
+        return run_swapper(mod, target, latent)
+    s = mod.spec.size
+    if target.shape[-1] != s * boost or target.shape[-2] != s * boost:
+        raise ValueError(f"run_swapper_boosted: crops must be {s * boost}x{s * boost}")
+    faces, masks = run_swapper(mod, implode_tiles(target, boost), latent.repeat_interleave(boost * boost, 0))
+    faces = explode_tiles(faces, boost)
+    if masks is not None:
+        masks = explode_tiles(masks[:, None], boost)[:, 0]
+    return faces, masks
+
+
+def mix_identity(source: torch.Tensor, target: torch.Tensor, strength: float) -> torch.Tensor:
+    """Identity strength (ReActor's face weight): normalise(s * src + (1 - s) * tgt) of the L2-normalised
+    embeddings [K,512]. ``strength`` 1 returns ``source`` untouched; 0 gives the target's own identity."""
+    s = float(strength)
+    if s >= 1.0:
+        return source
+    src = torch.nn.functional.normalize(source.float(), dim=-1)
+    tgt = torch.nn.functional.normalize(target.float().to(src.device), dim=-1)
+    return torch.nn.functional.normalize(s * src + (1.0 - s) * tgt, dim=-1)

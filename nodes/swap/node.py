@@ -17,9 +17,12 @@ from ...core.recognizers import RECOGNIZER_OVERRIDE_TIP, method_embeddings
 from ...core.select import FUSIONS, ORDERS, apply_on_no_face, embeds_from_faces, expand_to, order_faces
 from ...core.types import VISAGE_ANALYZER, VISAGE_EMBEDS, VISAGE_FACES
 from .. import comfy_glue
+from ..expression.motion import VISAGE_LIVEPORTRAIT
 from ..face.analyzer import pick_engine
+from ..face.masks import VISAGE_MASKER
+from .expression_restore import expression_option
 from .facemodel import load_face_model, save_face_model
-from .models import ENGINES, load_swapper
+from .models import ENGINES, PIXEL_BOOSTS, load_swapper
 from .pipeline import MAPPINGS, MASK_TYPES, SWAP_TRAINED_ON, restore_pass, swap_batch
 from .restore import Restorer, load_restorer
 
@@ -52,7 +55,8 @@ def _resolve_swap_file(name: str) -> str:
 
 
 def _restore_files():
-    return paths.list_files("facerestore_models", {".pth", ".pt", ".safetensors", ".ckpt"}) or ["GFPGANv1.4.pth"]
+    exts = {".pth", ".pt", ".safetensors", ".ckpt", ".onnx"}
+    return paths.list_files("facerestore_models", exts) or ["GFPGANv1.4.pth"]
 
 
 def _face_model_files():
@@ -71,6 +75,10 @@ def _swapper_loader_ort(path, device, dtype):
 
 def _restorer_loader(path, device, dtype):
     return load_restorer(path, "cpu", dtype)
+
+
+def _restorer_loader_ort(path, device, dtype):
+    return load_restorer(path, "cpu", torch.float32, engine="onnxruntime")
 
 
 def _device_inputs():
@@ -134,7 +142,8 @@ class VisageRestoreModelLoader:
     DESCRIPTION = (
         "Loads a face-restoration model (GFPGAN, RestoreFormer; CodeFormer when the optional package "
         "spandrel_extra_arches is installed - non-commercial licence) from models/facerestore_models "
-        "through spandrel. GPEN (not in spandrel) and other architectures (upscalers) are refused "
+        "through spandrel, or GPEN-BFR-256/512/1024/2048.onnx through Visage's ONNX path (routed by its "
+        "signature). A GPEN .pth (not in spandrel) and other architectures (upscalers) are refused "
         "with a message. In Swap Faces the swapped face is restored before it is pasted."
     )
 
@@ -164,7 +173,17 @@ class VisageRestoreModelLoader:
                     },
                 ),
                 **_device_inputs(),
-            }
+            },
+            "optional": {
+                "engine": (
+                    list(ENGINES),
+                    {
+                        "default": "auto",
+                        "tooltip": "GPEN ONNX files: auto = torch on the GPU, onnxruntime on the CPU "
+                        "(.pth files always run in torch).",
+                    },
+                ),
+            },
         }
 
     RETURN_TYPES = (VISAGE_RESTORER,)
@@ -174,11 +193,14 @@ class VisageRestoreModelLoader:
     CATEGORY = CATEGORY
 
     @finite_floats
-    def load(self, restore_model, strength=1.0, fidelity=0.5, device="auto", precision="auto"):
+    def load(self, restore_model, strength=1.0, fidelity=0.5, device="auto", precision="auto", engine="auto"):
         path = paths.find_file("facerestore_models", restore_model)
         dev = comfy_glue.torch_device(device)
         dt = resolve_dtype(precision, dev)
-        h = MANAGER.get("swap:restorer", path, _restorer_loader, device=dev, dtype=dt)
+        if path.lower().endswith(".onnx") and pick_engine(engine, dev) == "onnxruntime":
+            h = MANAGER.get("swap:restorer:onnxruntime", path, _restorer_loader_ort, device=dev, dtype=torch.float32)
+        else:
+            h = MANAGER.get("swap:restorer", path, _restorer_loader, device=dev, dtype=dt)
         return (Restorer(handle=h, name=restore_model, strength=float(strength), fidelity=float(fidelity)),)
 
 
@@ -328,6 +350,48 @@ class VisageSwapFaces:
                     "STRING",
                     {"default": "", "tooltip": RECOGNIZER_OVERRIDE_TIP.format(trained=SWAP_TRAINED_ON)},
                 ),
+                "masker": (
+                    VISAGE_MASKER,
+                    {
+                        "tooltip": "Load Face Masker: the paste mask (box / landmarks) is intersected with its "
+                        "occlusion mask (hands, hair and glasses over the target face stay) and face-part regions."
+                    },
+                ),
+                "pixel_boost": (
+                    [f"{b}x" for b in PIXEL_BOOSTS],
+                    {
+                        "default": "1x",
+                        "tooltip": "Swap at N x the model's resolution (128 model: 2x = 256, 4x = 512, 8x = 1024): "
+                        "the face is split into N*N interleaved crops, each swapped. Sharper, N*N times the cost.",
+                    },
+                ),
+                "identity_strength": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.05,
+                        "tooltip": "How much of the source identity (1 = the source; 0 = the target's own). Mixes "
+                        "the identity embeddings, unlike 'blend' which fades pixels. Below 1 the target faces need "
+                        f"the {SWAP_TRAINED_ON} embedding (the analyzer adds it).",
+                    },
+                ),
+                "liveportrait": (
+                    VISAGE_LIVEPORTRAIT,
+                    {"tooltip": "Load LivePortrait: needed by expression_restore."},
+                ),
+                "expression_restore": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.05,
+                        "tooltip": "Put the target's own expression back on the swapped face with LivePortrait "
+                        "(1 = the target's expression, 0 = off). Needs 'liveportrait'.",
+                    },
+                ),
             },
         }
 
@@ -366,8 +430,15 @@ class VisageSwapFaces:
         faces=None,
         source_faces=None,
         recognizer_override="",
+        masker=None,
+        pixel_boost="1x",
+        identity_strength=1.0,
+        liveportrait=None,
+        expression_restore=0.0,
     ):
         image = check_image(image, "image")
+        boost = _pixel_boost(pixel_boost)
+        expression = expression_option(liveportrait, expression_restore)
         src = check_image(source_image, "source_image") if source_image is not None else None
         embs = None
         if source_embeds is not None:
@@ -402,6 +473,10 @@ class VisageSwapFaces:
                 targets=faces,
                 source_faces=source_faces,
                 recognizer_override=recognizer_override,
+                masker=masker,
+                pixel_boost=boost,
+                identity_strength=float(identity_strength),
+                expression=expression,
             )
         return (out.to(inter), mask.to(inter), int(count))
 
@@ -597,6 +672,18 @@ class VisageBuildFaceModel:
         fs, _ = apply_on_no_face(fs, on_no_face, "face-model photos")
         picked = tuple(tuple(order_faces(f, order)[:1]) for f in fs.faces)
         return (embeds_from_faces(FaceSet(faces=picked, image_sizes=fs.image_sizes, analyzer=fs.analyzer), fusion),)
+
+
+def _pixel_boost(choice) -> int:
+    text = str(choice).strip().lower().rstrip("x")
+    if not text.isdigit() or int(text) not in PIXEL_BOOSTS:
+        raise VisageError(
+            f"Unknown pixel_boost {choice!r}",
+            expected=" / ".join(f"{b}x" for b in PIXEL_BOOSTS),
+            got=repr(choice),
+            fix="pick a value from the list",
+        )
+    return int(text)
 
 
 def _need_analyzer(analyzer, node: str):

@@ -19,7 +19,7 @@ from ...core.select import apply_on_no_face, expand_to, order_faces, similaritie
 from ...core.types import Face, FaceEmbeds, FaceSet
 from .. import paste as P
 from ..face.align import estimate_norm
-from .models import SwapperModule, run_swapper, source_latent
+from .models import SwapperModule, mix_identity, run_swapper_boosted, source_latent
 from .restore import Restorer, restore_crops
 
 try:
@@ -90,6 +90,12 @@ def embeddings_of(sets: Sequence[Sequence[Face]], override: str = "") -> List[to
         )
         for s in sets
     ]
+
+
+def target_embeddings(faces: Sequence[Face], override: str = "") -> torch.Tensor:
+    """[N,512] normalised swap-recognizer embeddings of target faces (identity strength < 1)."""
+    fs = FaceSet(faces=(tuple(faces),), image_sizes=((0, 0),))
+    return method_embeddings("Identity strength", SWAP_TRAINED_ON, fs, None, True, None, override)
 
 
 def check_batches(n_source_sets: int, n_targets: int) -> None:
@@ -216,8 +222,19 @@ def swap_frames(
     restorer: Optional[Restorer] = None,
     progress: Progress = None,
     faces_per_chunk: int = 8,
+    masker=None,
+    pixel_boost: int = 1,
+    identity_strength: float = 1.0,
+    recognizer_override: str = "",
+    expression=None,
 ):
-    """frames [B,H,W,3] float 0..1 (any device) -> (frames, mask [B,H,W], count)."""
+    """frames [B,H,W,3] float 0..1 (any device) -> (frames, mask [B,H,W], count).
+
+    ``masker`` (:class:`visage.nodes.face.masks.FaceMasker`): occlusion / region weights of each target
+    face, multiplied into the paste mask (intersection with box / landmarks). ``pixel_boost`` b: the face
+    is aligned at b x the model's side and swapped as b*b interleaved crops. ``identity_strength`` < 1:
+    the swap embedding is mixed with the target face's own (the faces need the swap recognizer's
+    embedding). ``expression`` (:class:`ExpressionRestore`): the target's expression put back after the swap."""
     if mask_type not in MASK_TYPES:
         raise VisageError(f"Unknown mask type '{mask_type}'", expected=" / ".join(MASK_TYPES), got=mask_type)
     B = frames.shape[0]
@@ -228,7 +245,7 @@ def swap_frames(
         by_frame.setdefault(a.image_index, []).append(a)
     mod: SwapperModule = swapper_handle.model()
     latents = [source_latent(mod, e).to(dev) for e in source_embeddings]
-    S = mod.spec.size
+    S = mod.spec.size * int(pixel_boost)  # the crop side the face is aligned, swapped and pasted at
     count = 0
     f0 = 0
     while f0 < B:
@@ -249,8 +266,24 @@ def swap_frames(
             sub = frames[f0:f1]
             mod = swapper_handle.model()  # right before use (ComfyUI may have moved it)
             x = _kops.align_crops(sub, M, idx, S, mean=mod.spec.mean, std=mod.spec.std, layout="NCHW")
-            lat = torch.stack([latents[a.source_set][a.source] for a in A])
-            faces01, mmask = run_swapper(mod, x, lat)
+            if identity_strength < 1.0:
+                mixed = mix_identity(
+                    torch.stack([source_embeddings[a.source_set][a.source].float() for a in A]),
+                    target_embeddings([a.face for a in A], recognizer_override),
+                    identity_strength,
+                )
+                lat = source_latent(mod, mixed).to(dev)
+            else:
+                lat = torch.stack([latents[a.source_set][a.source] for a in A])
+            faces01, mmask = run_swapper_boosted(mod, x, lat, pixel_boost)
+            if mmask is not None and not use_model_mask:
+                mmask = None
+            if masker is not None:
+                from ..face.masks import crop_masks
+
+                xm = crop_masks(masker, sub, M, idx, S, kps=[a.face.kps for a in A])
+                if xm is not None:
+                    mmask = xm if mmask is None else mmask.to(dev) * xm
             tick()  # cancel is honoured between the stages of a chunk, not only between chunks
             crops = faces01.to(dev).permute(0, 2, 3, 1).contiguous()
             originals = None
@@ -268,7 +301,7 @@ def swap_frames(
                     crops,
                     M,
                     idx,
-                    masks=mmask if use_model_mask else None,
+                    masks=mmask,
                     erode_frac=erode,
                     blur_frac=blur,
                     landmarks_crop=lms,
@@ -281,7 +314,7 @@ def swap_frames(
                 feather = P.feather_masks(
                     len(A),
                     S,
-                    mmask if use_model_mask else None,
+                    mmask,
                     erode_frac=erode,
                     blur_frac=blur,
                     landmarks_crop=lms,
@@ -293,6 +326,11 @@ def swap_frames(
                     crops = lab_transfer(crops.float(), stats[:, None, None])
                 res = restore_swapped(sub, crops, mats, feather, idx, [a.face for a in A], restorer, erode, blur)
                 fm = P.paste_masks(sub.shape, M, feather, idx)
+            if expression is not None and expression.factor > 0:
+                from .expression_restore import restore_expression
+
+                tick()
+                res, _ = restore_expression(expression, res, sub, [a.face for a in A], idx.tolist())
             outs.append(res)
             masks.append(fm)
             count += len(A)
@@ -351,7 +389,7 @@ def restore_swapped(
         return frames.clone()
     dev = frames.device
     R = restorer.size
-    ffhq = np.stack([estimate_norm(f.kps, R, "ffhq_512") for f in faces]).astype(np.float64)
+    ffhq = np.stack([estimate_norm(f.kps, R, restorer.template) for f in faces]).astype(np.float64)
     MF = torch.from_numpy(ffhq.astype(np.float32))
     idx = torch.as_tensor(frame_index, dtype=torch.long).to(dev)
     base = _kops.align_crops(frames, MF, idx, R, mean=0.0, std=255.0, layout="NHWC")  # [n,R,R,3] 0..1
@@ -429,7 +467,7 @@ def restore_pass(
     if not faces:
         return frames
     S = restorer.size
-    mats = np.stack([estimate_norm(f.kps, S, "ffhq_512") for f in faces]).astype(np.float32)
+    mats = np.stack([estimate_norm(f.kps, S, restorer.template) for f in faces]).astype(np.float32)
     M = torch.from_numpy(mats)
     crops = _kops.align_crops(frames, M, frame_index, S, mean=0.0, std=255.0, layout="NHWC")
     restored = restore_crops(restorer, crops)
@@ -464,6 +502,10 @@ def swap_batch(
     targets: Optional[FaceSet] = None,
     source_faces: Optional[FaceSet] = None,
     recognizer_override: str = "",
+    masker=None,
+    pixel_boost: int = 1,
+    identity_strength: float = 1.0,
+    expression=None,
 ):
     """The Swap Faces node without ComfyUI: image [B,H,W,3] (any device) -> (image, mask, count).
 
@@ -501,7 +543,7 @@ def swap_batch(
     dev = swapper_handle.device
     out_device = torch.device(out_device) if out_device is not None else image.device
     total = 2 * B
-    tasks = ["recognition"] if mapping == "by_identity" else []
+    tasks = ["recognition"] if (mapping == "by_identity" or identity_strength < 1.0) else []
     if mask_type == "landmarks":
         tasks.append("landmark_2d_106")
     if targets is None:
@@ -554,6 +596,11 @@ def swap_batch(
             color_transfer=color_transfer,
             restorer=restorer,
             progress=step,
+            masker=masker,
+            pixel_boost=pixel_boost,
+            identity_strength=identity_strength,
+            recognizer_override=recognizer_override,
+            expression=expression,
         )
         out[s:e] = o.to(out_device)
         mask[s:e] = m.to(out_device)

@@ -10,8 +10,12 @@ the state dict; anything that is not a face-restoration architecture is refused 
   importable its architectures are registered into spandrel's MAIN_REGISTRY (idempotently, the same
   registry ComfyUI's upscale loader fills, so either may go first); when it is missing, a CodeFormer
   file is refused with an error that says what to install.
-* GPEN is in neither spandrel 0.4.2 nor spandrel_extra_arches 0.2.0: a GPEN file is recognised by
-  its keys and refused with an error that says so.
+* GPEN is in neither spandrel 0.4.2 nor spandrel_extra_arches 0.2.0: a GPEN ``.pth`` is recognised by
+  its keys and refused with an error that says so. GPEN-BFR as ONNX (``GPEN-BFR-256/512/1024/2048.onnx``
+  as ReActor names them, facefusion's ``gpen_bfr_*.onnx``) runs through Visage's ONNX path, routed by
+  its signature (one input ``input`` [1,3,S,S], one output of the same shape, S = 256/512/1024/2048;
+  facts from facefusion's ``face_enhancer``): RGB in -1..1 in and out; the 256 model is aligned with the
+  ArcFace-128 template scaled to 256, the others with FFHQ's 512 template scaled to S.
 
 Restoration works on FFHQ-aligned crops (facexlib's 512 template, scaled to the model's size):
 input RGB in -1..1, output -1..1. ``fidelity`` is CodeFormer's fidelity weight (spandrel's
@@ -29,6 +33,7 @@ from typing import Mapping, Optional
 import torch
 
 from ...core.errors import ModelFileInvalid
+from ...core.onnx import HostModule
 
 log = logging.getLogger("visage")
 
@@ -89,6 +94,81 @@ def detect_face_arch(state_dict: Mapping[str, object]) -> Optional[str]:
     return None
 
 
+GPEN_SIZES = (256, 512, 1024, 2048)
+
+
+def check_gpen_onnx(path: str) -> int:
+    """The crop side of a GPEN-BFR ONNX file (routed by its signature), or ModelFileInvalid naming it."""
+    from ...core.onnx import onnx_signature
+    from ..face.parsing import describe_onnx
+
+    sig = onnx_signature(path)
+    shape = tuple(sig.input_shape)
+    h, w = sig.input_hw()
+    out = tuple(sig.outputs[0][1]) if sig.outputs else ()
+    ok = len(sig.inputs) == 1 and len(shape) == 4 and shape[1] == 3 and h == w and h in GPEN_SIZES
+    ok = ok and len(sig.outputs) == 1 and len(out) == 4 and out[1] == 3 and tuple(out[2:]) in ((h, w), (None, None))
+    if not ok:
+        names = sorted(n for n, _ in sig.inputs)
+        what = describe_onnx(sig)
+        if names == ["input", "weight"]:
+            what = "a restorer with a fidelity 'weight' input (facefusion's CodeFormer ONNX)"
+        raise ModelFileInvalid(
+            path,
+            f"it is {what}, not a GPEN-BFR face restorer",
+            "a GPEN-BFR ONNX file: one input [1,3,S,S] and one output [1,3,S,S], S = 256/512/1024/2048",
+            fix="use GPEN-BFR-512.onnx (or 256/1024/2048), or a .pth restorer (GFPGANv1.4.pth, codeformer.pth)",
+        )
+    return int(h)
+
+
+class GpenOnnx(torch.nn.Module):
+    """A GPEN-BFR ONNX graph (converted to torch) behind RestorerModule's call."""
+
+    arch = "GPEN"
+
+    def __init__(self, graph: torch.nn.Module, size: int):
+        super().__init__()
+        self.graph = graph
+        self.size = int(size)
+        self.template = "arcface" if self.size == 256 else "ffhq_512"
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, fidelity: float = 0.5) -> torch.Tensor:
+        from ...core.onnx import run_batched
+
+        y = run_batched(self.graph, (x * 2.0 - 1.0).contiguous(), chunk=4)[0]
+        return ((y.float().clamp(-1, 1) + 1.0) * 0.5).clamp(0, 1)
+
+
+class GpenOrt(HostModule):
+    """The same file in an onnxruntime CPU session (engine 'onnxruntime')."""
+
+    arch = "GPEN"
+
+    def __init__(self, path: str, size: int):
+        from ...core.onnx import OrtCpuModule
+
+        self.session = OrtCpuModule(path)
+        self.size = int(size)
+        self.template = "arcface" if self.size == 256 else "ffhq_512"
+        self.nbytes = self.session.nbytes
+
+    def __call__(self, x: torch.Tensor, fidelity: float = 0.5) -> torch.Tensor:
+        y = self.session((x.float().cpu() * 2.0 - 1.0).contiguous())[0]
+        return ((y.float().clamp(-1, 1) + 1.0) * 0.5).clamp(0, 1).to(x.device)
+
+
+def load_gpen_onnx(path: str, device="cpu", dtype: torch.dtype = torch.float32, engine: str = "torch"):
+    from ...core.onnx import load_onnx_module
+
+    size = check_gpen_onnx(path)
+    if engine == "onnxruntime":
+        return GpenOrt(path, size)
+    mod = GpenOnnx(load_onnx_module(path, "cpu", torch.float32), size).eval().requires_grad_(False)
+    return mod.to(device=torch.device(device), dtype=dtype)
+
+
 class RestorerModule(torch.nn.Module):
     """spandrel's network + what the face pipeline needs to feed it."""
 
@@ -119,7 +199,10 @@ class RestorerModule(torch.nn.Module):
         return ((out.float() + 1.0) * 0.5).clamp(0, 1)
 
 
-def load_restorer(path: str, device="cpu", dtype: torch.dtype = torch.float32) -> RestorerModule:
+def load_restorer(path: str, device="cpu", dtype: torch.dtype = torch.float32, engine: str = "torch"):
+    """A face restorer: GPEN-BFR ONNX (by signature; ``engine`` torch or onnxruntime) or a spandrel file."""
+    if path.lower().endswith(".onnx"):
+        return load_gpen_onnx(path, device, dtype, engine)
     from spandrel import ModelLoader
 
     bad_file_fix = (
@@ -197,15 +280,21 @@ class Restorer:
     def size(self) -> int:
         return self.handle.module.size
 
+    @property
+    def template(self) -> str:
+        """The alignment template of the restorer's crop (FFHQ's 512 template, scaled to ``size``)."""
+        return getattr(self.handle.module, "template", "ffhq_512")
+
 
 @torch.no_grad()
 def restore_crops(restorer: Restorer, crops: torch.Tensor, chunk: int = 4) -> torch.Tensor:
     """crops [N,S,S,3] 0..1 (FFHQ-aligned at restorer.size) -> restored [N,S,S,3] 0..1."""
     mod = restorer.handle.model()
-    p = next(iter(mod.parameters()))
+    p = next(iter(mod.parameters()), None)
+    dev, dt = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
     outs = []
     for s in range(0, crops.shape[0], chunk):
-        x = crops[s : s + chunk].permute(0, 3, 1, 2).to(p.device, p.dtype)
+        x = crops[s : s + chunk].permute(0, 3, 1, 2).to(dev, dt)
         y = mod(x, restorer.fidelity).permute(0, 2, 3, 1).to(crops.device, torch.float32)
         outs.append(y)
     out = torch.cat(outs, 0) if outs else crops.clone()

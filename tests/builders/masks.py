@@ -149,3 +149,102 @@ def make_controlled_parser_onnx(path: str, size: int = 512, batch=1) -> str:
 def paint_classes(labels: np.ndarray) -> np.ndarray:
     """[N,S,S] class indices -> [N,S,S,3] RGB crops in the class colours."""
     return class_colours()[labels]
+
+
+OCCLUDER_RGB = (0.05, 0.95, 0.1)  # the colour the controlled occluder calls "covering the face"
+
+
+def make_controlled_xseg_onnx(path: str, batch=1) -> str:
+    """facefusion's XSeg signature (``input`` [1,256,256,3] BGR 0..1 -> [1,256,256,1]): 0 where a pixel
+    has :data:`OCCLUDER_RGB` (squared distance < 0.05), 1 elsewhere (a steep sigmoid between)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    bgr = np.array(OCCLUDER_RGB[::-1], np.float32).reshape(1, 1, 1, 3)
+    inits = [
+        numpy_helper.from_array(bgr, "c"),
+        numpy_helper.from_array(np.array([3], np.int64), "axes"),
+        numpy_helper.from_array(np.array(0.05, np.float32), "thr"),
+        numpy_helper.from_array(np.array(200.0, np.float32), "k"),
+    ]
+    nodes = [
+        helper.make_node("Sub", ["input", "c"], ["d"]),
+        helper.make_node("Mul", ["d", "d"], ["d2"]),
+        helper.make_node("ReduceSum", ["d2", "axes"], ["s"], keepdims=1),
+        helper.make_node("Sub", ["s", "thr"], ["z0"]),
+        helper.make_node("Mul", ["z0", "k"], ["z"]),
+        helper.make_node("Sigmoid", ["z"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "controlled_xseg",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 256, 256, 3])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 256, 256, 1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    onnx.save(model, path)
+    return path
+
+
+def make_gpen_onnx(path: str, size: int = 512, seed: int = 0, channels: int = 8) -> str:
+    """GPEN-BFR's signature (``input`` [1,3,S,S] RGB -1..1 -> [1,3,S,S] -1..1): a small random conv net
+    (down-sampling conv, resize back up, skip connection, tanh)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    C = channels
+
+    def w(*shape, gain=1.0):
+        return numpy_helper.from_array(
+            (rng.standard_normal(shape) * gain / np.sqrt(np.prod(shape[1:]))).astype(np.float32), f"w{len(inits)}"
+        )
+
+    inits = []
+    w1 = w(C, 3, 3, 3)
+    inits.append(w1)
+    w2 = w(3, C, 3, 3, gain=0.5)
+    inits.append(w2)
+    inits += [
+        numpy_helper.from_array(np.zeros(0, np.float32), "roi"),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", w1.name], ["a"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("LeakyRelu", ["a"], ["b"], alpha=0.2),
+        helper.make_node("Resize", ["b", "roi", "scales"], ["c"], mode="linear"),
+        helper.make_node("Conv", ["c", w2.name], ["d"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["d", "input"], ["e"]),
+        helper.make_node("Tanh", ["e"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gpen_like",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, size, size])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    onnx.save(model, path)
+    return path
+
+
+def build(models_dir: str, input_dir: str) -> None:
+    """Mask and GPEN models for the real-ComfyUI tier (models/face_parsing, models/facexlib,
+    models/facerestore_models)."""
+    fp = os.path.join(models_dir, "face_parsing")
+    if not os.path.exists(os.path.join(fp, "bisenet_resnet_18.onnx")):
+        make_controlled_parser_onnx(os.path.join(fp, "bisenet_resnet_18.onnx"))
+    if not os.path.exists(os.path.join(fp, "xseg_1.onnx")):
+        make_controlled_xseg_onnx(os.path.join(fp, "xseg_1.onnx"))
+    fx = os.path.join(models_dir, "facexlib", "parsing_bisenet.pth")
+    if not os.path.exists(fx):
+        make_bisenet_pth(fx, seed=0)
+    gp = os.path.join(models_dir, "facerestore_models", "GPEN-BFR-512.onnx")
+    if not os.path.exists(gp):
+        make_gpen_onnx(gp, 512)
