@@ -18,7 +18,7 @@ import logging
 log = logging.getLogger("visage")
 
 # Order is the order of the node library. New families append here.
-FAMILIES = ("face", "swap", "adapters", "expression", "utils")
+FAMILIES = ("face", "swap", "adapters", "expression", "utils", "detailer")
 
 WEB_DIRECTORY = "./web"
 
