@@ -1,7 +1,9 @@
-"""Test models for the face detailer: a whole SD VAE (encoder + decoder, ldm AutoencoderKL keys, the
-layout ComfyUI's default SD1.x VAE config builds), random fp16. The released-name checkpoint of
-builders/released.py carries only the decoder (ComfyUI leaves a missing encoder uninitialised), and the
-detailer encodes the face crop, so its tests load this file with 'Load VAE'."""
+"""Test models for the face detailer: a random TAESD (the tiny SD autoencoder, ComfyUI's
+``comfy.taesd.taesd.TAESD`` layout: ``taesd_encoder.*`` / ``taesd_decoder.*``, 64 channels), which
+ComfyUI's 'Load VAE' detects from the keys. The detailer VAE-encodes every face crop and decodes every
+attempt; the released-name checkpoint of builders/released.py carries only an SD VAE decoder (ComfyUI
+leaves a missing encoder uninitialised), and a whole SD VAE costs seconds per 64 px crop on a busy
+2-core runner, so the tests load this file instead."""
 
 from __future__ import annotations
 
@@ -11,51 +13,42 @@ from typing import Dict
 import torch
 
 from builders import adapters as A
-from builders.released import vae_decoder
 
-VAE_FILE = "visage_test_full_vae.safetensors"  # models/vae/
+VAE_FILE = "visage_test_taesd.safetensors"  # models/vae/
 
 
-def vae_encoder(seed=31, ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2, z=4) -> Dict[str, torch.Tensor]:
+def taesd(seed=31, ch=64, z=4) -> Dict[str, torch.Tensor]:
     g = A._g(seed)
     sd: Dict[str, torch.Tensor] = {}
 
-    def conv(p, cout, cin, k=3, gain=1.0):
-        sd[p + ".weight"] = A._rn(g, cout, cin, k, k, std=gain * (cin * k * k) ** -0.5)
-        sd[p + ".bias"] = torch.zeros(cout)
+    def conv(p, cout, cin, k=3, bias=True, gain=1.0):
+        sd[p + ".weight"] = A._rn(g, cout, cin, k, k, std=gain * (2.0 / (cin * k * k)) ** 0.5)
+        if bias:
+            sd[p + ".bias"] = torch.zeros(cout)
 
-    def norm(p, c):
-        sd[p + ".weight"] = torch.ones(c)
-        sd[p + ".bias"] = torch.zeros(c)
+    def block(p):
+        conv(p + ".conv.0", ch, ch)
+        conv(p + ".conv.2", ch, ch)
+        conv(p + ".conv.4", ch, ch, gain=0.2)
 
-    def res(p, cin, cout):
-        norm(p + ".norm1", cin)
-        conv(p + ".conv1", cout, cin)
-        norm(p + ".norm2", cout)
-        conv(p + ".conv2", cout, cout, gain=0.3)
-        if cin != cout:
-            conv(p + ".nin_shortcut", cout, cin, k=1)
-
-    conv("encoder.conv_in", ch, 3)
-    in_mult = (1,) + tuple(ch_mult)
-    block_in = ch
-    for level, mult in enumerate(ch_mult):
-        block_in = ch * in_mult[level]
-        out = ch * mult
-        for b in range(num_res_blocks):
-            res(f"encoder.down.{level}.block.{b}", block_in, out)
-            block_in = out
-        if level != len(ch_mult) - 1:
-            conv(f"encoder.down.{level}.downsample.conv", block_in, block_in)
-    res("encoder.mid.block_1", block_in, block_in)
-    norm("encoder.mid.attn_1.norm", block_in)
-    for n in ("q", "k", "v", "proj_out"):
-        conv(f"encoder.mid.attn_1.{n}", block_in, block_in, k=1, gain=0.3)
-    res("encoder.mid.block_2", block_in, block_in)
-    norm("encoder.norm_out", block_in)
-    conv("encoder.conv_out", 2 * z, block_in, gain=0.5)
-    conv("quant_conv", 2 * z, 2 * z, k=1)
-    return {k: v.to(torch.float16) for k, v in sd.items()}
+    e = "taesd_encoder"
+    conv(f"{e}.0", ch, 3)
+    block(f"{e}.1")
+    for i in (2, 6, 10):
+        conv(f"{e}.{i}", ch, ch, bias=False)
+        for b in range(i + 1, i + 4):
+            block(f"{e}.{b}")
+    conv(f"{e}.14", z, ch, gain=0.5)
+    d = "taesd_decoder"
+    conv(f"{d}.1", ch, z)
+    for i in (3, 8, 13):
+        for b in range(i, i + 3):
+            block(f"{d}.{b}")
+        conv(f"{d}.{i + 4}", ch, ch, bias=False)
+    block(f"{d}.18")
+    conv(f"{d}.19", 3, ch, gain=0.3)
+    sd[f"{d}.19.bias"] = torch.full((3,), 0.5)
+    return sd
 
 
 def build(models_dir: str, input_dir: str) -> None:
@@ -63,6 +56,4 @@ def build(models_dir: str, input_dir: str) -> None:
 
     d = os.path.join(models_dir, "vae")
     os.makedirs(d, exist_ok=True)
-    sd = dict(vae_decoder())
-    sd.update(vae_encoder())
-    save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(d, VAE_FILE))
+    save_file({k: v.contiguous() for k, v in taesd().items()}, os.path.join(d, VAE_FILE))
