@@ -5,6 +5,7 @@ recognizer (mobileface_paddle_128d) scores them. Crops are sampled at 128 px wit
 
 import json
 import os
+import time
 
 import comfy_harness as ch
 import numpy as np
@@ -69,7 +70,7 @@ def _graph(object_info, stem, image=PHOTO, ref_order="right_to_left", ref_faces=
         sampler_name="euler",
         scheduler="normal",
         denoise=1.0,
-        working_resolution=128,
+        working_resolution=64,
         attempts=1,
         min_similarity=1.0,
         reference=["ref", 0],
@@ -199,3 +200,33 @@ def test_on_no_face(comfy_server, object_info, real_models):
     g = _graph(object_info, "det_noface_err", image="no_face.png", on_no_face="error")
     with pytest.raises(ch.PromptError, match="face"):
         comfy_server.run(g, timeout=300)
+
+
+def test_cancel_between_attempts(comfy_server, object_info, real_models):
+    """POST /interrupt while the detailer loops (2 faces x 64 attempts): the prompt ends interrupted within
+    seconds (checked before every face and attempt, and inside every network forward)."""
+    g = _graph(object_info, "det_cancel", attempts=64, min_similarity=1.0)
+    pid = comfy_server.queue(g)
+    t0 = time.time()
+    while time.time() - t0 < 300:  # wait until the detailer itself has started (its progress is reported)
+        q = comfy_server.get("/queue")
+        if any(item[1] == pid for item in q.get("queue_running", [])) and "Face Detailer" not in comfy_server.log():
+            time.sleep(0.2)
+        if any(item[1] == pid for item in q.get("queue_running", [])):
+            break
+        time.sleep(0.1)
+    time.sleep(4.0)
+    hist = comfy_server.get(f"/history/{pid}")
+    assert not (hist and pid in hist), "the prompt ended before the interrupt"
+    t_int = time.time()
+    comfy_server.post("/interrupt", {})
+    while time.time() - t_int < 300:
+        hist = comfy_server.get(f"/history/{pid}")
+        if hist and pid in hist:
+            msgs = [m[0] for m in hist[pid]["status"].get("messages", [])]
+            assert "execution_interrupted" in msgs, msgs
+            latency = time.time() - t_int
+            assert latency < 30, f"stopped {latency:.1f} s after /interrupt"
+            return
+        time.sleep(0.1)
+    raise AssertionError("the interrupted prompt did not end")
