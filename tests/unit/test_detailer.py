@@ -223,3 +223,76 @@ def test_cancel_between_faces_and_attempts():
 
 def test_seed_wraps():
     assert seed_for(2**64 - 1, 2) == 0
+
+
+# ----------------------------------------------------------------------------- identity mapping, verify
+def _with_emb(face, vec, rid="rec"):
+    v = torch.tensor(vec, dtype=torch.float32)
+    return face.with_embedding(rid, v)
+
+
+def test_map_identities_index_and_most_similar():
+    from visage.core.types import FaceEmbeds
+    from visage.nodes.detailer.identity import map_identities
+
+    ref = FaceEmbeds.from_raw(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), "rec")
+    fs = [
+        _with_emb(make_face((30.0 * k + 20, 40.0), 10.0, 0.0), v)
+        for k, v in enumerate(([0, 1, 0], [1, 0.1, 0], [0, 0.9, 0.1]))
+    ]
+    ids, skip = map_identities([fs], ref, "index")
+    assert ids == [[0, 1, None]] and skip[0][:2] == [None, None] and "2 row(s)" in skip[0][2]
+    ids, skip = map_identities([fs], ref, "most_similar")
+    assert ids == [[1, 0, 1]] and skip == [[None, None, None]]
+    one = FaceEmbeds.from_raw(torch.tensor([[1.0, 0.0, 0.0]]), "rec")
+    assert map_identities([fs], one, "index")[0] == [[0, 0, 0]]
+    assert map_identities([fs], None, "index")[0] == [[None, None, None]]
+
+
+def test_unknown_adapter_kind_refused():
+    from visage.nodes.detailer.identity import hook_for
+
+    with pytest.raises(VisageError, match="per face"):
+        hook_for(object())
+
+
+class _FakeRecognizer:
+    """Embeds a face as the mean colour of a 9x9 patch at its nose keypoint (enough to tell crops apart)."""
+
+    id = "rec"
+
+    def embed_crops(self, img_u8, kpss, owners):
+        out = []
+        for k, o in zip(kpss, owners.tolist()):
+            x, y = int(round(k[2, 0])), int(round(k[2, 1]))
+            patch = img_u8[o, max(y - 4, 0) : y + 5, max(x - 4, 0) : x + 5].float().mean((0, 1))
+            out.append(torch.cat([patch, torch.ones(1) * 10]).numpy())
+        return np.stack(out)
+
+
+def test_verify_redetected_or_known_position():
+    from visage.core.types import FaceEmbeds
+    from visage.nodes.detailer.verify import overlay, verify
+
+    img = torch.zeros(1, 96, 128, 3)
+    img[0, :, :64, 0] = 1.0  # left half red, right half green
+    img[0, :, 64:, 1] = 1.0
+    left, right = make_face((32.0, 48.0), 14.0, 0.0), make_face((96.0, 48.0), 14.0, 0.0)
+    ref = FaceEmbeds.from_raw(torch.tensor([[255.0, 0.0, 0.0, 10.0], [0.0, 255.0, 0.0, 10.0]]), "rec")
+    rec = _FakeRecognizer()
+    rows = verify(img, [[left, right]], [[0, 1]], rec, ref, 0.9)
+    assert [r["located"] for r in rows] == ["known_position"] * 2
+    assert all(r["passed"] and r["score"] > 0.99 for r in rows)
+    # re-detected: the detector found the right face moved a little; the left one is not found again
+    moved = make_face((99.0, 50.0), 14.0, 0.0)
+    rows = verify(img, [[left, right]], [[1, 1]], rec, ref, 0.9, detected=[[moved]])
+    assert [r["located"] for r in rows] == ["known_position", "redetected"]
+    assert (
+        rows[0]["passed"] is False
+        and rows[1]["passed"] is True
+        and rows[1]["bbox"][0] == pytest.approx(float(moved.bbox[0]), abs=0.1)
+    )
+    ov = overlay(img, rows, 0.9)
+    assert ov.shape == img.shape and not torch.equal(ov, img)
+    with pytest.raises(VisageError, match="carry no other"):
+        verify(img, [[left]], [[0]], type("R", (), {"id": "other"})(), ref, 0.5)
