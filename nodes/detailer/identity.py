@@ -20,6 +20,7 @@ import torch
 from ...core.errors import VisageError
 from ...core.select import similarities
 from ...core.types import Face, FaceEmbeds
+from ..adapters import methods as _methods  # noqa: F401 - registers every identity method
 from ..adapters import registry
 from ..adapters.identity import keypoint_hints
 from ..adapters.loaders import FACEID, FACEID_PLUS, FACEID_PORTRAIT, FACEID_PORTRAIT_UNNORM, INSTANTID
