@@ -19,7 +19,7 @@ log = logging.getLogger("visage")
 
 # Order is the order of the node library. New families append here. An entry is a folder of nodes/
 # (its node.py) or, with a dot, one node module of a family ("pulid.sdxl_node").
-FAMILIES = ("face", "swap", "adapters", "expression", "utils", "pulid", "pulid.sdxl_node", "infiniteyou")
+FAMILIES = ("face", "swap", "adapters", "expression", "utils", "pulid", "pulid.sdxl_node", "infiniteyou", "detailer")
 
 WEB_DIRECTORY = "./web"
 

@@ -283,3 +283,49 @@ def load_text_encoder_model(clip_vision) -> torch.device:
 
     mm.load_model_gpu(clip_vision.patcher)
     return getattr(clip_vision, "load_device", None) or mm.text_encoder_device()
+
+
+# ----------------------------------------------------------------------------- face detailer
+def sampler_names() -> list:
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def scheduler_names() -> list:
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SCHEDULERS)
+
+
+def sample_pixels(
+    model, vae, positive, negative, pixels, noise_mask, seed, steps, cfg, sampler_name, scheduler, denoise
+) -> torch.Tensor:
+    """Re-sample ``pixels`` [N,S,S,3] (0..1) where ``noise_mask`` [N,S,S] is set, as VAE Encode + Set Latent
+    Noise Mask + KSampler + VAE Decode do: ComfyUI's own noise (comfy.sample.prepare_noise from ``seed``),
+    sampler and schedule. Returns the decoded [N,S,S,3] on the intermediate device."""
+    import comfy.sample
+
+    latent = vae.encode(pixels[..., :3])
+    latent = comfy.sample.fix_empty_latent_channels(model, latent)
+    noise = comfy.sample.prepare_noise(latent, int(seed), None)
+    mask = None if noise_mask is None else noise_mask.reshape(-1, 1, noise_mask.shape[-2], noise_mask.shape[-1])
+    samples = comfy.sample.sample(
+        model,
+        noise,
+        int(steps),
+        float(cfg),
+        sampler_name,
+        scheduler,
+        positive,
+        negative,
+        latent,
+        denoise=float(denoise),
+        noise_mask=mask,
+        disable_pbar=True,
+        seed=int(seed),
+    )
+    out = vae.decode(samples)
+    if out.ndim == 5:  # video VAEs decode [N,T,H,W,C]
+        out = out.reshape(-1, *out.shape[-3:])
+    return out.to(intermediate_device())

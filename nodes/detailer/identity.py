@@ -1,0 +1,141 @@
+"""Per-face identity for the detailer: which reference row each face gets, and the hook that puts that
+identity on the MODEL / conditioning for the face's own sampling (no ComfyUI imports: ComfyUI's side
+comes in through ``glue``, as for the adapters).
+
+A hook is ``hook(glue, model, positive, negative, adapter, embeds, weight, job, **extra)`` returning
+``(model, positive, negative)`` for one face: ``embeds`` is a one-row FaceEmbeds (the face's identity),
+``job`` the face's crop (``job.kps_crop`` its keypoints in crop pixels, ``job.size`` the crop side) so
+keypoint-driven methods (InstantID's IdentityNet, InfiniteYou) draw their keypoint image in the crop.
+Hooks are registered per adapter kind (``AdapterRef.info.kind``) with :func:`register_hook`; InstantID
+and IP-Adapter FaceID are here, and a new method (PuLID, InfiniteYou) registers its kinds from its own
+module the same way - the detailer node needs no change.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ...core.errors import VisageError
+from ...core.select import similarities
+from ...core.types import Face, FaceEmbeds
+from ..adapters import methods as _methods  # noqa: F401 - registers every identity method
+from ..adapters import registry
+from ..adapters.identity import keypoint_hints
+from ..adapters.loaders import FACEID, FACEID_PLUS, FACEID_PORTRAIT, FACEID_PORTRAIT_UNNORM, INSTANTID
+
+HOOKS: Dict[str, Callable] = {}
+IDENTITY_MAPS = ("index", "most_similar")
+
+
+def register_hook(kinds: Sequence[str], hook: Callable) -> None:
+    for k in kinds:
+        HOOKS[k] = hook
+
+
+def hook_for(adapter) -> Callable:
+    kind = getattr(getattr(adapter, "info", None), "kind", None)
+    if kind not in HOOKS:
+        raise VisageError(
+            "The detailer cannot apply this identity adapter per face",
+            expected="an adapter of kind " + " / ".join(sorted(HOOKS)),
+            got=str(kind or type(adapter).__name__),
+            fix="apply the adapter to the MODEL before the detailer (one identity for every face), or use "
+            "InstantID / IP-Adapter FaceID",
+        )
+    return HOOKS[kind]
+
+
+def embeds_row(embeds: FaceEmbeds, row: int) -> FaceEmbeds:
+    """Row ``row`` of ``embeds`` as a one-identity FaceEmbeds (every recognizer it carries)."""
+    return FaceEmbeds(
+        raw=embeds.raw[row : row + 1],
+        normed=embeds.normed[row : row + 1],
+        encoder=embeds.encoder,
+        sources=(embeds.sources[row],) if len(embeds.sources) > row else (1,),
+        fusion=embeds.fusion,
+        extra={k: v[row : row + 1] for k, v in embeds.extra.items()},
+    )
+
+
+def map_identities(
+    faces: Sequence[Sequence[Face]], reference: Optional[FaceEmbeds], mode: str = "index"
+) -> Tuple[List[List[Optional[int]]], List[List[Optional[str]]]]:
+    """Reference row per face (and a skip reason where a face has none). 'index': face j of each image
+    takes row j (one row: every face takes it); 'most_similar': the row the face's own embedding is
+    closest to (the faces must carry a recognizer the reference has)."""
+    if mode not in IDENTITY_MAPS:
+        raise VisageError(f"Unknown identity_map '{mode}'", expected=" / ".join(IDENTITY_MAPS), got=repr(mode))
+    ids: List[List[Optional[int]]] = []
+    skip: List[List[Optional[str]]] = []
+    for per in faces:
+        ids.append([])
+        skip.append([])
+        for j, f in enumerate(per):
+            if reference is None:
+                ids[-1].append(None)
+                skip[-1].append(None)
+            elif mode == "most_similar":
+                ids[-1].append(int(torch.argmax(similarities(f, reference))))
+                skip[-1].append(None)
+            elif reference.count == 1 or j < reference.count:
+                ids[-1].append(0 if reference.count == 1 else j)
+                skip[-1].append(None)
+            else:
+                ids[-1].append(None)
+                skip[-1].append(
+                    f"no identity for face {j}: the reference has {reference.count} row(s) "
+                    "(identity_map = index; use most_similar or give one row per face)"
+                )
+    return ids, skip
+
+
+def _instantid(glue, model, positive, negative, adapter, embeds, weight, job, control_net=None, cn_strength=0.8):
+    hints = keypoint_hints([job.kps_crop], (job.size, job.size), per_identity=False)
+    m, pos, neg, _ = registry.run(
+        "instantid",
+        glue,
+        model=model,
+        positive=positive,
+        negative=negative,
+        instantid=adapter,
+        ip_weight=weight,
+        cn_strength=cn_strength,
+        start_at=0.0,
+        end_at=1.0,
+        noise=0.0,
+        embeds=embeds,
+        control_net=control_net,
+        keypoints_image=hints,
+    )
+    return m, pos, neg
+
+
+def _faceid(glue, model, positive, negative, adapter, embeds, weight, job, **_):
+    if adapter.info.kind == FACEID_PLUS:
+        raise VisageError(
+            "FaceID Plus needs CLIP-vision features of the face image; the detailer does not apply it per face",
+            expected="IP-Adapter FaceID / Portrait, or InstantID",
+            got=adapter.info.describe(),
+            fix="apply FaceID Plus to the MODEL before the detailer",
+        )
+    (m,) = registry.run(
+        "faceid",
+        glue,
+        model=model,
+        faceid=adapter,
+        weight=weight,
+        start_at=0.0,
+        end_at=1.0,
+        plus_version="auto",
+        shortcut_scale=1.0,
+        lora_name="embedded",
+        lora_strength=1.0,
+        embeds=embeds,
+    )
+    return m, positive, negative
+
+
+register_hook((INSTANTID,), _instantid)
+register_hook((FACEID, FACEID_PORTRAIT, FACEID_PORTRAIT_UNNORM, FACEID_PLUS), _faceid)
