@@ -327,3 +327,28 @@ def test_expression_restore_keeps_the_hand_the_occlusion_mask_kept(env):
     assert changed[~inner].sum() > 100  # the rest of the face was re-rendered
     # nothing outside the swap paste's mask changes
     assert not changed[smask[0] <= 0].any()
+
+
+def test_bench_identity_zero_runs_on_a_builders_models_dir(env, tmp_path, monkeypatch):
+    """``bench/bench_swap.py --identity-zero MODELS_DIR`` end to end on test-built files (the layout a user
+    with the released inswapper_128 + buffalo_l has): it measures, and says the swapper is not the
+    released one, so its figures are not read as the released model's."""
+    import importlib.util
+    import os
+    import shutil
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    monkeypatch.syspath_prepend(os.path.join(root, "bench"))  # bench_swap imports bench/common.py
+    spec = importlib.util.spec_from_file_location("bench_swap_t", os.path.join(root, "bench", "bench_swap.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.identity_zero_rows(str(tmp_path))[0]["note"].startswith("skipped: needs")
+    ins = tmp_path / "insightface"
+    (ins / "models").mkdir(parents=True)
+    shutil.copy(env["files"]["in128"], ins / "inswapper_128.onnx")
+    build_face_pack(str(ins / "models" / "buffalo_l"))
+    (row,) = bench.identity_zero_rows(str(tmp_path))
+    assert row["released"] is False and "NOT the released model" in row["note"], row
+    assert " 0 face" not in row["shape"] and "mean |diff| under the mask" in row["note"], row
+    diff = float(row["note"].split("mean |diff| under the mask ")[1].split("/255")[0])
+    assert 0.0 < diff < 255.0
