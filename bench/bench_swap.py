@@ -424,6 +424,9 @@ def quality_rows(workdir, models, reps, threads, w=1920, h=1080, faces=1):
     return rows
 
 
+RELEASED_INSWAPPER_MIN_MB = 400.0
+
+
 def identity_zero_rows(models_dir: str):
     """Identity strength 0 with the RELEASED models (inswapper_128.onnx in models/insightface, the buffalo_l
     pack with w600k_r50): each face of t1.jpg swapped with its own identity. Reports how far that
@@ -454,6 +457,10 @@ def identity_zero_rows(models_dir: str):
                 "note": f"skipped: needs {sw_path} and {pack} (released files)",
             }
         ]
+    sw_mb = os.path.getsize(sw_path) / 1e6
+    # the released inswapper_128.onnx is a ~530 MB file; a small one is a test-built twin (tests/builders)
+    # with random weights, whose reconstruction says nothing about the released model
+    released = sw_mb > RELEASED_INSWAPPER_MIN_MB
     an = load_analyzer(pack, torch.device("cpu"), torch.float32, engine="auto")
     sw = MANAGER.get(
         "swap:swapper:onnxruntime", sw_path, lambda p, d, t: load_swapper(p, "cpu", t, engine="onnxruntime")
@@ -486,7 +493,9 @@ def identity_zero_rows(models_dir: str):
             "bytes": None,
             "memory_bound": False,
             "note": f"mean |diff| under the mask {diff:.2f}/255; w600k_r50 cosine reconstructed vs input: "
-            f"mean {np.mean(cos):.3f}, min {np.min(cos):.3f}",
+            f"mean {np.mean(cos):.3f}, min {np.min(cos):.3f}; inswapper_128.onnx {sw_mb:.1f} MB"
+            + ("" if released else " = NOT the released model (a test-built file?): these figures mean nothing"),
+            "released": released,
         }
     ]
 

@@ -2,6 +2,8 @@
 node schemas and core/manifest.json.
 
     python tools/gen_readme.py --object-info /tmp/object_info.json     # or --url http://127.0.0.1:8188
+    (object_info.json: GET /object_info of a ComfyUI with the pack in custom_nodes; tests/comfy_harness.py's
+    make_base_dir + ComfyServer start one on an empty base directory in ~10 s; the model lists do not matter)
     python tools/gen_readme.py --speed [bench/results/<file>.json]     # the speed section only
 
 Sections sit between ``<!-- BEGIN:nodes -->`` / ``<!-- END:nodes -->``,
@@ -28,9 +30,16 @@ def _type(spec):
     return "COMBO" if isinstance(t, list) else t
 
 
+# test-only node packs (tests/comfy_nodes/<pack>) that tests/comfy_harness.py links beside the pack: a
+# ComfyUI started by the harness lists them too, and they are not part of the README
+TEST_PACKS = ("visage_test_models",)
+
+
 def nodes_md(info: dict) -> str:
     by_cat = {}
     for name, n in info.items():
+        if str(n.get("python_module", "")).rsplit(".", 1)[-1] in TEST_PACKS:
+            continue
         if name.startswith("Visage"):
             by_cat.setdefault(n["category"], []).append((name, n))
     out = []

@@ -6,13 +6,16 @@ frame): the swapped crop gives the appearance features and its keypoint motion (
 head rotation, scale, translation, expression e_swap); the original crop gives the target's expression
 e_orig. The face is rendered with the swapped crop's motion and the expression
 ``e_swap + factor * (e_orig - e_swap)``, stitched, and pasted back with the expression family's soft
-face mask. ``factor`` 0 leaves the swap untouched (nothing runs).
+face mask times ``limit``: the swap paste's own frame-space mask (box or landmarks, times the masker's
+occlusion / region weights), so what the swap left alone (a hand over the face, hair outside the chosen
+regions, the frame outside the box) is not re-rendered either. ``factor`` 0 leaves the swap untouched
+(nothing runs).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -51,9 +54,13 @@ def restore_expression(
     original: torch.Tensor,
     faces: Sequence[Face],
     frame_index: Sequence[int],
+    limit: Optional[torch.Tensor] = None,
 ):
     """swapped / original [B,H,W,3] 0..1 (same frames before and after the swap), one face per entry of
-    ``faces`` in frame ``frame_index[k]`` -> (frames [B,H,W,3], mask [B,H,W])."""
+    ``faces`` in frame ``frame_index[k]`` -> (frames [B,H,W,3], mask [B,H,W]).
+
+    ``limit`` [B,H,W] 0..1: frame-space weights the re-rendered face is pasted within (multiplied into
+    LivePortrait's own paste mask): out = swapped + limit * (re-rendered paste - swapped)."""
     import numpy as np
 
     from ..expression import crop as C
@@ -76,4 +83,9 @@ def restore_expression(
     new = torch.cat([eng.decode(f_s[i : i + 1], x_s[i : i + 1], x_d[i : i + 1]) for i in range(len(jobs))])
     new = new.permute(0, 2, 3, 1).to(swapped.device)
     out_index = list(np.asarray(frame_index, dtype=np.int64).tolist())
-    return eng.paste(swapped, new, s_crops, jobs, out_index, option.feather, False)
+    out, mask = eng.paste(swapped, new, s_crops, jobs, out_index, option.feather, False)
+    if limit is None:
+        return out, mask
+    w = limit.to(device=out.device, dtype=torch.float32).clamp(0, 1)
+    out = swapped + (out - swapped) * w.unsqueeze(-1).to(out.dtype)
+    return out, (mask * w if mask is not None else w)

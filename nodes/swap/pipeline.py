@@ -330,7 +330,27 @@ def swap_frames(
                 from .expression_restore import restore_expression
 
                 tick()
-                res, _ = restore_expression(expression, res, sub, [a.face for a in A], idx.tolist())
+                # the re-render stays inside the swap paste's mask (box / landmarks x masker), at full
+                # opacity: ``blend`` fades the swap, not where the expression may change
+                if restorer is None and float(blend) == 1.0:
+                    limit = fm
+                else:
+                    limit = P.paste_masks(
+                        sub.shape,
+                        M,
+                        P.feather_masks(
+                            len(A),
+                            S,
+                            mmask,
+                            erode_frac=erode,
+                            blur_frac=blur,
+                            landmarks_crop=lms,
+                            strength=1.0,
+                            device=dev,
+                        ),
+                        idx,
+                    )
+                res, _ = restore_expression(expression, res, sub, [a.face for a in A], idx.tolist(), limit=limit)
             outs.append(res)
             masks.append(fm)
             count += len(A)

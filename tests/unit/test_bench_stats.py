@@ -83,3 +83,21 @@ def test_speed_section_comes_from_the_result(tmp_path):
     assert "kernel" not in md and "abc123" in md and "9 interleaved rounds" in md
     text = gen_readme.replace("a\n<!-- BEGIN:speed -->\nold\n<!-- END:speed -->\nb", "speed", md)
     assert "old" not in text and md in text
+
+
+def test_node_tables_leave_out_the_test_node_packs():
+    sys.path.insert(0, os.path.join(os.path.dirname(stats.__file__), "..", "tools"))
+    import gen_readme
+
+    def node(display, module):
+        return {"display_name": display, "category": "Visage/face", "python_module": module, "output": ["MASK"],
+                "output_name": ["mask"], "input": {"required": {"x": ["INT", {}]}}, "description": "d"}  # fmt: skip
+
+    info = {
+        "VisageFaceMask": node("Face Mask", "custom_nodes.visage"),
+        "VisageTestTinySDXL": node("Tiny", "custom_nodes.visage_test_models"),
+        "KSampler": node("KSampler", "nodes"),
+    }
+    md = gen_readme.nodes_md(info)
+    assert "(`VisageFaceMask`)" in md and "`x`: INT" in md
+    assert "VisageTestTinySDXL" not in md and "KSampler" not in md

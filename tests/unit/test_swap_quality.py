@@ -262,21 +262,27 @@ def test_gpen_onnx_engines_templates_and_refusals(env):
         assert n == faces.count and (sw[0][mask[0] > 0.5] - frame[0][mask[0] > 0.5]).abs().mean() > 0.02
 
 
+class _TinyLivePortrait:
+    """Narrow LivePortrait twins (same structure and keypoint layout), random weights: fast on a CPU."""
+
+    def __init__(self):
+        from visage.nodes.expression import networks as N
+        from visage.nodes.expression import pipeline as EP
+
+        torch.manual_seed(0)
+        m = {k: N.build(k, N.tiny_cfg()) for k in N.KINDS}
+        self.appearance = EP.Direct(m["appearance_feature_extractor"])
+        self.motion = EP.Direct(m["motion_extractor"])
+        self.warping = EP.Direct(m["warping_module"])
+        self.spade = EP.Direct(m["spade_generator"])
+        self.stitching = EP.Direct(m["stitching_retargeting_module"])
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+
+
 def test_expression_restore(env):
-    from visage.nodes.expression import networks as N
-    from visage.nodes.expression import pipeline as EP
     from visage.nodes.swap.expression_restore import ExpressionRestore, expression_option
 
-    class Models:  # narrow LivePortrait twins (same structure and keypoint layout), random weights
-        def __init__(self):
-            torch.manual_seed(0)
-            m = {k: N.build(k, N.tiny_cfg()) for k in N.KINDS}
-            self.appearance = EP.Direct(m["appearance_feature_extractor"])
-            self.motion = EP.Direct(m["motion_extractor"])
-            self.warping = EP.Direct(m["warping_module"])
-            self.spade = EP.Direct(m["spade_generator"])
-            self.stitching = EP.Direct(m["stitching_retargeting_module"])
-            self.device, self.dtype = torch.device("cpu"), torch.float32
+    Models = _TinyLivePortrait
 
     assert expression_option(None, 0.0) is None  # off: no LivePortrait needed
     with pytest.raises(VisageError, match="LivePortrait"):
@@ -296,3 +302,53 @@ def test_expression_restore(env):
     far = torch.ones_like(changed)
     far[max(0, int(y1 - 2 * w)) : int(y2 + 2 * w), max(0, int(x1 - 2 * w)) : int(x2 + 2 * w)] = False
     assert not changed[far].any()  # only around the face
+
+
+def test_expression_restore_keeps_the_hand_the_occlusion_mask_kept(env):
+    """The LivePortrait re-render is pasted inside the swap's own mask (box x occlusion): the hand the
+    occlusion mask excluded from the swap is not covered again by the expression restore."""
+    from visage.nodes.swap.expression_restore import expression_option
+
+    faces = env["faces"]
+    face = max(faces.faces[0], key=lambda f: f.area)
+    frame, hand = _hand(env["frame"], face)
+    plan = [a for a in PL.plan(faces, [1], "by_order") if a.face is face]
+    inner = torch.from_numpy(cv2.erode(hand.numpy().astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
+    opt = expression_option(_TinyLivePortrait(), 1.0)
+    masker = FM.FaceMasker(occluder=FM.load_occluder(env["files"]["xseg"], engine="torch"))
+    swapped, smask, _ = PL.swap_frames(frame, plan, env["sw"], [_source()], masker=masker)
+    nomask, _, _ = PL.swap_frames(frame, plan, env["sw"], [_source()], expression=opt)
+    # without the masker the re-render covers the hand (so the check below can fail)
+    assert (nomask[0][inner] - frame[0][inner]).abs().mean() > 0.02
+    out, mask, n = PL.swap_frames(frame, plan, env["sw"], [_source()], masker=masker, expression=opt)
+    assert n == 1 and torch.equal(mask, smask)
+    assert (out[0][inner] - frame[0][inner]).abs().max() <= 2e-3  # the hand stays
+    changed = (out - swapped).abs().amax(-1)[0] > 1e-4
+    assert changed[~inner].sum() > 100  # the rest of the face was re-rendered
+    # nothing outside the swap paste's mask changes
+    assert not changed[smask[0] <= 0].any()
+
+
+def test_bench_identity_zero_runs_on_a_builders_models_dir(env, tmp_path, monkeypatch):
+    """``bench/bench_swap.py --identity-zero MODELS_DIR`` end to end on test-built files (the layout a user
+    with the released inswapper_128 + buffalo_l has): it measures, and says the swapper is not the
+    released one, so its figures are not read as the released model's."""
+    import importlib.util
+    import os
+    import shutil
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    monkeypatch.syspath_prepend(os.path.join(root, "bench"))  # bench_swap imports bench/common.py
+    spec = importlib.util.spec_from_file_location("bench_swap_t", os.path.join(root, "bench", "bench_swap.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.identity_zero_rows(str(tmp_path))[0]["note"].startswith("skipped: needs")
+    ins = tmp_path / "insightface"
+    (ins / "models").mkdir(parents=True)
+    shutil.copy(env["files"]["in128"], ins / "inswapper_128.onnx")
+    build_face_pack(str(ins / "models" / "buffalo_l"))
+    (row,) = bench.identity_zero_rows(str(tmp_path))
+    assert row["released"] is False and "NOT the released model" in row["note"], row
+    assert " 0 face" not in row["shape"] and "mean |diff| under the mask" in row["note"], row
+    diff = float(row["note"].split("mean |diff| under the mask ")[1].split("/255")[0])
+    assert 0.0 < diff < 255.0
