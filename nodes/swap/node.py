@@ -241,8 +241,11 @@ class VisageSwapFaces:
     DESCRIPTION = (
         "Swaps faces in an image or a batch of video frames. The source identity comes from "
         "source_image (analysed with the same analyzer) or source_embeds (Face Embeds / Load Face Model). "
-        "Frames without a face pass through unchanged and in order. Outputs the images, a mask of the "
-        "pasted faces, and how many faces were swapped."
+        "Frames without a face pass through unchanged and in order. Options: a masker (Load Face Masker: "
+        "occlusion and face regions, intersected with the box/landmark mask), pixel_boost (swap at 2x-8x the "
+        "model's size by sub-pixel tiling), identity_strength (mix the source and target identities before "
+        "the swapper; blend mixes pixels) and expression restore (LivePortrait). Outputs the images, a mask "
+        "of the pasted faces, and how many faces were swapped."
     )
 
     @classmethod
