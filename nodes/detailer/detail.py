@@ -21,8 +21,8 @@ import torch
 
 from ...core.errors import VisageError
 from ...core.types import Face
-from ..paste import paste_faces
-from .geometry import MIN_SIZE, crop_keypoints, crop_with_context, noise_mask, plan_crop
+from ..paste import color_stats, feather_masks
+from .geometry import MIN_SIZE, crop_keypoints, crop_with_context, noise_mask, paste_crop, plan_crop
 
 log = logging.getLogger("visage")
 
@@ -54,6 +54,7 @@ class Settings:
     feather: float = 0.05
     mask_grow: float = 0.08
     color_transfer: bool = False
+    paste_mode: str = "full"  # full | residual (geometry.paste_crop)
 
 
 def seed_for(seed: int, attempt: int) -> int:
@@ -132,18 +133,9 @@ def detail(
                         expected=str(tuple(crop.shape)),
                         got=str(tuple(new.shape)),
                     )
-                cand, _ = paste_faces(
-                    out[b : b + 1],
-                    new,
-                    torch.from_numpy(plan.matrix).unsqueeze(0),
-                    torch.zeros(1, dtype=torch.long),
-                    masks=mask,
-                    erode_frac=settings.feather,
-                    blur_frac=settings.feather,
-                    color_transfer=settings.color_transfer,
-                    original_crops=crop,
-                    want_mask=False,
-                )
+                weights = feather_masks(1, plan.size, mask, erode_frac=settings.feather, blur_frac=settings.feather)
+                stats = color_stats(new.float(), crop.float(), weights)[0] if settings.color_transfer else None
+                cand = paste_crop(out[b : b + 1], new, plan.matrix, weights, crop, settings.paste_mode, stats)
                 done += 1
                 if not scoring:
                     best_frame, winner = cand, a

@@ -17,6 +17,7 @@ from .. import comfy_glue
 from ..adapters import registry
 from ..face.recognizer import load_recognizer, recognizer_choices
 from .detail import Settings, detail
+from .geometry import PASTE_MODES
 from .identity import IDENTITY_MAPS, embeds_row, hook_for, map_identities
 from .verify import make_scorer, overlay, verify
 
@@ -205,6 +206,16 @@ class VisageFaceDetailer:
                     "FLOAT",
                     {"default": 0.08, "min": 0.0, "max": 0.5, "step": 0.01, "tooltip": "Grow the landmark mask."},
                 ),
+                "paste_mode": (
+                    list(PASTE_MODES),
+                    {
+                        "default": "full",
+                        "tooltip": "full: paste the new face (what the sampler drew is what you get). residual: paste "
+                        "only the change (new - crop): what the sampler left alone stays bit-exact and detail finer "
+                        "than the working resolution is kept (faces larger than the crop), but where the face was "
+                        "redrawn the old fine detail shows through faintly.",
+                    },
+                ),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -242,6 +253,7 @@ class VisageFaceDetailer:
         context=1.0,
         max_upscale=8.0,
         mask_grow=0.08,
+        paste_mode="full",
         unique_id=None,
     ):
         images = check_image(image)
@@ -301,6 +313,7 @@ class VisageFaceDetailer:
             feather=float(feather),
             mask_grow=float(mask_grow),
             color_transfer=bool(color_transfer),
+            paste_mode=str(paste_mode),
         )
         total = max(sum(len(p) for p in picked) * max(int(attempts), 1), 1)
         out, rows = detail(
