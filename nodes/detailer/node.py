@@ -16,6 +16,7 @@ from ...core.types import VISAGE_ANALYZER, VISAGE_EMBEDS, VISAGE_FACES, FaceEmbe
 from .. import comfy_glue
 from ..adapters import registry
 from ..face.recognizer import load_recognizer, recognizer_choices
+from ..pulid.sdxl_apply import TRAINED_ON as PULID_TRAINED_ON
 from .detail import Settings, detail
 from .geometry import PASTE_MODES
 from .identity import IDENTITY_MAPS, embeds_row, hook_for, map_identities
@@ -166,7 +167,10 @@ class VisageFaceDetailer:
                 "recognizer": ([AUTO, NONE] + _recognizer_files(), {"default": AUTO, "tooltip": SCORER_TIP}),
                 "identity_adapter": (
                     "VISAGE_ID_ADAPTER",
-                    {"tooltip": "InstantID or IP-Adapter FaceID, applied per face with its reference row."},
+                    {
+                        "tooltip": "InstantID or IP-Adapter FaceID, applied per face with its reference row (PuLID: "
+                        "the 'pulid' input)."
+                    },
                 ),
                 "identity_weight": (
                     "FLOAT",
@@ -216,6 +220,22 @@ class VisageFaceDetailer:
                         "redrawn the old fine detail shows through faintly.",
                     },
                 ),
+                "pulid": (
+                    "VISAGE_PULID",
+                    {
+                        "tooltip": "PuLID SDXL / PuLID-FLUX (Load PuLID Model), applied per face: face j's identity "
+                        "comes from reference face j (reference_image + reference_faces) and EVA-CLIP.",
+                    },
+                ),
+                "eva_clip": ("VISAGE_EVA_CLIP", {"tooltip": "EVA-CLIP for PuLID (Load EVA-CLIP)."}),
+                "reference_image": ("IMAGE", {"tooltip": "PuLID: the image(s) the reference faces are in."}),
+                "reference_faces": (
+                    VISAGE_FACES,
+                    {
+                        "tooltip": "PuLID: the reference faces, one per identity row in order (the faces the "
+                        "'reference' embeds were made from)."
+                    },
+                ),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -254,6 +274,10 @@ class VisageFaceDetailer:
         max_upscale=8.0,
         mask_grow=0.08,
         paste_mode="full",
+        pulid=None,
+        eva_clip=None,
+        reference_image=None,
+        reference_faces=None,
         unique_id=None,
     ):
         images = check_image(image)
@@ -261,7 +285,15 @@ class VisageFaceDetailer:
         fs, keep = apply_on_no_face(fs, on_no_face, "Face Detailer image")
         images = images[keep] if len(keep) != images.shape[0] else images
         picked = _pick(fs, face_index)
-        if identity_adapter is not None and reference is None:
+        if identity_adapter is not None and pulid is not None:
+            raise VisageError(
+                "The detailer applies one identity method per face",
+                expected="identity_adapter or pulid",
+                got="both",
+                fix="disconnect one of them (or apply one to the MODEL before the detailer)",
+            )
+        adapter = pulid if pulid is not None else identity_adapter
+        if adapter is not None and reference is None:
             raise VisageError(
                 "An identity adapter needs the identities",
                 expected="'reference' (Face Embeds, one row per identity)",
@@ -273,14 +305,28 @@ class VisageFaceDetailer:
         rec_name = None
         if reference is not None and recognizer != NONE:
             want = reference.encoder
-            if identity_adapter is not None and recognizer == AUTO:
+            if pulid is not None and recognizer == AUTO:
+                want = PULID_TRAINED_ON
+            elif identity_adapter is not None and recognizer == AUTO:
                 kind = identity_adapter.info.kind
                 key = "instantid" if kind == "instantid" else "faceid"
                 want = registry.METHODS[key].trained_on if key in registry.METHODS else want
             rec = _load_recognizer(recognizer, want)
             rec_name = rec.id
             score = make_scorer(rec, reference)
-        hook = hook_for(identity_adapter) if identity_adapter is not None else None
+        hook = hook_for(adapter) if adapter is not None else None
+        extra = {"control_net": control_net, "cn_strength": cn_strength}
+        if pulid is not None:
+            from ..face import parsing
+
+            dev = comfy_glue.torch_device("auto")
+            extra.update(
+                eva_clip=eva_clip,
+                parser=parsing.load_parsing(paths.find_file(parsing.FOLDER, parsing.FILE_NAME), device=dev),
+                ref_image=None if reference_image is None else check_image(reference_image),
+                ref_faces=reference_faces,
+                text_attention=comfy_glue.text_attention,
+            )
 
         def sample(crop, mask, job, s):
             m, pos, neg = model, positive, negative
@@ -291,12 +337,11 @@ class VisageFaceDetailer:
                         model,
                         positive,
                         negative,
-                        identity_adapter,
+                        adapter,
                         embeds_row(reference, job.identity),
                         identity_weight,
                         job,
-                        control_net=control_net,
-                        cn_strength=cn_strength,
+                        **extra,
                     )
                 m, pos, neg = job.state["patched"]
             return comfy_glue.sample_pixels(

@@ -397,3 +397,38 @@ def test_verify_redetected_or_known_position():
     assert ov.shape == img.shape and not torch.equal(ov, img)
     with pytest.raises(VisageError, match="carry no other"):
         verify(img, [[left]], [[0]], type("R", (), {"id": "other"})(), ref, 0.5)
+
+
+@pytest.mark.parametrize("kind", ["pulid_sdxl_v1", "pulid_sdxl_v1_1", "pulid_flux"])
+def test_pulid_hooks_take_the_face_s_own_reference(monkeypatch, kind):
+    """PuLID is applied per face from reference face j (and the frame it is in), not from the whole set."""
+    from types import SimpleNamespace
+
+    from visage.core.types import FaceSet
+    from visage.nodes.detailer import identity as I
+    from visage.nodes.pulid import flux_apply, sdxl_apply
+
+    seen = []
+
+    def fake(model, pulid, eva, parser, faces, frame, weight, start, end, **kw):
+        seen.append((faces, frame, weight))
+        return ("patched", model)
+
+    monkeypatch.setattr(sdxl_apply, "apply_pulid_sdxl", fake)
+    monkeypatch.setattr(flux_apply, "apply_pulid_flux", fake)
+    f = [make_face((40.0 + 30 * i, 40.0), 16.0, 0.0, index=i // 2) for i in range(3)]
+    ref_faces = FaceSet(((f[0], f[1]), (f[2],)), ((96, 128), (96, 128)))
+    ref_image = torch.stack([torch.full((96, 128, 3), 0.1), torch.full((96, 128, 3), 0.9)])
+    hook = I.hook_for(SimpleNamespace(info=SimpleNamespace(kind=kind)))
+    kw = dict(eva_clip="eva", parser="parser", ref_faces=ref_faces, ref_image=ref_image)
+    for row, (want_face, want_level) in enumerate(((f[0], 0.1), (f[1], 0.1), (f[2], 0.9))):
+        job = SimpleNamespace(identity=row)
+        m, pos, neg = hook(None, "model", "pos", "neg", "adapter", None, 0.7, job, **kw)
+        assert m == ("patched", "model") and (pos, neg) == ("pos", "neg")
+        faces, frame, weight = seen[-1]
+        assert faces.flat() == (want_face,) and frame.shape == (1, 96, 128, 3) and weight == 0.7
+        assert float(frame.mean()) == pytest.approx(want_level)
+    with pytest.raises(VisageError, match="reference face"):
+        hook(None, "model", "pos", "neg", "adapter", None, 0.7, SimpleNamespace(identity=3), **kw)
+    with pytest.raises(VisageError, match="eva_clip"):
+        hook(None, "model", "pos", "neg", "adapter", None, 0.7, SimpleNamespace(identity=0), **{**kw, "eva_clip": None})
