@@ -223,6 +223,14 @@ def noise_mask(face, matrix, size: int, grow: float = 0.08, soften: float = 0.02
     return blur(m, int(round(soften * size))).clamp_(0, 1)
 
 
+def region_noise_mask(weights: torch.Tensor, size: int, grow: float = 0.08, soften: float = 0.02) -> torch.Tensor:
+    """[1,S,S] noise mask from a face masker's crop-space weights (parsing regions x occlusion,
+    ``nodes.face.masks.crop_masks``): grown by ``grow`` x crop side (a square dilation) and softened by a
+    blur of ``soften`` x crop side, as the landmark mask."""
+    m = dilate(weights.float().clamp(0, 1).reshape(1, size, size), int(round(grow * size)))
+    return blur(m, int(round(soften * size))).clamp_(0, 1)
+
+
 def crop_keypoints(face, matrix) -> np.ndarray:
     """The face's 5 keypoints in crop pixels (InstantID / InfiniteYou keypoint images in the crop)."""
     kps = face.kps.detach().cpu().numpy() if isinstance(face.kps, torch.Tensor) else np.asarray(face.kps)

@@ -15,9 +15,10 @@ from ...core.select import ON_NO_FACE, ON_NO_FACE_TIP, apply_on_no_face, expand_
 from ...core.types import VISAGE_ANALYZER, VISAGE_EMBEDS, VISAGE_FACES, FaceEmbeds, FaceSet
 from .. import comfy_glue
 from ..adapters import registry
+from ..face.masks import VISAGE_MASKER
 from ..face.recognizer import load_recognizer, recognizer_choices
 from ..pulid.sdxl_apply import TRAINED_ON as PULID_TRAINED_ON
-from .detail import Settings, detail
+from .detail import Settings, detail, masker_mask_fn
 from .geometry import PASTE_MODES
 from .identity import IDENTITY_MAPS, embeds_row, hook_for, map_identities
 from .verify import make_scorer, overlay, verify
@@ -70,7 +71,8 @@ SCORER_TIP = (
 class VisageFaceDetailer:
     DESCRIPTION = (
         "Re-draws each selected face with your MODEL: crops it with context (aligned, rotation undone) at a working "
-        "resolution, VAE-encodes, samples the face region (noise mask from the landmarks) with ComfyUI's sampler, "
+        "resolution, VAE-encodes, samples the face region (noise mask from the landmarks, or face parsing with a masker) "
+        "with ComfyUI's sampler, "
         "decodes and pastes back (feather, colour transfer). With a reference, each face gets its own identity "
         "(InstantID / FaceID applied per face, by index or most similar), is scored by a recognizer and re-sampled "
         "with seed + 1, + 2 ... until it reaches min_similarity or attempts run out; the best candidate is kept, "
@@ -236,6 +238,13 @@ class VisageFaceDetailer:
                         "'reference' embeds were made from)."
                     },
                 ),
+                "masker": (
+                    VISAGE_MASKER,
+                    {
+                        "tooltip": "Load Face Masker: the noise mask is its face regions (face parsing) x occlusion "
+                        "in the crop, grown by mask_grow, instead of the landmark hull (e.g. skin + hair)."
+                    },
+                ),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -278,6 +287,7 @@ class VisageFaceDetailer:
         eva_clip=None,
         reference_image=None,
         reference_faces=None,
+        masker=None,
         unique_id=None,
     ):
         images = check_image(image)
@@ -370,6 +380,7 @@ class VisageFaceDetailer:
             score=score,
             progress=comfy_glue.Progress(total, node_id=unique_id),
             skip=skip,
+            mask_fn=masker_mask_fn(masker),
         )
         table = _table(rows, recognizer=rec_name, min_similarity=float(min_similarity), seed=int(seed))
         log.info("Visage: Face Detailer %s", "; ".join(f"{r['image']}/{r['face']} {r['status']}" for r in rows))

@@ -432,3 +432,40 @@ def test_pulid_hooks_take_the_face_s_own_reference(monkeypatch, kind):
         hook(None, "model", "pos", "neg", "adapter", None, 0.7, SimpleNamespace(identity=3), **kw)
     with pytest.raises(VisageError, match="eva_clip"):
         hook(None, "model", "pos", "neg", "adapter", None, 0.7, SimpleNamespace(identity=0), **{**kw, "eva_clip": None})
+
+
+def test_noise_mask_from_face_parsing(tmp_path):
+    """With a masker (face parsing, regions = skin) the sampler redraws the parsed skin, not the landmark hull:
+    a painted class map (the test parser labels pixels by colour) with skin around the face and hair above it;
+    a sampler that paints its crop red changes the skin, leaves the hair and the background alone."""
+    from builders import masks as MB
+
+    from visage.nodes.detailer.detail import masker_mask_fn
+    from visage.nodes.face import masks as FM
+    from visage.nodes.face import parsing as PR
+
+    parser = PR.load_parsing(MB.make_controlled_parser_onnx(str(tmp_path / "bisenet_resnet_18.onnx")), engine="torch")
+    lab = np.zeros((256, 256), np.int64)
+    lab[40:90, 60:196] = PR.CLASS_INDEX["hair"]
+    lab[90:200, 80:176] = PR.CLASS_INDEX["skin"]
+    img = torch.from_numpy(MB.paint_classes(lab[None])).float()
+    face = make_face((128.0, 130.0), 36.0, 0.0)
+    red = torch.tensor([1.0, 0.0, 0.0])
+
+    def paint(c, m, j, s):
+        return c * (1 - m[..., None]) + red * m[..., None]  # what a sampler with that noise mask does
+
+    masker = FM.FaceMasker(parser=parser, regions=("skin",))
+    st = Settings(size=256, max_upscale=64, mask_grow=0.0, feather=0.02)
+    out, rows = detail(img, [[face]], [[None]], paint, st, mask_fn=masker_mask_fn(masker))
+    changed = (out - img)[0].abs().amax(-1) > 0.1
+    assert rows[0]["status"] == "detailed"
+    skin = torch.from_numpy(lab == PR.CLASS_INDEX["skin"])
+    hair = torch.from_numpy(lab == PR.CLASS_INDEX["hair"])
+    assert float(changed[skin].float().mean()) > 0.95  # the skin block was redrawn
+    assert not changed[~skin].any()  # and nothing else: not the hair, not the background
+    # without the masker the landmark hull decides: it misses skin and reaches into the hair
+    out2, _ = detail(img, [[face]], [[None]], paint, st)
+    changed2 = (out2 - img)[0].abs().amax(-1) > 0.1
+    assert changed2[hair].any() and float(changed2[skin].float().mean()) < 0.9
+    assert masker_mask_fn(None) is None and masker_mask_fn(FM.FaceMasker()) is None
