@@ -8,7 +8,8 @@ A hook is ``hook(glue, model, positive, negative, adapter, embeds, weight, job, 
 keypoint-driven methods (InstantID's IdentityNet, InfiniteYou) draw their keypoint image in the crop.
 Hooks are registered per adapter kind (``AdapterRef.info.kind``) with :func:`register_hook`; InstantID
 and IP-Adapter FaceID (from embeds), PuLID SDXL and PuLID-FLUX (from the reference face image: PuLID needs
-EVA-CLIP features of the parsed face as well as the embedding) are here.
+EVA-CLIP features of the parsed face as well as the embedding) and InfiniteYou (from embeds; its keypoint
+image drawn in the crop, InfuseNet = the detailer's control_net) are here.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..pulid.loaders import SDXL_V1 as PULID_SDXL_V1
 from ..pulid.loaders import SDXL_V1_1 as PULID_SDXL_V1_1
 
 HOOKS: Dict[str, Callable] = {}
+INFINITEYOU = "infiniteyou"
 IDENTITY_MAPS = ("index", "most_similar")
 
 
@@ -37,8 +39,17 @@ def register_hook(kinds: Sequence[str], hook: Callable) -> None:
         HOOKS[k] = hook
 
 
+def adapter_kind(adapter) -> Optional[str]:
+    """The hook key of an identity payload: ``info.kind`` (adapters, PuLID), 'infiniteyou' for InfiniteYou."""
+    from ..infiniteyou.apply import InfiniteYouRef
+
+    if isinstance(adapter, InfiniteYouRef):
+        return INFINITEYOU
+    return getattr(getattr(adapter, "info", None), "kind", None)
+
+
 def hook_for(adapter) -> Callable:
-    kind = getattr(getattr(adapter, "info", None), "kind", None)
+    kind = adapter_kind(adapter)
     if kind not in HOOKS:
         raise VisageError(
             "The detailer cannot apply this identity adapter per face",
@@ -206,3 +217,33 @@ def _pulid_flux(glue, model, positive, negative, adapter, embeds, weight, job, *
 
 register_hook((PULID_SDXL_V1, PULID_SDXL_V1_1), _pulid_sdxl)
 register_hook((PULID_FLUX,), _pulid_flux)
+
+
+def _infiniteyou(glue, model, positive, negative, adapter, embeds, weight, job, control_net=None, vae=None, **_):
+    from ..infiniteyou.apply import apply_infiniteyou
+
+    if control_net is None:
+        raise VisageError(
+            "InfiniteYou needs its InfuseNet",
+            expected="the InfuseNet ControlNet on the detailer's control_net input",
+            got="no control_net",
+            fix="load InfiniteYou's infusenet file with 'Load ControlNet Model' and connect it",
+        )
+    hints = keypoint_hints([job.kps_crop], (job.size, job.size), per_identity=False)
+    pos, neg, _ = apply_infiniteyou(
+        positive,
+        negative,
+        control_net,
+        adapter,
+        weight,
+        0.0,
+        1.0,
+        embeds=embeds,
+        keypoints_image=hints,
+        device=glue.intermediate_device() if glue is not None else "cpu",
+        vae=vae,
+    )
+    return model, pos, neg
+
+
+register_hook((INFINITEYOU,), _infiniteyou)

@@ -17,6 +17,7 @@ from .. import comfy_glue
 from ..adapters import registry
 from ..face.masks import VISAGE_MASKER
 from ..face.recognizer import load_recognizer, recognizer_choices
+from ..infiniteyou.apply import TRAINED_ON as IY_TRAINED_ON
 from ..pulid.sdxl_apply import TRAINED_ON as PULID_TRAINED_ON
 from .detail import Settings, detail, masker_mask_fn
 from .geometry import PASTE_MODES
@@ -180,7 +181,7 @@ class VisageFaceDetailer:
                 ),
                 "control_net": (
                     "CONTROL_NET",
-                    {"tooltip": "InstantID's IdentityNet (keypoints redrawn in the crop)."},
+                    {"tooltip": "InstantID's IdentityNet or InfiniteYou's InfuseNet (keypoints redrawn in the crop)."},
                 ),
                 "cn_strength": (
                     "FLOAT",
@@ -245,6 +246,14 @@ class VisageFaceDetailer:
                         "in the crop, grown by mask_grow, instead of the landmark hull (e.g. skin + hair)."
                     },
                 ),
+                "infiniteyou": (
+                    "VISAGE_INFINITEYOU",
+                    {
+                        "tooltip": "InfiniteYou (Load InfiniteYou, Flux), applied per face from its reference row; "
+                        "InfuseNet on control_net, its keypoint image drawn in the crop; identity_weight = its "
+                        "strength."
+                    },
+                ),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -288,6 +297,7 @@ class VisageFaceDetailer:
         reference_image=None,
         reference_faces=None,
         masker=None,
+        infiniteyou=None,
         unique_id=None,
     ):
         images = check_image(image)
@@ -295,14 +305,15 @@ class VisageFaceDetailer:
         fs, keep = apply_on_no_face(fs, on_no_face, "Face Detailer image")
         images = images[keep] if len(keep) != images.shape[0] else images
         picked = _pick(fs, face_index)
-        if identity_adapter is not None and pulid is not None:
+        given = [a for a in (identity_adapter, pulid, infiniteyou) if a is not None]
+        if len(given) > 1:
             raise VisageError(
                 "The detailer applies one identity method per face",
-                expected="identity_adapter or pulid",
-                got="both",
-                fix="disconnect one of them (or apply one to the MODEL before the detailer)",
+                expected="one of identity_adapter, pulid, infiniteyou",
+                got=f"{len(given)} connected",
+                fix="disconnect all but one (or apply the others to the MODEL / conditioning before the detailer)",
             )
-        adapter = pulid if pulid is not None else identity_adapter
+        adapter = given[0] if given else None
         if adapter is not None and reference is None:
             raise VisageError(
                 "An identity adapter needs the identities",
@@ -317,6 +328,8 @@ class VisageFaceDetailer:
             want = reference.encoder
             if pulid is not None and recognizer == AUTO:
                 want = PULID_TRAINED_ON
+            elif infiniteyou is not None and recognizer == AUTO:
+                want = IY_TRAINED_ON
             elif identity_adapter is not None and recognizer == AUTO:
                 kind = identity_adapter.info.kind
                 key = "instantid" if kind == "instantid" else "faceid"
@@ -325,7 +338,7 @@ class VisageFaceDetailer:
             rec_name = rec.id
             score = make_scorer(rec, reference)
         hook = hook_for(adapter) if adapter is not None else None
-        extra = {"control_net": control_net, "cn_strength": cn_strength}
+        extra = {"control_net": control_net, "cn_strength": cn_strength, "vae": vae}
         if pulid is not None:
             from ..face import parsing
 

@@ -469,3 +469,38 @@ def test_noise_mask_from_face_parsing(tmp_path):
     changed2 = (out2 - img)[0].abs().amax(-1) > 0.1
     assert changed2[hair].any() and float(changed2[skin].float().mean()) < 0.9
     assert masker_mask_fn(None) is None and masker_mask_fn(FM.FaceMasker()) is None
+
+
+def test_infiniteyou_hook_draws_keypoints_in_the_crop(monkeypatch):
+    """InfiniteYou per face: the face's own embeds row, its keypoint image drawn at the crop's keypoints (not
+    the frame's), the detailer's VAE; refused without InfuseNet."""
+    from types import SimpleNamespace
+
+    from visage.nodes.detailer import identity as I
+    from visage.nodes.infiniteyou import apply as IA
+
+    seen = {}
+
+    def fake(positive, negative, control_net, iy, weight, start, end, embeds=None, keypoints_image=None, **kw):
+        seen.update(embeds=embeds, hints=keypoints_image, vae=kw.get("vae"), cn=control_net, weight=weight)
+        return ("pos+", "neg+", keypoints_image)
+
+    monkeypatch.setattr(IA, "apply_infiniteyou", fake)
+    ref = IA.InfiniteYouRef(None, SimpleNamespace(), "iy")
+    hook = I.hook_for(ref)
+    face = make_face((150.0, 140.0), 44.0, 35.0)
+    plan = plan_crop(face, 256, 1.0, 64)
+    from visage.nodes.detailer.geometry import crop_keypoints
+
+    job = SimpleNamespace(identity=0, size=256, kps_crop=crop_keypoints(face, plan.matrix))
+    m, pos, neg = hook(None, "model", "pos", "neg", ref, "row0", 0.9, job, control_net="infusenet", vae="vae")
+    assert (m, pos, neg) == ("model", "pos+", "neg+")
+    assert seen["embeds"] == "row0" and seen["vae"] == "vae" and seen["cn"] == "infusenet" and seen["weight"] == 0.9
+    hint = seen["hints"][0]
+    assert hint.shape == (256, 256, 3)
+    lit = hint.amax(-1) > 0.5
+    for x, y in job.kps_crop:  # a keypoint dot at each crop keypoint (eyes level: the rotation is undone)
+        assert lit[int(round(y)), int(round(x))], (x, y)
+    assert abs(job.kps_crop[0][1] - job.kps_crop[1][1]) < 0.5
+    with pytest.raises(VisageError, match="InfuseNet"):
+        hook(None, "model", "pos", "neg", ref, "row0", 0.9, job, control_net=None)
