@@ -21,8 +21,8 @@ import torch
 
 from ...core.errors import VisageError
 from ...core.types import Face
-from ..paste import paste_faces
-from .geometry import MIN_SIZE, crop_keypoints, crop_with_context, noise_mask, plan_crop
+from ..paste import color_stats, feather_masks
+from .geometry import MIN_SIZE, crop_keypoints, crop_with_context, noise_mask, paste_crop, plan_crop, region_noise_mask
 
 log = logging.getLogger("visage")
 
@@ -54,6 +54,7 @@ class Settings:
     feather: float = 0.05
     mask_grow: float = 0.08
     color_transfer: bool = False
+    paste_mode: str = "full"  # full | residual (geometry.paste_crop)
 
 
 def seed_for(seed: int, attempt: int) -> int:
@@ -70,11 +71,14 @@ def detail(
     score: Optional[Callable[[torch.Tensor, FaceJob], float]] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     skip: Optional[Sequence[Sequence[Optional[str]]]] = None,
+    mask_fn: Optional[Callable[[torch.Tensor, Face, np.ndarray, int], Optional[torch.Tensor]]] = None,
 ):
     """images [B,H,W,3] float 0..1; faces[b] the faces to detail in frame b; identities[b][j] the reference
     row of face j (None: no reference, then no scoring). ``sample(crop [1,S,S,3], mask [1,S,S], job, seed)``
     -> new crop [1,S,S,3]; ``score(frame [1,H,W,3], job)`` -> similarity of the face in that frame to its
-    reference. ``skip[b][j]``: a reason decided by the caller (no identity for that face).
+    reference. ``skip[b][j]``: a reason decided by the caller (no identity for that face). ``mask_fn(frame
+    [1,H,W,3], face, matrix, size)`` -> [1,S,S] noise mask in crop space (face parsing), or None for the
+    landmark mask.
 
     Returns (images [B,H,W,3], rows): one row per face - image, face, identity, status (detailed | kept_input
     | skipped), reason, input score, every attempt's seed and score, the winning attempt (0 = the input) and
@@ -112,7 +116,11 @@ def detail(
                 continue
             job = _job(b, j, face, ident, plan)
             crop = crop_with_context(out[b], plan.matrix, plan.size)
-            mask = noise_mask(face, plan.matrix, plan.size, settings.mask_grow)
+            mask = None if mask_fn is None else mask_fn(out[b : b + 1], face, plan.matrix, plan.size)
+            if mask is None:
+                mask = noise_mask(face, plan.matrix, plan.size, settings.mask_grow)
+            else:
+                mask = region_noise_mask(mask.to(out.device), plan.size, settings.mask_grow)
             scoring = score is not None and ident is not None
             best_frame, best_score, winner = None, None, None
             tried = []
@@ -132,18 +140,9 @@ def detail(
                         expected=str(tuple(crop.shape)),
                         got=str(tuple(new.shape)),
                     )
-                cand, _ = paste_faces(
-                    out[b : b + 1],
-                    new,
-                    torch.from_numpy(plan.matrix).unsqueeze(0),
-                    torch.zeros(1, dtype=torch.long),
-                    masks=mask,
-                    erode_frac=settings.feather,
-                    blur_frac=settings.feather,
-                    color_transfer=settings.color_transfer,
-                    original_crops=crop,
-                    want_mask=False,
-                )
+                weights = feather_masks(1, plan.size, mask, erode_frac=settings.feather, blur_frac=settings.feather)
+                stats = color_stats(new.float(), crop.float(), weights)[0] if settings.color_transfer else None
+                cand = paste_crop(out[b : b + 1], new, plan.matrix, weights, crop, settings.paste_mode, stats)
                 done += 1
                 if not scoring:
                     best_frame, winner = cand, a
@@ -169,6 +168,20 @@ def detail(
     if progress is not None:
         progress(total, total)
     return out, rows
+
+
+def masker_mask_fn(masker):
+    """``detail``'s ``mask_fn`` from a Load Face Masker payload (``nodes.face.masks.FaceMasker``): its
+    regions (face parsing) x occlusion on the face's crop, or None (landmark mask) without a masker."""
+    if masker is None or not masker.active:
+        return None
+    from ..face.masks import crop_masks
+
+    def mask_fn(frame, face, matrix, size):
+        m = torch.from_numpy(np.asarray(matrix, np.float32)).unsqueeze(0)
+        return crop_masks(masker, frame, m, [0], size, kps=[face.kps])
+
+    return mask_fn
 
 
 def _job(b, j, face, ident, plan) -> FaceJob:

@@ -7,8 +7,9 @@ A hook is ``hook(glue, model, positive, negative, adapter, embeds, weight, job, 
 ``job`` the face's crop (``job.kps_crop`` its keypoints in crop pixels, ``job.size`` the crop side) so
 keypoint-driven methods (InstantID's IdentityNet, InfiniteYou) draw their keypoint image in the crop.
 Hooks are registered per adapter kind (``AdapterRef.info.kind``) with :func:`register_hook`; InstantID
-and IP-Adapter FaceID are here, and a new method (PuLID, InfiniteYou) registers its kinds from its own
-module the same way - the detailer node needs no change.
+and IP-Adapter FaceID (from embeds), PuLID SDXL and PuLID-FLUX (from the reference face image: PuLID needs
+EVA-CLIP features of the parsed face as well as the embedding) and InfiniteYou (from embeds; its keypoint
+image drawn in the crop, InfuseNet = the detailer's control_net) are here.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ from ..adapters import methods as _methods  # noqa: F401 - registers every ident
 from ..adapters import registry
 from ..adapters.identity import keypoint_hints
 from ..adapters.loaders import FACEID, FACEID_PLUS, FACEID_PORTRAIT, FACEID_PORTRAIT_UNNORM, INSTANTID
+from ..pulid.loaders import FLUX as PULID_FLUX
+from ..pulid.loaders import SDXL_V1 as PULID_SDXL_V1
+from ..pulid.loaders import SDXL_V1_1 as PULID_SDXL_V1_1
 
 HOOKS: Dict[str, Callable] = {}
+INFINITEYOU = "infiniteyou"
 IDENTITY_MAPS = ("index", "most_similar")
 
 
@@ -34,8 +39,17 @@ def register_hook(kinds: Sequence[str], hook: Callable) -> None:
         HOOKS[k] = hook
 
 
+def adapter_kind(adapter) -> Optional[str]:
+    """The hook key of an identity payload: ``info.kind`` (adapters, PuLID), 'infiniteyou' for InfiniteYou."""
+    from ..infiniteyou.apply import InfiniteYouRef
+
+    if isinstance(adapter, InfiniteYouRef):
+        return INFINITEYOU
+    return getattr(getattr(adapter, "info", None), "kind", None)
+
+
 def hook_for(adapter) -> Callable:
-    kind = getattr(getattr(adapter, "info", None), "kind", None)
+    kind = adapter_kind(adapter)
     if kind not in HOOKS:
         raise VisageError(
             "The detailer cannot apply this identity adapter per face",
@@ -91,7 +105,7 @@ def map_identities(
     return ids, skip
 
 
-def _instantid(glue, model, positive, negative, adapter, embeds, weight, job, control_net=None, cn_strength=0.8):
+def _instantid(glue, model, positive, negative, adapter, embeds, weight, job, control_net=None, cn_strength=0.8, **_):
     hints = keypoint_hints([job.kps_crop], (job.size, job.size), per_identity=False)
     m, pos, neg, _ = registry.run(
         "instantid",
@@ -139,3 +153,97 @@ def _faceid(glue, model, positive, negative, adapter, embeds, weight, job, **_):
 
 register_hook((INSTANTID,), _instantid)
 register_hook((FACEID, FACEID_PORTRAIT, FACEID_PORTRAIT_UNNORM, FACEID_PLUS), _faceid)
+
+
+def reference_face(ref_faces, ref_image: torch.Tensor, row: int):
+    """(one-face FaceSet, its frame [1,H,W,3]) of reference face ``row`` (the faces of ``ref_faces`` in
+    order, image by image): the reference image of identity row ``row`` for image-based methods (PuLID)."""
+    from ...core.types import FaceSet
+
+    k = 0
+    for b, per in enumerate(ref_faces.faces):
+        for f in per:
+            if k == row:
+                frame = ref_image[b : b + 1] if ref_image.shape[0] > b else ref_image[:1]
+                return FaceSet(((f,),), (tuple(int(v) for v in frame.shape[1:3]),)), frame
+            k += 1
+    raise VisageError(
+        "No reference face for this identity row",
+        expected=f"reference_faces with at least {row + 1} face(s) (one per identity row, in order)",
+        got=f"{ref_faces.count} face(s)",
+        fix="give PuLID the same reference faces the Face Embeds were made from",
+    )
+
+
+def _need_images(kw, what):
+    missing = [k for k in ("eva_clip", "parser", "ref_faces", "ref_image") if kw.get(k) is None]
+    if missing:
+        raise VisageError(
+            f"The detailer needs the reference face images to apply {what} per face",
+            expected="eva_clip (Load EVA-CLIP), reference_image and reference_faces (the faces the reference "
+            "embeds were made from, one per identity row)",
+            got="missing: " + ", ".join(missing),
+        )
+
+
+def _pulid_sdxl(glue, model, positive, negative, adapter, embeds, weight, job, **kw):
+    from ..pulid.sdxl_apply import apply_pulid_sdxl
+
+    _need_images(kw, "PuLID SDXL")
+    faces, frame = reference_face(kw["ref_faces"], kw["ref_image"], job.identity)
+    m = apply_pulid_sdxl(
+        model,
+        adapter,
+        kw["eva_clip"],
+        kw["parser"],
+        faces,
+        frame,
+        weight,
+        0.0,
+        1.0,
+        text_attention=kw.get("text_attention"),
+    )
+    return m, positive, negative
+
+
+def _pulid_flux(glue, model, positive, negative, adapter, embeds, weight, job, **kw):
+    from ..pulid.flux_apply import apply_pulid_flux
+
+    _need_images(kw, "PuLID-FLUX")
+    faces, frame = reference_face(kw["ref_faces"], kw["ref_image"], job.identity)
+    m = apply_pulid_flux(model, adapter, kw["eva_clip"], kw["parser"], faces, frame, weight, 0.0, 1.0)
+    return m, positive, negative
+
+
+register_hook((PULID_SDXL_V1, PULID_SDXL_V1_1), _pulid_sdxl)
+register_hook((PULID_FLUX,), _pulid_flux)
+
+
+def _infiniteyou(glue, model, positive, negative, adapter, embeds, weight, job, control_net=None, vae=None, **_):
+    from ..infiniteyou.apply import apply_infiniteyou
+
+    if control_net is None:
+        raise VisageError(
+            "InfiniteYou needs its InfuseNet",
+            expected="the InfuseNet ControlNet on the detailer's control_net input",
+            got="no control_net",
+            fix="load InfiniteYou's infusenet file with 'Load ControlNet Model' and connect it",
+        )
+    hints = keypoint_hints([job.kps_crop], (job.size, job.size), per_identity=False)
+    pos, neg, _ = apply_infiniteyou(
+        positive,
+        negative,
+        control_net,
+        adapter,
+        weight,
+        0.0,
+        1.0,
+        embeds=embeds,
+        keypoints_image=hints,
+        device=glue.intermediate_device() if glue is not None else "cpu",
+        vae=vae,
+    )
+    return model, pos, neg
+
+
+register_hook((INFINITEYOU,), _infiniteyou)

@@ -15,8 +15,12 @@ from ...core.select import ON_NO_FACE, ON_NO_FACE_TIP, apply_on_no_face, expand_
 from ...core.types import VISAGE_ANALYZER, VISAGE_EMBEDS, VISAGE_FACES, FaceEmbeds, FaceSet
 from .. import comfy_glue
 from ..adapters import registry
+from ..face.masks import VISAGE_MASKER
 from ..face.recognizer import load_recognizer, recognizer_choices
-from .detail import Settings, detail
+from ..infiniteyou.apply import TRAINED_ON as IY_TRAINED_ON
+from ..pulid.sdxl_apply import TRAINED_ON as PULID_TRAINED_ON
+from .detail import Settings, detail, masker_mask_fn
+from .geometry import PASTE_MODES
 from .identity import IDENTITY_MAPS, embeds_row, hook_for, map_identities
 from .verify import make_scorer, overlay, verify
 
@@ -68,7 +72,8 @@ SCORER_TIP = (
 class VisageFaceDetailer:
     DESCRIPTION = (
         "Re-draws each selected face with your MODEL: crops it with context (aligned, rotation undone) at a working "
-        "resolution, VAE-encodes, samples the face region (noise mask from the landmarks) with ComfyUI's sampler, "
+        "resolution, VAE-encodes, samples the face region (noise mask from the landmarks, or face parsing with a masker) "
+        "with ComfyUI's sampler, "
         "decodes and pastes back (feather, colour transfer). With a reference, each face gets its own identity "
         "(InstantID / FaceID applied per face, by index or most similar), is scored by a recognizer and re-sampled "
         "with seed + 1, + 2 ... until it reaches min_similarity or attempts run out; the best candidate is kept, "
@@ -165,7 +170,10 @@ class VisageFaceDetailer:
                 "recognizer": ([AUTO, NONE] + _recognizer_files(), {"default": AUTO, "tooltip": SCORER_TIP}),
                 "identity_adapter": (
                     "VISAGE_ID_ADAPTER",
-                    {"tooltip": "InstantID or IP-Adapter FaceID, applied per face with its reference row."},
+                    {
+                        "tooltip": "InstantID or IP-Adapter FaceID, applied per face with its reference row (PuLID: "
+                        "the 'pulid' input)."
+                    },
                 ),
                 "identity_weight": (
                     "FLOAT",
@@ -173,7 +181,7 @@ class VisageFaceDetailer:
                 ),
                 "control_net": (
                     "CONTROL_NET",
-                    {"tooltip": "InstantID's IdentityNet (keypoints redrawn in the crop)."},
+                    {"tooltip": "InstantID's IdentityNet or InfiniteYou's InfuseNet (keypoints redrawn in the crop)."},
                 ),
                 "cn_strength": (
                     "FLOAT",
@@ -204,6 +212,47 @@ class VisageFaceDetailer:
                 "mask_grow": (
                     "FLOAT",
                     {"default": 0.08, "min": 0.0, "max": 0.5, "step": 0.01, "tooltip": "Grow the landmark mask."},
+                ),
+                "paste_mode": (
+                    list(PASTE_MODES),
+                    {
+                        "default": "full",
+                        "tooltip": "full: paste the new face (what the sampler drew is what you get). residual: paste "
+                        "only the change (new - crop): what the sampler left alone stays bit-exact and detail finer "
+                        "than the working resolution is kept (faces larger than the crop), but where the face was "
+                        "redrawn the old fine detail shows through faintly.",
+                    },
+                ),
+                "pulid": (
+                    "VISAGE_PULID",
+                    {
+                        "tooltip": "PuLID SDXL / PuLID-FLUX (Load PuLID Model), applied per face: face j's identity "
+                        "comes from reference face j (reference_image + reference_faces) and EVA-CLIP.",
+                    },
+                ),
+                "eva_clip": ("VISAGE_EVA_CLIP", {"tooltip": "EVA-CLIP for PuLID (Load EVA-CLIP)."}),
+                "reference_image": ("IMAGE", {"tooltip": "PuLID: the image(s) the reference faces are in."}),
+                "reference_faces": (
+                    VISAGE_FACES,
+                    {
+                        "tooltip": "PuLID: the reference faces, one per identity row in order (the faces the "
+                        "'reference' embeds were made from)."
+                    },
+                ),
+                "masker": (
+                    VISAGE_MASKER,
+                    {
+                        "tooltip": "Load Face Masker: the noise mask is its face regions (face parsing) x occlusion "
+                        "in the crop, grown by mask_grow, instead of the landmark hull (e.g. skin + hair)."
+                    },
+                ),
+                "infiniteyou": (
+                    "VISAGE_INFINITEYOU",
+                    {
+                        "tooltip": "InfiniteYou (Load InfiniteYou, Flux), applied per face from its reference row; "
+                        "InfuseNet on control_net, its keypoint image drawn in the crop; identity_weight = its "
+                        "strength."
+                    },
                 ),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
@@ -242,6 +291,13 @@ class VisageFaceDetailer:
         context=1.0,
         max_upscale=8.0,
         mask_grow=0.08,
+        paste_mode="full",
+        pulid=None,
+        eva_clip=None,
+        reference_image=None,
+        reference_faces=None,
+        masker=None,
+        infiniteyou=None,
         unique_id=None,
     ):
         images = check_image(image)
@@ -249,7 +305,16 @@ class VisageFaceDetailer:
         fs, keep = apply_on_no_face(fs, on_no_face, "Face Detailer image")
         images = images[keep] if len(keep) != images.shape[0] else images
         picked = _pick(fs, face_index)
-        if identity_adapter is not None and reference is None:
+        given = [a for a in (identity_adapter, pulid, infiniteyou) if a is not None]
+        if len(given) > 1:
+            raise VisageError(
+                "The detailer applies one identity method per face",
+                expected="one of identity_adapter, pulid, infiniteyou",
+                got=f"{len(given)} connected",
+                fix="disconnect all but one (or apply the others to the MODEL / conditioning before the detailer)",
+            )
+        adapter = given[0] if given else None
+        if adapter is not None and reference is None:
             raise VisageError(
                 "An identity adapter needs the identities",
                 expected="'reference' (Face Embeds, one row per identity)",
@@ -261,14 +326,30 @@ class VisageFaceDetailer:
         rec_name = None
         if reference is not None and recognizer != NONE:
             want = reference.encoder
-            if identity_adapter is not None and recognizer == AUTO:
+            if pulid is not None and recognizer == AUTO:
+                want = PULID_TRAINED_ON
+            elif infiniteyou is not None and recognizer == AUTO:
+                want = IY_TRAINED_ON
+            elif identity_adapter is not None and recognizer == AUTO:
                 kind = identity_adapter.info.kind
                 key = "instantid" if kind == "instantid" else "faceid"
                 want = registry.METHODS[key].trained_on if key in registry.METHODS else want
             rec = _load_recognizer(recognizer, want)
             rec_name = rec.id
             score = make_scorer(rec, reference)
-        hook = hook_for(identity_adapter) if identity_adapter is not None else None
+        hook = hook_for(adapter) if adapter is not None else None
+        extra = {"control_net": control_net, "cn_strength": cn_strength, "vae": vae}
+        if pulid is not None:
+            from ..face import parsing
+
+            dev = comfy_glue.torch_device("auto")
+            extra.update(
+                eva_clip=eva_clip,
+                parser=parsing.load_parsing(paths.find_file(parsing.FOLDER, parsing.FILE_NAME), device=dev),
+                ref_image=None if reference_image is None else check_image(reference_image),
+                ref_faces=reference_faces,
+                text_attention=comfy_glue.text_attention,
+            )
 
         def sample(crop, mask, job, s):
             m, pos, neg = model, positive, negative
@@ -279,12 +360,11 @@ class VisageFaceDetailer:
                         model,
                         positive,
                         negative,
-                        identity_adapter,
+                        adapter,
                         embeds_row(reference, job.identity),
                         identity_weight,
                         job,
-                        control_net=control_net,
-                        cn_strength=cn_strength,
+                        **extra,
                     )
                 m, pos, neg = job.state["patched"]
             return comfy_glue.sample_pixels(
@@ -301,6 +381,7 @@ class VisageFaceDetailer:
             feather=float(feather),
             mask_grow=float(mask_grow),
             color_transfer=bool(color_transfer),
+            paste_mode=str(paste_mode),
         )
         total = max(sum(len(p) for p in picked) * max(int(attempts), 1), 1)
         out, rows = detail(
@@ -312,6 +393,7 @@ class VisageFaceDetailer:
             score=score,
             progress=comfy_glue.Progress(total, node_id=unique_id),
             skip=skip,
+            mask_fn=masker_mask_fn(masker),
         )
         table = _table(rows, recognizer=rec_name, min_similarity=float(min_similarity), seed=int(seed))
         log.info("Visage: Face Detailer %s", "; ".join(f"{r['image']}/{r['face']} {r['status']}" for r in rows))

@@ -61,9 +61,9 @@ ROUND_TRIPS = [(c, 512, False) for c in sorted(CASES)] + [
 @pytest.mark.parametrize("case,size,color", ROUND_TRIPS)
 def test_identity_round_trip(case, size, color):
     """With VAE and sampler replaced by the identity, the detailed image equals the input within 3/255
-    inside the pasted mask (two bilinear resamplings) and exactly outside it. The faces (36-46 px between
+    inside the pasted mask (two bicubic resamplings) and exactly outside it. The faces (36-46 px between
     the eyes) are magnified 2.7-3.5x at 512 (what a detailer does: the working resolution is larger than
-    the face); at 1.6x the same texture returns within ~6/255 (bilinear twice smooths 8 px features)."""
+    the face); the real photo: test_identity_round_trip_real_photo."""
     img = smooth_image(256, 320, seed=sorted(CASES).index(case)).unsqueeze(0)
     center, eye, roll = CASES[case]
     face = make_face(center, eye, roll)
@@ -87,6 +87,107 @@ def test_identity_round_trip(case, size, color):
     # and it really did a round trip: the identity sampler saw the face, rotated upright
     kps_crop = transform_points(face.kps.numpy(), plan.matrix)
     assert abs(kps_crop[1, 1] - kps_crop[0, 1]) < 1e-3 * size  # eyes level in the crop: rotation undone
+
+
+# The six faces of the real photo t1.jpg (1280x886): bbox and 5 keypoints as det_500m finds them (the
+# fixture detector; fixed here so the geometry test needs no detector run).
+T1_FACES = [
+    ([55.6, 260.8, 168.6, 397.9], [[82.8, 328.1], [124.4, 302.6], [117.9, 335.1], [114.3, 369.7], [148.9, 347.7]]),
+    ([270.0, 144.9, 371.9, 270.3], [[285.4, 206.1], [318.3, 190.0], [302.7, 223.9], [311.3, 244.7], [339.7, 230.5]]),
+    ([463.5, 266.5, 572.7, 415.4], [[495.6, 321.6], [545.6, 335.6], [513.6, 361.8], [484.5, 368.0], [530.7, 380.2]]),
+    ([745.3, 342.2, 847.3, 480.1], [[761.1, 400.1], [803.8, 399.8], [774.6, 429.0], [767.2, 444.4], [805.0, 443.5]]),
+    ([906.0, 59.5, 1011.1, 206.3], [[916.7, 118.8], [948.1, 115.6], [920.3, 150.9], [935.2, 169.9], [961.6, 166.1]]),
+    (
+        [1130.3, 272.8, 1227.3, 400.6],
+        [[1149.3, 324.8], [1194.5, 319.8], [1170.6, 344.2], [1156.5, 366.9], [1197.2, 362.7]],
+    ),
+]
+
+
+def _t1():
+    import cv2
+    from conftest import fixture_path
+
+    bgr = cv2.imread(fixture_path("images", "insightface", "t1.jpg"))
+    img = torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1])).float().div(255.0).unsqueeze(0)
+    faces = [Face(image_index=0, bbox=torch.tensor(b), score=0.9, kps=torch.tensor(k)) for b, k in T1_FACES]
+    return img, faces
+
+
+def _coverage(img, faces, size, feather=0.05):
+    """Frame pixels any face's paste weight reaches (the bilinear support of the feathered mask)."""
+    from visage.nodes.detailer.geometry import noise_mask
+    from visage.nodes.paste import feather_masks, paste_masks
+
+    cover = torch.zeros(img.shape[1:3])
+    for f in faces:
+        plan = plan_crop(f, size, 1.0, 64)
+        w = feather_masks(1, size, noise_mask(f, plan.matrix, size), erode_frac=feather, blur_frac=feather)
+        cover = torch.maximum(
+            cover, paste_masks(img.shape, torch.from_numpy(plan.matrix)[None], w, torch.zeros(1, dtype=torch.long))[0]
+        )
+    return cover
+
+
+@pytest.mark.fixtures
+@pytest.mark.parametrize("size", [512, 1024])
+def test_identity_round_trip_real_photo(size):
+    """The same bound on a real photo (sharp edges, hair, JPEG texture), six faces magnified 2.5-3x at 512:
+    within 3/255 inside the mask (bicubic both ways; bilinear both ways gave 14/255), exact outside."""
+    img, faces = _t1()
+    out, rows = detail(img, [faces], [[None] * 6], identity_sample, Settings(size=size, max_upscale=64))
+    assert [r["status"] for r in rows] == ["detailed"] * 6
+    cover = _coverage(img, faces, size)
+    inside, outside = cover > 0, cover == 0
+    assert inside.sum() > 6 * 2000 and outside.any()
+    assert torch.equal(out[0][outside], img[0][outside])
+    err = float((out - img).abs().amax(-1)[0][inside].max())
+    assert err <= TOL, f"max error inside the mask {err * 255:.2f}/255"
+
+
+@pytest.mark.fixtures
+def test_residual_paste_real_photo():
+    """paste_mode = residual pastes only the change: the identity sampler returns the photo bit for bit, and a
+    sampler that brightens the crop by 0.1 brightens the photo by 0.1 x the paste weight, where the mask is."""
+    img, faces = _t1()
+    face = faces[2]
+    st = Settings(size=512, max_upscale=64, paste_mode="residual")
+    out, _ = detail(img, [[face]], [[None]], identity_sample, st)
+    assert torch.equal(out, img)
+    lifted, _ = detail(img, [[face]], [[None]], lambda c, m, j, s: (c + 0.1).clamp(0, 1), st)
+    cover = _coverage(img, [face], 512)
+    d = (lifted - img)[0].mean(-1)
+    core = (cover > 0.99) & (img[0].amax(-1) < 0.85)  # full weight, not clipped at white
+    assert core.sum() > 2000
+    assert float((d[core] - 0.1).abs().max()) < 2e-3  # where the weight is full: the change, whole
+    assert torch.equal(lifted[0][cover == 0], img[0][cover == 0])
+    # the weight fades out: half-way pixels got part of the change
+    edge = (cover > 0.2) & (cover < 0.8) & (img[0].amax(-1) < 0.85)
+    assert edge.any() and float((d[edge] - 0.1 * cover[edge]).abs().max()) < 0.02
+
+
+def test_full_paste_places_the_crop():
+    """paste_mode = full puts the sampler's crop where the face is: a sampler that paints the crop one colour
+    gives frame * (1 - w) + colour * w, w the warped paste weight."""
+    img = smooth_image(256, 320, seed=3).unsqueeze(0)
+    face = make_face((150.0, 140.0), 44.0, 35.0)
+    red = torch.tensor([1.0, 0.0, 0.0])
+    out, _ = detail(img, [[face]], [[None]], lambda c, m, j, s: red.expand_as(c).clone(), Settings(max_upscale=64))
+    w = _coverage(img, [face], 512)
+    want = img[0] * (1 - w[..., None]) + red * w[..., None]
+    assert float((out[0] - want).abs().max()) < 0.01
+    assert float(w.max()) > 0.99 and torch.equal(out[0][w == 0], img[0][w == 0])
+
+
+def test_paste_mode_validated():
+    with pytest.raises(VisageError):
+        detail(
+            smooth_image(64, 64)[None],
+            [[make_face((32.0, 32.0), 16.0, 0.0)]],
+            [[None]],
+            identity_sample,
+            Settings(size=128, max_upscale=64, paste_mode="bogus"),
+        )
 
 
 def test_border_crop_replicates_edge():
@@ -296,3 +397,110 @@ def test_verify_redetected_or_known_position():
     assert ov.shape == img.shape and not torch.equal(ov, img)
     with pytest.raises(VisageError, match="carry no other"):
         verify(img, [[left]], [[0]], type("R", (), {"id": "other"})(), ref, 0.5)
+
+
+@pytest.mark.parametrize("kind", ["pulid_sdxl_v1", "pulid_sdxl_v1_1", "pulid_flux"])
+def test_pulid_hooks_take_the_face_s_own_reference(monkeypatch, kind):
+    """PuLID is applied per face from reference face j (and the frame it is in), not from the whole set."""
+    from types import SimpleNamespace
+
+    from visage.core.types import FaceSet
+    from visage.nodes.detailer import identity as I
+    from visage.nodes.pulid import flux_apply, sdxl_apply
+
+    seen = []
+
+    def fake(model, pulid, eva, parser, faces, frame, weight, start, end, **kw):
+        seen.append((faces, frame, weight))
+        return ("patched", model)
+
+    monkeypatch.setattr(sdxl_apply, "apply_pulid_sdxl", fake)
+    monkeypatch.setattr(flux_apply, "apply_pulid_flux", fake)
+    f = [make_face((40.0 + 30 * i, 40.0), 16.0, 0.0, index=i // 2) for i in range(3)]
+    ref_faces = FaceSet(((f[0], f[1]), (f[2],)), ((96, 128), (96, 128)))
+    ref_image = torch.stack([torch.full((96, 128, 3), 0.1), torch.full((96, 128, 3), 0.9)])
+    hook = I.hook_for(SimpleNamespace(info=SimpleNamespace(kind=kind)))
+    kw = dict(eva_clip="eva", parser="parser", ref_faces=ref_faces, ref_image=ref_image)
+    for row, (want_face, want_level) in enumerate(((f[0], 0.1), (f[1], 0.1), (f[2], 0.9))):
+        job = SimpleNamespace(identity=row)
+        m, pos, neg = hook(None, "model", "pos", "neg", "adapter", None, 0.7, job, **kw)
+        assert m == ("patched", "model") and (pos, neg) == ("pos", "neg")
+        faces, frame, weight = seen[-1]
+        assert faces.flat() == (want_face,) and frame.shape == (1, 96, 128, 3) and weight == 0.7
+        assert float(frame.mean()) == pytest.approx(want_level)
+    with pytest.raises(VisageError, match="reference face"):
+        hook(None, "model", "pos", "neg", "adapter", None, 0.7, SimpleNamespace(identity=3), **kw)
+    with pytest.raises(VisageError, match="eva_clip"):
+        hook(None, "model", "pos", "neg", "adapter", None, 0.7, SimpleNamespace(identity=0), **{**kw, "eva_clip": None})
+
+
+def test_noise_mask_from_face_parsing(tmp_path):
+    """With a masker (face parsing, regions = skin) the sampler redraws the parsed skin, not the landmark hull:
+    a painted class map (the test parser labels pixels by colour) with skin around the face and hair above it;
+    a sampler that paints its crop red changes the skin, leaves the hair and the background alone."""
+    from builders import masks as MB
+
+    from visage.nodes.detailer.detail import masker_mask_fn
+    from visage.nodes.face import masks as FM
+    from visage.nodes.face import parsing as PR
+
+    parser = PR.load_parsing(MB.make_controlled_parser_onnx(str(tmp_path / "bisenet_resnet_18.onnx")), engine="torch")
+    lab = np.zeros((256, 256), np.int64)
+    lab[40:90, 60:196] = PR.CLASS_INDEX["hair"]
+    lab[90:200, 80:176] = PR.CLASS_INDEX["skin"]
+    img = torch.from_numpy(MB.paint_classes(lab[None])).float()
+    face = make_face((128.0, 130.0), 36.0, 0.0)
+    red = torch.tensor([1.0, 0.0, 0.0])
+
+    def paint(c, m, j, s):
+        return c * (1 - m[..., None]) + red * m[..., None]  # what a sampler with that noise mask does
+
+    masker = FM.FaceMasker(parser=parser, regions=("skin",))
+    st = Settings(size=256, max_upscale=64, mask_grow=0.0, feather=0.02)
+    out, rows = detail(img, [[face]], [[None]], paint, st, mask_fn=masker_mask_fn(masker))
+    changed = (out - img)[0].abs().amax(-1) > 0.1
+    assert rows[0]["status"] == "detailed"
+    skin = torch.from_numpy(lab == PR.CLASS_INDEX["skin"])
+    hair = torch.from_numpy(lab == PR.CLASS_INDEX["hair"])
+    assert float(changed[skin].float().mean()) > 0.95  # the skin block was redrawn
+    assert not changed[~skin].any()  # and nothing else: not the hair, not the background
+    # without the masker the landmark hull decides: it misses skin and reaches into the hair
+    out2, _ = detail(img, [[face]], [[None]], paint, st)
+    changed2 = (out2 - img)[0].abs().amax(-1) > 0.1
+    assert changed2[hair].any() and float(changed2[skin].float().mean()) < 0.9
+    assert masker_mask_fn(None) is None and masker_mask_fn(FM.FaceMasker()) is None
+
+
+def test_infiniteyou_hook_draws_keypoints_in_the_crop(monkeypatch):
+    """InfiniteYou per face: the face's own embeds row, its keypoint image drawn at the crop's keypoints (not
+    the frame's), the detailer's VAE; refused without InfuseNet."""
+    from types import SimpleNamespace
+
+    from visage.nodes.detailer import identity as I
+    from visage.nodes.infiniteyou import apply as IA
+
+    seen = {}
+
+    def fake(positive, negative, control_net, iy, weight, start, end, embeds=None, keypoints_image=None, **kw):
+        seen.update(embeds=embeds, hints=keypoints_image, vae=kw.get("vae"), cn=control_net, weight=weight)
+        return ("pos+", "neg+", keypoints_image)
+
+    monkeypatch.setattr(IA, "apply_infiniteyou", fake)
+    ref = IA.InfiniteYouRef(None, SimpleNamespace(), "iy")
+    hook = I.hook_for(ref)
+    face = make_face((150.0, 140.0), 44.0, 35.0)
+    plan = plan_crop(face, 256, 1.0, 64)
+    from visage.nodes.detailer.geometry import crop_keypoints
+
+    job = SimpleNamespace(identity=0, size=256, kps_crop=crop_keypoints(face, plan.matrix))
+    m, pos, neg = hook(None, "model", "pos", "neg", ref, "row0", 0.9, job, control_net="infusenet", vae="vae")
+    assert (m, pos, neg) == ("model", "pos+", "neg+")
+    assert seen["embeds"] == "row0" and seen["vae"] == "vae" and seen["cn"] == "infusenet" and seen["weight"] == 0.9
+    hint = seen["hints"][0]
+    assert hint.shape == (256, 256, 3)
+    lit = hint.amax(-1) > 0.5
+    for x, y in job.kps_crop:  # a keypoint dot at each crop keypoint (eyes level: the rotation is undone)
+        assert lit[int(round(y)), int(round(x))], (x, y)
+    assert abs(job.kps_crop[0][1] - job.kps_crop[1][1]) < 0.5
+    with pytest.raises(VisageError, match="InfuseNet"):
+        hook(None, "model", "pos", "neg", ref, "row0", 0.9, job, control_net=None)
