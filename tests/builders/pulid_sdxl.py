@@ -3,7 +3,7 @@
 * ``pulid_v1.bin`` (IDEncoder, a flat torch state dict as released), ``pulid_v1.1.safetensors`` (IDFormer) and
   ``ip-adapter_pulid_sdxl_fp16.safetensors`` (the v1 tensors under the IP-Adapter names, fp16, as the
   community re-save): the released key layouts at tiny widths. The attention layers fit the test pack's
-  ``VisageTestTinySDXL`` at its defaults (``tests/comfy_nodes/visage_test_models/tiny_sdxl.py``: model
+  ``TestTinySDXL`` at its defaults (``tests/comfy_nodes/visage_test_models/tiny_sdxl.py``: model
   channels 32, context 24); the encoders read the tiny EVA-CLIP's features (builders/eva_clip.py) and the
   512-d glintr100 embedding. The v1 tensors are fp16 in both v1 files, so both give the same tokens.
 """
@@ -15,7 +15,7 @@ import os
 from . import eva_clip as EB
 from . import pulid as PB
 
-CONTEXT = 24  # VisageTestTinySDXL's default context width
+CONTEXT = 24  # TestTinySDXL's default context width
 MODEL_CHANNELS = 32
 ID_WIDTH = 512 + EB.TINY["embed_dim"]
 V1_ENCODER = dict(PB.TINY_IDENCODER, context_dim=CONTEXT, vit_width=EB.TINY["width"], width=ID_WIDTH)

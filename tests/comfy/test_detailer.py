@@ -236,7 +236,7 @@ def _pulid_graph(object_info, stem, ref_faces=2, weight=1.0):
     for k in ("ckpt", "pos", "neg", "ref_w600k", "ref", "ref_faces"):
         g.pop(k)
     g["sdxl"] = {
-        "class_type": "VisageTestTinySDXL",
+        "class_type": "TestTinySDXL",
         "inputs": {"seed": 0, "model_channels": 32, "context_dim": 24, "text_tokens": 8},
     }
     g["ref_an"] = n("VisageFaceAnalyzerLoader", pack="antelopev2", device="cpu")

@@ -1,5 +1,5 @@
 """Apply PuLID SDXL through the server, the whole node path: a tiny SDXL UNet (test node pack,
-``VisageTestTinySDXL``) sampled with KSampler; the released PuLID SDXL names at tiny widths
+``TestTinySDXL``) sampled with KSampler; the released PuLID SDXL names at tiny widths
 (builders/pulid_sdxl.py) loaded by 'Load PuLID Model', EVA-CLIP and BiSeNet from the PuLID-FLUX builders,
 faces from 'Analyze Faces' (antelopev2).
 
@@ -16,7 +16,7 @@ import torch
 def _prompt(object_info, pulid_file="pulid_v1.1.safetensors", weight=0.8, method="official", patched=True):
     p = {
         "sdxl": {
-            "class_type": "VisageTestTinySDXL",
+            "class_type": "TestTinySDXL",
             "inputs": {"seed": 0, "model_channels": 32, "context_dim": 24, "text_tokens": 8},
         },
         "photo": {"class_type": "LoadImage", "inputs": {"image": "source_face.jpg"}},
@@ -74,7 +74,7 @@ def plain(comfy_server, object_info):
 
 
 def test_nodes_registered(object_info):
-    assert "VisageApplyPuLIDSDXL" in object_info and "VisageTestTinySDXL" in object_info
+    assert "VisageApplyPuLIDSDXL" in object_info and "TestTinySDXL" in object_info
     files = object_info["VisageLoadPuLID"]["input"]["required"]["pulid_file"][0]
     for name in ("pulid_v1.bin", "pulid_v1.1.safetensors", "ip-adapter_pulid_sdxl_fp16.safetensors"):
         assert name in files

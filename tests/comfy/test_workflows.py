@@ -441,7 +441,7 @@ def test_there_are_workflows():
 def current_schema(object_info):
     out = {}
     for name, info in sorted(object_info.items()):
-        if not name.startswith("Visage") or name.startswith("VisageTest"):  # VisageTest*: the test-only pack
+        if not name.startswith("Visage"):  # the test-only pack's nodes are Test*
             continue
         inputs, required = {}, []
         for section, inp in vr.input_order(info):

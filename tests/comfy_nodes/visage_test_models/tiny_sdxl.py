@@ -79,7 +79,7 @@ def tiny_conditioning(seed, context_dim, text_tokens=8):
     return [[txt, {"pooled_output": pooled}]]
 
 
-class VisageTestTinySDXL:
+class TestTinySDXL:
     DESCRIPTION = "TEST ONLY: a tiny random SDXL UNet (ComfyUI's own SDXL / UNetModel classes) and a conditioning."
     CATEGORY = "Visage/tests"
     FUNCTION = "build"
@@ -102,5 +102,5 @@ class VisageTestTinySDXL:
         return (model, tiny_conditioning(seed, context_dim, text_tokens))
 
 
-NODE_CLASS_MAPPINGS = {"VisageTestTinySDXL": VisageTestTinySDXL}
-NODE_DISPLAY_NAME_MAPPINGS = {"VisageTestTinySDXL": "TEST: Tiny SDXL"}
+NODE_CLASS_MAPPINGS = {"TestTinySDXL": TestTinySDXL}
+NODE_DISPLAY_NAME_MAPPINGS = {"TestTinySDXL": "TEST: Tiny SDXL"}
