@@ -201,6 +201,41 @@ def _measure(kinds, models, w, h, faces, reps, device, threads=0):
     return res
 
 
+def _row_child(fn, args, q):
+    try:
+        import warnings
+
+        warnings.simplefilter("ignore")
+        q.put(fn(*args))
+    except Exception as e:  # pragma: no cover - reported in the row
+        import traceback
+
+        q.put({"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}"})
+
+
+def _in_child(fn, models, w, h, faces, reps, device, threads):
+    """``fn(models, w, h, faces, reps, device, threads)`` -> row, run in a fresh process (like the main rows)."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_row_child, args=(fn, (models, w, h, faces, reps, device, threads), q))
+    p.start()
+    res = q.get(timeout=1800)
+    p.join()
+    if "error" in res:
+        return {
+            "op": "swap+restore detect+swap+paste",
+            "shape": f"{w}x{h} {faces} face(s)",
+            "ours_ms": None,
+            "ref_ms": None,
+            "ratio": None,
+            "reference": "insightface + ReActor restore",
+            "bytes": None,
+            "memory_bound": False,
+            "note": res["error"][:400],
+        }
+    return res
+
+
 def restore_rows(models, w, h, faces, reps, device, threads=0):
     """Swap + restore with a pass-through restoration network (so only the pipeline around the network
     is timed): restore BEFORE the paste (one resampling, one paste; what Swap Faces runs now) vs the
@@ -276,6 +311,153 @@ def restore_rows(models, w, h, faces, reps, device, threads=0):
         "note": f"faces given (no detection); restoration network replaced by a pass-through so the warps and "
         f"pastes are what is timed; CPU threads {threads or 'default'}",
     }
+
+
+def reactor_restore_rows(models, w, h, faces, reps, device, threads=0):
+    """Detect + swap + RESTORE per frame, each pipeline as its users run it, with the same restoration
+    network on both sides (a pass-through: the pipeline around the network is what is timed):
+
+    * ours: analysis (detection) + ``swap_frames(..., restorer=...)``: every swapped face restored in
+      its FFHQ crop BEFORE the one paste (what Swap Faces runs).
+    * reference (ReActor's order): insightface detection + ``INSwapper.get(paste_back=True)`` per face,
+      then ReActor's ``restore_face`` on the pasted frame with facexlib's ``FaceRestoreHelper`` (face
+      size 512): detect again, ``align_warp_face``, the network per crop (ReActor's tensor conversions),
+      ``get_inverse_affine``, ``paste_faces_to_input_image`` (full-frame warps of face and mask, erosions,
+      blur per face). Like for like: the re-detection keeps the swapped faces only (ReActor restores
+      every face it finds) and uses the swap's SCRFD (ReActor: RetinaFace-R50, heavier); the paste uses
+      facexlib's square mask (``use_parse=False``). ReActor creates its helper with ``use_parse=True``,
+      which adds facexlib's ParseNet (21 M parameters) per face: timed once here and reported in the
+      note, not in the rounds (no hub here: released architecture, random weights)."""
+    import numpy as np
+    import stats
+    import torch
+
+    if not device.startswith("cuda"):
+        _limit_threads(threads)
+    _import_visage()
+    from facexlib.parsing.parsenet import ParseNet
+    from facexlib.utils.face_restoration_helper import FaceRestoreHelper
+
+    from visage.core.model_manager import MANAGER
+    from visage.nodes.face.analyzer import load_analyzer
+    from visage.nodes.swap import pipeline as PL
+    from visage.nodes.swap.models import load_swapper
+    from visage.nodes.swap.restore import Restorer, RestorerModule
+
+    class _PassThrough(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return x
+
+    class _Handle:
+        def __init__(self, m):
+            self.module = m
+
+        def model(self):
+            return self.module
+
+    dev = torch.device(device)
+    net = _PassThrough().to(dev)
+    restorer = Restorer(handle=_Handle(RestorerModule(net, "RestoreFormer", 512).to(dev)), name="pass")
+    an = load_analyzer(models["pack"], dev, torch.float32, engine="auto")
+    eng = "onnxruntime" if dev.type == "cpu" else "torch"
+    sw = MANAGER.get(
+        f"swap:swapper:{eng}", models["swapper"], lambda p, d, t: load_swapper(p, "cpu", t, engine=eng), device=dev
+    )
+    img = _frame(w, h)
+    frame = torch.from_numpy(img[:, :, ::-1].copy()).to(dev).float().div_(255.0)[None]
+    emb = np.random.default_rng(0).standard_normal(512).astype(np.float32)
+    emb /= np.linalg.norm(emb)
+    src = [torch.from_numpy(emb)[None]]
+
+    def ours():
+        plan = PL.plan(an.analyze(frame, max_num=faces, tasks=[]), [1], "by_order")
+        out, _m, n = PL.swap_frames(frame, plan, sw, src, restorer=restorer)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return n
+
+    import contextlib
+    import io
+
+    from insightface.app import FaceAnalysis
+    from insightface.app.common import Face
+    from insightface.model_zoo.inswapper import INSwapper
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        prov = ["CUDAExecutionProvider"] if dev.type == "cuda" else ["CPUExecutionProvider"]
+        app = FaceAnalysis(name=models["pack"], allowed_modules=["detection"], providers=prov)
+        app.prepare(ctx_id=0 if dev.type == "cuda" else -1, det_size=(640, 640))
+        swapper = INSwapper(models["swapper"])
+    source = Face(embedding=emb * 20.0)
+    helper = FaceRestoreHelper.__new__(FaceRestoreHelper)  # __init__ would download RetinaFace + ParseNet
+    helper.template_3points, helper.upscale_factor, helper.crop_ratio = False, 1, (1, 1)
+    helper.face_size = (512, 512)
+    helper.face_template = np.array(
+        [
+            [192.98138, 239.94708],
+            [318.90277, 240.1936],
+            [256.63416, 314.01935],
+            [201.26117, 371.41043],
+            [313.08905, 371.15118],
+        ]
+    )
+    helper.save_ext, helper.pad_blur, helper.use_parse, helper.device = "png", False, False, dev
+    helper.clean_all()
+    torch.manual_seed(0)
+    parse = ParseNet(in_size=512, out_size=512, parsing_ch=19).eval().to(dev)
+    with torch.no_grad():
+        parse(torch.zeros(1, 3, 512, 512, device=dev))
+        t0 = time.perf_counter()
+        parse(torch.zeros(1, 3, 512, 512, device=dev))
+        parse_ms = (time.perf_counter() - t0) * 1e3
+
+    def reactor_restore(bgr):
+        helper.clean_all()
+        helper.read_image(bgr)
+        found = app.get(bgr, max_num=faces)  # stand-in for ReActor's RetinaFace (get_face_landmarks_5)
+        helper.all_landmarks_5 = [f.kps.astype(np.float32) for f in found]
+        helper.det_faces = [np.append(f.bbox, f.det_score) for f in found]
+        helper.align_warp_face()
+        for crop in helper.cropped_faces:
+            t = torch.from_numpy(crop[:, :, ::-1].astype(np.float32).transpose(2, 0, 1).copy()) / 255.0
+            t = ((t - 0.5) / 0.5)[None].to(dev)
+            with torch.no_grad():
+                o = net(t)[0]
+            o = ((o.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy()[:, :, ::-1]
+            helper.add_restored_face((o * 255.0).round().astype(np.uint8))
+        helper.get_inverse_affine(None)
+        return helper.paste_faces_to_input_image()
+
+    def ref():
+        dets = app.get(img, max_num=faces)
+        res = img
+        for f in dets:
+            res = swapper.get(res, f, source, paste_back=True)
+        reactor_restore(res)
+        return len(dets)
+
+    n_ours, n_ref = ours(), ref()  # warm-up
+    t = stats.interleaved({"ours": ours, "ref": ref}, rounds=reps, warmup=1)
+    row = {
+        "op": "swap+restore detect+swap+paste",
+        "shape": f"{w}x{h} {faces} face(s)",
+        "ours_ms": None,
+        "ref_ms": None,
+        "reference": "insightface swap + ReActor's restore_face after the paste (facexlib)",
+        "bytes": None,
+        "memory_bound": False,
+        "note": f"faces ours/ref {n_ours}/{n_ref}; same pass-through restoration network on both sides; reference "
+        f"re-detects the swapped faces with the swap's SCRFD (ReActor: RetinaFace-R50) and pastes with facexlib's "
+        f"square mask; ReActor's use_parse=True adds ParseNet per face: {parse_ms:.0f} ms each here, not in the "
+        f"reference's times; CPU threads {threads or 'default'}",
+        "goal": SWAP_GOAL if dev.type == "cpu" else None,
+    }
+    row.update(stats.summarise(t["ours"], t["ref"]))
+    return row
 
 
 QUALITY_VARIANTS = ("plain", "occlusion", "regions", "occlusion+regions", "gpen512", "boost2", "boost4")
@@ -535,6 +717,7 @@ def run(args=None):
             for w, h in sizes:
                 for faces in (1, 4):
                     rows.append(restore_rows(models, w, h, faces, reps, device, threads))
+                    rows.append(_in_child(reactor_restore_rows, models, w, h, faces, reps, device, threads))
             return rows
         for w, h in sizes:
             for faces in (1, 4):
@@ -600,6 +783,7 @@ def run(args=None):
                     }
                 )
                 rows.append(restore_rows(models, w, h, faces, reps, device, threads))
+                rows.append(_in_child(reactor_restore_rows, models, w, h, faces, reps, device, threads))
         if not quick and device == "cpu":
             rows += quality_rows(workdir, models, reps, threads)
     finally:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -211,6 +212,49 @@ def feather_masks(
         feather = feather * masks.to(feather.device).float().clamp(0, 1)
     w = torch.as_tensor(strength, dtype=torch.float32, device=feather.device).reshape(-1)
     return feather * (w.view(-1, 1, 1) if w.numel() == n else w.view(1, 1, 1))
+
+
+def host_paste(frames: torch.Tensor, layers: torch.Tensor, matrix, weights: torch.Tensor, frame_index) -> torch.Tensor:
+    """``paste_back`` (no colour transfer) for float frames on the host, one cv2.warpAffine per face.
+
+    out = frame * (1 - w) + crop * w inside each face's box (:func:`kernels.reference.face_boxes`), crop
+    (``layers`` [N,S,S,C]) and weights [N,S,S] sampled together at ``matrix`` (frame -> crop) with
+    cv2's INTER_LINEAR + zero border: the convention of the torch twin, whose per-tap gathers cost ~60 %
+    of a 4-face restore's pastes on 2 cores; cv2's bilinear weights step in 1/32 of a pixel."""
+    from ..kernels.reference import face_boxes
+
+    out = frames.clone()
+    n, s = layers.shape[0], layers.shape[1]
+    if n == 0:
+        return out
+    m64 = np.asarray(torch.as_tensor(matrix).detach().cpu().double().numpy(), np.float64).reshape(n, 2, 3)
+    H, W = frames.shape[1], frames.shape[2]
+    boxes = face_boxes(m64, s, H, W)
+    o = out.numpy()
+    lay = np.concatenate(
+        [layers.detach().float().cpu().numpy(), weights.detach().float().cpu().clamp(0, 1).numpy()[..., None]], -1
+    )
+    idx = torch.as_tensor(frame_index, dtype=torch.long).tolist()
+    c = lay.shape[-1] - 1
+    for i, box in enumerate(boxes):
+        if box is None:
+            continue
+        x0, y0, x1, y1 = box
+        m = m64[i].copy()
+        m[:, 2] += m[:, 0] * x0 + m[:, 1] * y0  # box pixel (0, 0) is frame pixel (x0, y0)
+        w = cv2.warpAffine(
+            lay[i], m, (x1 - x0 + 1, y1 - y0 + 1), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0.0
+        ).reshape(y1 - y0 + 1, x1 - x0 + 1, c + 1)
+        a = w[..., c:]
+        region = o[idx[i], y0 : y1 + 1, x0 : x1 + 1]
+        region *= 1.0 - a
+        region += w[..., :c] * a
+    return out
+
+
+def host_float(frames: torch.Tensor) -> bool:
+    """Frames :func:`host_paste` takes: float32 on the host, at most 3 channels (crop + weight <= 4)."""
+    return frames.device.type == "cpu" and frames.dtype == torch.float32 and frames.shape[-1] + 1 <= 4
 
 
 def paste_weighted(

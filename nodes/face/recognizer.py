@@ -21,7 +21,7 @@ import torch
 from ...core.errors import ModelFileInvalid
 from ...core.images import check_image
 from ...core.model_manager import MANAGER, ModelHandle
-from ...core.onnx import fixed_batch, run_batched
+from ...core.onnx import CPU_CHUNK_FACES, batch_probe, fixed_batch, run_batched, torch_chunk
 from ...core.recognizers import recognizer_id
 from ...core.select import rows_for
 from ...core.types import FaceSet
@@ -59,8 +59,14 @@ class FaceRecognizer:
         if images.device.type != torch.device(h.device).type:
             images = images.to(h.device)  # host frames for a GPU: 8-bit values travel
         x = model_crops(images, mats, owners, self.input_size, self.mean, self.std, self.bgr, h.dtype)
+        model = h.model()
+        fixed = self.fixed
+        if fixed == 1 and x.shape[0] > 1 and batch_probe(model, tuple(x.shape[1:])):
+            fixed = None  # declared batch 1, but the graph runs batches (checked once per loaded module)
         with torch.inference_mode():
-            out = run_batched(h.model(), x.to(h.device, h.dtype), chunk=64, fixed=self.fixed)[0]
+            out = run_batched(
+                model, x.to(h.device, h.dtype), chunk=torch_chunk(h.device, 64, CPU_CHUNK_FACES), fixed=fixed
+            )[0]
         return out.float().reshape(out.shape[0], -1).cpu().numpy()
 
     def add_to(self, images: torch.Tensor, faces: FaceSet, progress=None, chunk: int = 16) -> FaceSet:

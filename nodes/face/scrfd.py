@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...core.onnx import OnnxSignature, fixed_batch, run_batched
+from ...core.onnx import CPU_CHUNK_DETECTOR, OnnxSignature, effective_fixed_batch, fixed_batch, run_batched, torch_chunk
 
 
 @dataclass(frozen=True)
@@ -227,8 +227,12 @@ class ScrfdDetector:
         else:
             canvas, det_scale = letterbox(images, self.det_size, scale255)
             blob = ((canvas.to(dev) - 127.5) / 128.0).to(dtype)
+        chunk = torch_chunk(dev, 16, CPU_CHUNK_DETECTOR)
+        fixed = self.fixed
+        if B > 1 and chunk > 1:
+            fixed = effective_fixed_batch(model, self.signature, tuple(blob.shape[1:]))
         with torch.inference_mode():
-            outs = run_batched(model, blob, chunk=16, fixed=self.fixed)
+            outs = run_batched(model, blob, chunk=chunk, fixed=fixed)
         det_h, det_w = blob.shape[2], blob.shape[3]
         if host:
             per_scores, per_boxes, per_kps = _decode_host([o.float().numpy() for o in outs], B, L, det_h, det_w, thresh)

@@ -77,6 +77,14 @@ def _count_image_pastes(monkeypatch):
         return real(frames, crops, *a, **k)
 
     monkeypatch.setattr(P._kops, "paste_back", spy)
+    real_host = P.host_paste
+
+    def host_spy(frames, layers, *a, **k):  # host frames: the restore's one paste runs through cv2
+        if frames.shape[-1] == 3:
+            calls.append(int(layers.shape[1]))
+        return real_host(frames, layers, *a, **k)
+
+    monkeypatch.setattr(P, "host_paste", host_spy)
     return calls
 
 
