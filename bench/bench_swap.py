@@ -705,6 +705,10 @@ def run(args=None):
     channels = int(getattr(args, "swap_channels", None) or 64)
     threads = int(getattr(args, "threads", None) or (1 if device == "cpu" else 0))
     sizes = [(1280, 720)] if quick else [(1280, 720), (1920, 1080)]
+    # --workloads: ';'-separated substrings of "WxH" (and "quality" for the quality rows); default all
+    pick = [p.strip() for p in (getattr(args, "workloads", "") or "").split(";") if p.strip()]
+    if pick:
+        sizes = [(w, h) for w, h in sizes if any(p in f"{w}x{h}" for p in pick)]
     workdir = tempfile.mkdtemp(prefix="visage_bench_swap_")
     rows = []
     try:
@@ -784,7 +788,7 @@ def run(args=None):
                 )
                 rows.append(restore_rows(models, w, h, faces, reps, device, threads))
                 rows.append(_in_child(reactor_restore_rows, models, w, h, faces, reps, device, threads))
-        if not quick and device == "cpu":
+        if not quick and device == "cpu" and (not pick or any("quality" in p for p in pick)):
             rows += quality_rows(workdir, models, reps, threads)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
