@@ -4,7 +4,7 @@ node schemas and core/manifest.json.
     python tools/gen_readme.py --object-info /tmp/object_info.json     # or --url http://127.0.0.1:8188
     (object_info.json: GET /object_info of a ComfyUI with the pack in custom_nodes; tests/comfy_harness.py's
     make_base_dir + ComfyServer start one on an empty base directory in ~10 s; the model lists do not matter)
-    python tools/gen_readme.py --speed [bench/results/<file>.json]     # the speed section only
+    python tools/gen_readme.py --speed [bench/results/<file>.json[,<file>.json]]  # the speed section only
 
 Sections sit between ``<!-- BEGIN:nodes -->`` / ``<!-- END:nodes -->``,
 ``<!-- BEGIN:models -->`` / ``<!-- END:models -->`` and ``<!-- BEGIN:speed -->`` / ``<!-- END:speed -->``.
@@ -149,10 +149,11 @@ def main(argv=None):
     a = ap.parse_args(argv)
     path = os.path.join(REPO, "README.md")
     if a.speed:
-        src = latest_result(os.path.join(REPO, "bench", "results")) if a.speed == "latest" else a.speed
+        # one file, or several separated by commas (e.g. the face and the swap runs): one table each
+        srcs = [latest_result(os.path.join(REPO, "bench", "results"))] if a.speed == "latest" else a.speed.split(",")
         text = open(path, encoding="utf-8").read()
-        rel = os.path.relpath(os.path.abspath(src), REPO)
-        text = replace(text, "speed", speed_md(json.load(open(src)), rel))
+        parts = [speed_md(json.load(open(src)), os.path.relpath(os.path.abspath(src), REPO)) for src in srcs]
+        text = replace(text, "speed", "\n".join(parts))
         open(path, "w", encoding="utf-8").write(text)
         return
     if a.object_info:
