@@ -457,12 +457,14 @@ class OrtCpuModule(HostModule):
     first use; onnxruntime sessions are safe to run from several threads at once). On 2 cores that is
     1.5-1.6x faster than the wide session for 24 MobileFaceNet faces and 1.25x for SCRFD frames (small
     convnets scale badly over operator threads; items scale over cores), and a fixed-batch model (batch
-    1 in its signature) runs its items in parallel the same way. ``parallel=False`` keeps one session.
+    1 in its signature) runs its items in parallel the same way. ``parallel=True`` turns this on (the face
+    analysis' small per-face models and detectors); the default keeps one session (large restorers and
+    parsers: a second copy would cost hundreds of MB for a gain they were not measured to have).
     """
 
     runs_any_batch = True  # :func:`run_batched` hands it every item at once
 
-    def __init__(self, path: str, threads: int = 0, parallel: bool = True):
+    def __init__(self, path: str, threads: int = 0, parallel: bool = False):
         model = load_proto(path, with_data=False)  # same clear errors for truncated / non-ONNX files
         # external data: read (checked) from the model's folder and handed over inside the proto
         external = load_external_data(model, path)

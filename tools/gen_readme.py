@@ -120,6 +120,15 @@ def speed_md(result: dict, source: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def speed_section(paths) -> str:
+    """The speed section from one or several bench/results JSON files (one table each, in order)."""
+    parts = []
+    for src in paths:
+        with open(src, encoding="utf-8") as f:
+            parts.append(speed_md(json.load(f), os.path.relpath(os.path.abspath(src), REPO)))
+    return "\n".join(parts)
+
+
 def _load(v) -> str:
     return "?" if not v else " ".join(f"{x:.1f}" for x in v)
 
@@ -152,8 +161,7 @@ def main(argv=None):
         # one file, or several separated by commas (e.g. the face and the swap runs): one table each
         srcs = [latest_result(os.path.join(REPO, "bench", "results"))] if a.speed == "latest" else a.speed.split(",")
         text = open(path, encoding="utf-8").read()
-        parts = [speed_md(json.load(open(src)), os.path.relpath(os.path.abspath(src), REPO)) for src in srcs]
-        text = replace(text, "speed", "\n".join(parts))
+        text = replace(text, "speed", speed_section(srcs))
         open(path, "w", encoding="utf-8").write(text)
         return
     if a.object_info:

@@ -64,7 +64,7 @@ def _onnx_loader(path, device, dtype):
 
 
 def _ort_loader(path, device, dtype):
-    return OrtCpuModule(path)
+    return OrtCpuModule(path, parallel=True)  # faces / frames data-parallel over the CPUs (core.onnx)
 
 
 def model_crops(images, mats: np.ndarray, owners, size: int, mean: float, std: float, bgr: bool, dtype):

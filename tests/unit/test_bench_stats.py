@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -83,6 +84,15 @@ def test_speed_section_comes_from_the_result(tmp_path):
     assert "kernel" not in md and "abc123" in md and "9 interleaved rounds" in md
     text = gen_readme.replace("a\n<!-- BEGIN:speed -->\nold\n<!-- END:speed -->\nb", "speed", md)
     assert "old" not in text and md in text
+    # several results (the face and the swap runs): one table each, in the order given
+    swap = dict(res, commit="def456", rows=[dict(res["rows"][0], op="swap detect+swap+paste", ratio=1.8)])
+    paths = []
+    for name, r in (("face.json", res), ("swap.json", swap)):
+        (tmp_path / name).write_text(json.dumps(r))
+        paths.append(str(tmp_path / name))
+    both = gen_readme.speed_section(paths)
+    assert both.count("| workload |") == 2 and both.index("abc123") < both.index("def456")
+    assert "swap detect+swap+paste: t1 |" in both and "1.80x (1.40-1.60) | 1.2x met" in both
 
 
 def test_node_tables_leave_out_the_test_node_packs():

@@ -77,7 +77,7 @@ def _x(n, size=SIZE, seed=0):
 @pytest.mark.parametrize("kind", ["dynamic", "fixed"])
 def test_parallel_items_equal_one_session_in_order(models, kind):
     x = _x(7)
-    par = O.OrtCpuModule(models[kind], threads=2)
+    par = O.OrtCpuModule(models[kind], threads=2, parallel=True)
     one = O.OrtCpuModule(models[kind], threads=2, parallel=False)
     assert par.parallel and not one.parallel
     got = par(x)[0]
@@ -91,19 +91,21 @@ def test_parallel_items_equal_one_session_in_order(models, kind):
 
 
 def test_parallel_chunks_and_single_thread(models):
-    m = O.OrtCpuModule(models["dynamic"], threads=2)
+    m = O.OrtCpuModule(models["dynamic"], threads=2, parallel=True)
     assert m._chunk(2) == 1 and m._chunk(24) == 4 and m._chunk(9) == 3
-    f = O.OrtCpuModule(models["fixed"], threads=2)
+    f = O.OrtCpuModule(models["fixed"], threads=2, parallel=True)
     assert f.fixed_batch == 1 and f._chunk(24) == 1  # a fixed-batch file runs item by item
     assert m.nbytes == 2 * os.path.getsize(models["dynamic"])  # the second session is counted
-    solo = O.OrtCpuModule(models["dynamic"], threads=1)
+    solo = O.OrtCpuModule(models["dynamic"], threads=1, parallel=True)
     assert not solo.parallel and solo.nbytes == os.path.getsize(models["dynamic"])
     solo(_x(3))
     assert solo._narrow is None
+    default = O.OrtCpuModule(models["dynamic"], threads=2)  # restorers, parsers: one session unless asked
+    assert not default.parallel and default.nbytes == os.path.getsize(models["dynamic"])
 
 
 def test_run_batched_hands_host_sessions_every_item(models):
-    det = O.OrtCpuModule(models["det"], threads=2)
+    det = O.OrtCpuModule(models["det"], threads=2, parallel=True)
     x = _x(3, size=64, seed=1)
     outs = O.run_batched(det, x, chunk=1, fixed=1)
     singles = [det(x[i : i + 1]) for i in range(3)]
