@@ -20,6 +20,7 @@ import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
 
@@ -400,6 +401,33 @@ def cpu_threads() -> int:
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         n = os.cpu_count() or 1
     return max(1, min(n, MAX_CPU_THREADS))
+
+
+_TORCH_THREADS_LOCK = threading.RLock()
+
+# torch's operator threads for the host pipelines around the models (pastes, warps, masks on frames in
+# host memory): their ops are small, and torch's OpenMP workers wait for each other at every op, which
+# stalls whenever another process holds a core. One thread: a 4-face 720p swap took 392-418 ms per frame
+# against 665-753 ms with 2 threads next to a busy process, and 271-283 against 306-311 ms on a quiet
+# machine (2 cores, bench_swap pipelines).
+HOST_TORCH_THREADS = 1
+
+
+@contextmanager
+def host_torch_threads(n: int = HOST_TORCH_THREADS):
+    """torch's intra-op threads set to ``n`` for the block and restored after it: the host pipeline's
+    thread use is chosen, not inherited from whatever the process last set. Re-entrant (a lock held for
+    the block), so nested pipelines keep one setting; ComfyUI runs one node at a time."""
+    with _TORCH_THREADS_LOCK:
+        prev = torch.get_num_threads()
+        if prev == n:
+            yield
+            return
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(prev)
 
 
 def ort_cpu_session(source, path: str, expected: str, threads: int = 0):

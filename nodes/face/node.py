@@ -133,8 +133,9 @@ class VisageFaceAnalyzerLoader:
                     {
                         "default": "auto",
                         "tooltip": "auto: torch modules on the GPU (under ComfyUI's memory management), "
-                        "onnxruntime on the CPU (several times faster there); torch: always "
-                        "torch; onnxruntime: CPU sessions.",
+                        "onnxruntime on the CPU (faster there, faces and frames spread over the cores); torch: "
+                        "always torch (on a CPU 0.6-0.9x onnxruntime's speed, and far slower while other "
+                        "programs load the CPU); onnxruntime: CPU sessions.",
                     },
                 ),
             }

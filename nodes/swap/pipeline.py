@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ...core.errors import NoFaceError, VisageError
+from ...core.onnx import host_torch_threads
 from ...core.recognizers import method_embeddings
 from ...core.select import apply_on_no_face, expand_to, order_faces, similarities
 from ...core.types import Face, FaceEmbeds, FaceSet
@@ -207,8 +208,17 @@ def _crop_points(face: Face, M: np.ndarray) -> Optional[torch.Tensor]:
     return P.to_crop_points(pts[:, :2].float().cpu(), torch.from_numpy(M))
 
 
+def swap_frames(frames: torch.Tensor, *args, **kwargs):
+    """See :func:`_swap_frames`. Frames in host memory: torch's small ops around the models run on
+    :data:`visage.core.onnx.HOST_TORCH_THREADS` thread(s) for the call (chosen, restored after)."""
+    if isinstance(frames, torch.Tensor) and frames.device.type == "cpu":
+        with host_torch_threads():
+            return _swap_frames(frames, *args, **kwargs)
+    return _swap_frames(frames, *args, **kwargs)
+
+
 @torch.no_grad()
-def swap_frames(
+def _swap_frames(
     frames: torch.Tensor,
     assignments: Sequence[Assignment],
     swapper_handle,

@@ -187,3 +187,34 @@ def test_cpu_torch_engine_is_channels_last_and_equal(models):
         got = m(x)
     ref = O.OrtCpuModule(models["dynamic"], threads=1)(x)[0]
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_host_torch_threads_is_scoped_and_restored():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with O.host_torch_threads():
+            assert torch.get_num_threads() == O.HOST_TORCH_THREADS == 1
+            with O.host_torch_threads():  # nested: same setting
+                assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError):
+            with O.host_torch_threads():
+                raise ValueError("inside")
+        assert torch.get_num_threads() == 2  # restored after an error too
+    finally:
+        torch.set_num_threads(prev)
+
+
+def test_swap_frames_runs_host_torch_ops_on_the_chosen_threads(monkeypatch):
+    from visage.nodes.swap import pipeline as PL
+
+    seen = []
+    monkeypatch.setattr(PL, "_swap_frames", lambda frames, *a, **k: seen.append(torch.get_num_threads()) or "ok")
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert PL.swap_frames(torch.zeros(1, 8, 8, 3), [], None, []) == "ok"
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(prev)
