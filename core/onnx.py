@@ -404,6 +404,7 @@ def cpu_threads() -> int:
 
 
 _TORCH_THREADS_LOCK = threading.RLock()
+_CALLER_THREADS: List[int] = []  # torch's thread counts outside the open host_torch_threads blocks
 
 # torch's operator threads for the host pipelines around the models (pastes, warps, masks on frames in
 # host memory): their ops are small, and torch's OpenMP workers wait for each other at every op, which
@@ -420,14 +421,34 @@ def host_torch_threads(n: int = HOST_TORCH_THREADS):
     the block), so nested pipelines keep one setting; ComfyUI runs one node at a time."""
     with _TORCH_THREADS_LOCK:
         prev = torch.get_num_threads()
-        if prev == n:
+        _CALLER_THREADS.append(prev)
+        try:
+            if prev == n:
+                yield
+                return
+            torch.set_num_threads(n)
+            try:
+                yield
+            finally:
+                torch.set_num_threads(prev)
+        finally:
+            _CALLER_THREADS.pop()
+
+
+@contextmanager
+def caller_torch_threads():
+    """Inside :func:`host_torch_threads`: torch's threads as the caller had them, for a network's forward
+    (a face restorer needs every core; only the small ops around it run on one thread). Outside: no-op."""
+    with _TORCH_THREADS_LOCK:
+        if not _CALLER_THREADS or _CALLER_THREADS[0] == torch.get_num_threads():
             yield
             return
-        torch.set_num_threads(n)
+        inner = torch.get_num_threads()
+        torch.set_num_threads(_CALLER_THREADS[0])
         try:
             yield
         finally:
-            torch.set_num_threads(prev)
+            torch.set_num_threads(inner)
 
 
 def ort_cpu_session(source, path: str, expected: str, threads: int = 0):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ...core.errors import NoFaceError, VisageError
-from ...core.onnx import host_torch_threads
+from ...core.onnx import caller_torch_threads, host_torch_threads
 from ...core.recognizers import method_embeddings
 from ...core.select import apply_on_no_face, expand_to, order_faces, similarities
 from ...core.types import Face, FaceEmbeds, FaceSet
@@ -292,7 +292,8 @@ def _swap_frames(
             if masker is not None:
                 from ..face.masks import crop_masks
 
-                xm = crop_masks(masker, sub, M, idx, S, kps=[a.face.kps for a in A])
+                with caller_torch_threads():  # a masker network (torch engine) gets the caller's threads
+                    xm = crop_masks(masker, sub, M, idx, S, kps=[a.face.kps for a in A])
                 if xm is not None:
                     mmask = xm if mmask is None else mmask.to(dev) * xm
             tick()  # cancel is honoured between the stages of a chunk, not only between chunks
@@ -361,7 +362,8 @@ def _swap_frames(
                         ),
                         idx,
                     )
-                res, _ = restore_expression(expression, res, sub, [a.face for a in A], idx.tolist(), limit=limit)
+                with caller_torch_threads():  # LivePortrait's networks get the caller's threads
+                    res, _ = restore_expression(expression, res, sub, [a.face for a in A], idx.tolist(), limit=limit)
             outs.append(res)
             masks.append(fm)
             count += len(A)

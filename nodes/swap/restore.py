@@ -33,7 +33,7 @@ from typing import Mapping, Optional
 import torch
 
 from ...core.errors import ModelFileInvalid
-from ...core.onnx import HostModule
+from ...core.onnx import HostModule, caller_torch_threads
 
 log = logging.getLogger("visage")
 
@@ -295,7 +295,9 @@ def restore_crops(restorer: Restorer, crops: torch.Tensor, chunk: int = 4) -> to
     outs = []
     for s in range(0, crops.shape[0], chunk):
         x = crops[s : s + chunk].permute(0, 3, 1, 2).to(dev, dt)
-        y = mod(x, restorer.fidelity).permute(0, 2, 3, 1).to(crops.device, torch.float32)
+        with caller_torch_threads():  # the network gets the caller's threads (see core.onnx)
+            y = mod(x, restorer.fidelity)
+        y = y.permute(0, 2, 3, 1).to(crops.device, torch.float32)
         outs.append(y)
     out = torch.cat(outs, 0) if outs else crops.clone()
     if restorer.strength < 1.0:

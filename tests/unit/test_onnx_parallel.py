@@ -198,6 +198,12 @@ def test_host_torch_threads_is_scoped_and_restored():
             with O.host_torch_threads():  # nested: same setting
                 assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2
+        with O.host_torch_threads():
+            with O.caller_torch_threads():  # a network inside: the caller's threads again
+                assert torch.get_num_threads() == 2
+            assert torch.get_num_threads() == 1
+        with O.caller_torch_threads():  # outside any host block: nothing changes
+            assert torch.get_num_threads() == 2
         with pytest.raises(ValueError):
             with O.host_torch_threads():
                 raise ValueError("inside")
