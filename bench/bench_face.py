@@ -46,17 +46,13 @@ def composed_group():
     return np.ascontiguousarray(np.vstack([np.hstack([t1, fr]), np.hstack([fr[:, ::-1], t1[:, ::-1]])]))
 
 
-def fixed_batch_copy(src, dst):
-    """``src`` ONNX with its input and output batch axes declared 1 (a fixed-batch export)."""
-    import onnx
+def _builders():
+    """tests/builders/face.py (the test models' builders: the fixed-batch copy, the buffalo_l-shaped pack)."""
+    if os.path.join(common.REPO, "tests") not in sys.path:
+        sys.path.insert(0, os.path.join(common.REPO, "tests"))
+    from builders import face
 
-    m = onnx.load(src)
-    for v in list(m.graph.input) + list(m.graph.output):
-        d = v.type.tensor_type.shape.dim[0]
-        d.Clear()
-        d.dim_value = 1
-    onnx.save(m, dst)
-    return dst
+    return face
 
 
 def _packs(tmp):
@@ -69,7 +65,7 @@ def _packs(tmp):
         rec = os.path.join(fx, "mobileface_paddle_128d.onnx")
         # neutral recognizer name: insightface's defaults apply on both sides (same work)
         if fixed:
-            fixed_batch_copy(rec, os.path.join(d, "recognizer.onnx"))
+            _builders().fixed_batch_copy(rec, os.path.join(d, "recognizer.onnx"))
         else:
             os.symlink(rec, os.path.join(d, "recognizer.onnx"))
         packs[key] = d
@@ -204,8 +200,7 @@ def _only_needed_row(tmp, rounds, threads):
     asks for), insightface its whole pack."""
     import torch
 
-    sys.path.insert(0, os.path.join(common.REPO, "tests"))
-    from builders.face import build_face_pack
+    build_face_pack = _builders().build_face_pack
 
     from visage.nodes.face.analyzer import load_analyzer
 

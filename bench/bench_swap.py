@@ -236,12 +236,10 @@ def _in_child(fn, models, w, h, faces, reps, device, threads):
     return res
 
 
-def restore_rows(models, w, h, faces, reps, device, threads=0):
-    """Swap + restore with a pass-through restoration network (so only the pipeline around the network
-    is timed): restore BEFORE the paste (one resampling, one paste; what Swap Faces runs now) vs the
-    previous order (paste, re-take the FFHQ crop from the pasted frame, restore, paste again)."""
-    import statistics
-
+def _restore_setup(models, w, h, device, threads=0):
+    """What both restore rows run: the pass-through restoration network (its module, the Restorer the
+    swap takes), the analyzer and swapper with the nodes' engine 'auto', the frame (BGR uint8 and the
+    IMAGE on the device) and the unit-norm source embedding (numpy)."""
     import numpy as np
     import torch
 
@@ -250,7 +248,6 @@ def restore_rows(models, w, h, faces, reps, device, threads=0):
     _import_visage()
     from visage.core.model_manager import MANAGER
     from visage.nodes.face.analyzer import load_analyzer
-    from visage.nodes.swap import pipeline as PL
     from visage.nodes.swap.models import load_swapper
     from visage.nodes.swap.restore import Restorer, RestorerModule
 
@@ -270,7 +267,8 @@ def restore_rows(models, w, h, faces, reps, device, threads=0):
             return self.module
 
     dev = torch.device(device)
-    restorer = Restorer(handle=_Handle(RestorerModule(_PassThrough(), "RestoreFormer", 512).to(dev)), name="pass")
+    net = _PassThrough().to(dev)
+    restorer = Restorer(handle=_Handle(RestorerModule(net, "RestoreFormer", 512).to(dev)), name="pass")
     an = load_analyzer(models["pack"], dev, torch.float32, engine="auto")
     eng = "onnxruntime" if dev.type == "cpu" else "torch"
     sw = MANAGER.get(
@@ -279,7 +277,22 @@ def restore_rows(models, w, h, faces, reps, device, threads=0):
     img = _frame(w, h)
     frame = torch.from_numpy(img[:, :, ::-1].copy()).to(dev).float().div_(255.0)[None]
     emb = np.random.default_rng(0).standard_normal(512).astype(np.float32)
-    src = [torch.nn.functional.normalize(torch.from_numpy(emb)[None], dim=-1)]
+    emb /= np.linalg.norm(emb)
+    return dev, net, restorer, an, sw, img, frame, emb
+
+
+def restore_rows(models, w, h, faces, reps, device, threads=0):
+    """Swap + restore with a pass-through restoration network (so only the pipeline around the network
+    is timed): restore BEFORE the paste (one resampling, one paste; what Swap Faces runs now) vs the
+    previous order (paste, re-take the FFHQ crop from the pasted frame, restore, paste again)."""
+    import statistics
+
+    import torch
+
+    from visage.nodes.swap import pipeline as PL
+
+    dev, _net, restorer, an, sw, _img, frame, emb = _restore_setup(models, w, h, device, threads)
+    src = [torch.from_numpy(emb)[None]]
     plan = PL.plan(an.analyze(frame, max_num=faces, tasks=[]), [1], "by_order")
     idx = torch.tensor([a.image_index for a in plan], dtype=torch.long)
 
@@ -331,46 +344,12 @@ def reactor_restore_rows(models, w, h, faces, reps, device, threads=0):
     import numpy as np
     import stats
     import torch
-
-    if not device.startswith("cuda"):
-        _limit_threads(threads)
-    _import_visage()
     from facexlib.parsing.parsenet import ParseNet
     from facexlib.utils.face_restoration_helper import FaceRestoreHelper
 
-    from visage.core.model_manager import MANAGER
-    from visage.nodes.face.analyzer import load_analyzer
+    dev, net, restorer, an, sw, img, frame, emb = _restore_setup(models, w, h, device, threads)
     from visage.nodes.swap import pipeline as PL
-    from visage.nodes.swap.models import load_swapper
-    from visage.nodes.swap.restore import Restorer, RestorerModule
 
-    class _PassThrough(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.p = torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, x):
-            return x
-
-    class _Handle:
-        def __init__(self, m):
-            self.module = m
-
-        def model(self):
-            return self.module
-
-    dev = torch.device(device)
-    net = _PassThrough().to(dev)
-    restorer = Restorer(handle=_Handle(RestorerModule(net, "RestoreFormer", 512).to(dev)), name="pass")
-    an = load_analyzer(models["pack"], dev, torch.float32, engine="auto")
-    eng = "onnxruntime" if dev.type == "cpu" else "torch"
-    sw = MANAGER.get(
-        f"swap:swapper:{eng}", models["swapper"], lambda p, d, t: load_swapper(p, "cpu", t, engine=eng), device=dev
-    )
-    img = _frame(w, h)
-    frame = torch.from_numpy(img[:, :, ::-1].copy()).to(dev).float().div_(255.0)[None]
-    emb = np.random.default_rng(0).standard_normal(512).astype(np.float32)
-    emb /= np.linalg.norm(emb)
     src = [torch.from_numpy(emb)[None]]
 
     def ours():

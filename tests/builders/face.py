@@ -113,6 +113,18 @@ def make_per_face(path, size, out_dim, in_name="data", out_name="fc1", seed=1, t
     _save(graph, path)
 
 
+def fixed_batch_copy(src, dst):
+    """``src`` ONNX with its input and output batch axes declared 1 (a fixed-batch export); the graph
+    itself is unchanged."""
+    m = onnx.load(src)
+    for v in list(m.graph.input) + list(m.graph.output):
+        d = v.type.tensor_type.shape.dim[0]
+        d.Clear()
+        d.dim_value = 1
+    onnx.save(m, dst)
+    return dst
+
+
 def _save(graph, path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="visage-tests")
     model.ir_version = 8

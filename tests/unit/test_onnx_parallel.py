@@ -12,27 +12,16 @@ import os
 import sys
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from builders.face import _G, _save, make_per_face, make_scrfd  # noqa: E402
+from builders.face import _G, _save, fixed_batch_copy, make_per_face, make_scrfd  # noqa: E402
 
 from visage.core import onnx as O  # noqa: E402
 
 SIZE = 32
-
-
-def _fixed_copy(src, dst):
-    m = onnx.load(src)
-    for v in list(m.graph.input) + list(m.graph.output):
-        d = v.type.tensor_type.shape.dim[0]
-        d.Clear()
-        d.dim_value = 1
-    onnx.save(m, dst)
-    return dst
 
 
 def _hard_coded_batch(path):
@@ -64,7 +53,7 @@ def models(tmp_path_factory):
     make_scrfd(det, seed=2)  # batch 1 in its signature, folded [K, C] outputs
     return {
         "dynamic": dyn,
-        "fixed": _fixed_copy(dyn, str(d / "rec_fixed.onnx")),
+        "fixed": fixed_batch_copy(dyn, str(d / "rec_fixed.onnx")),
         "hard": _hard_coded_batch(str(d / "rec_hard.onnx")),
         "det": det,
     }
